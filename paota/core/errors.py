@@ -1,0 +1,111 @@
+"""The paota error tree.
+
+Every error paota raises derives from :class:`PaotaError`; driver errors (aiormq, pymongo) are
+translated at the adapter boundary and chained with ``raise ... from exc``::
+
+    PaotaError
+    ├── ConfigError            invalid configuration (names the field/variable, value, what is allowed)
+    ├── RegistrationError      a task could not be registered (not callable, name clash)
+    ├── DecodeError            a message body could not be decoded (keeps the raw bytes)
+    ├── BrokerError            the broker cannot be reached or misbehaved
+    │   ├── PublishError       a publish was nacked, returned, or not confirmed
+    │   └── TopologyError      a queue/exchange exists with different arguments
+    ├── StoreError             the task-state store cannot be reached or failed a write
+    └── TaskError              about one task
+        ├── TaskFailedError    the task ended FAILED or TIMED_OUT (raised by ``result()``)
+        └── ResultTimeoutError the result was not ready within the timeout
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "BrokerError",
+    "ConfigError",
+    "DecodeError",
+    "PaotaError",
+    "PublishError",
+    "RegistrationError",
+    "ResultTimeoutError",
+    "StoreError",
+    "TaskError",
+    "TaskFailedError",
+    "TopologyError",
+]
+
+
+class PaotaError(Exception):
+    """Root of every error paota raises."""
+
+
+class ConfigError(PaotaError, ValueError):
+    """Invalid configuration; the message names the field or variable, the value and what is allowed."""
+
+
+class RegistrationError(PaotaError, ValueError):
+    """A task could not be registered (not callable, or the name is taken by another function)."""
+
+
+class DecodeError(PaotaError, ValueError):
+    """A message could not be decoded into a :class:`~paota.Signature`.
+
+    ``raw`` keeps the undecodable body and ``headers`` the message headers, so the message can be
+    parked unchanged.
+    """
+
+    def __init__(self, message: str, raw: bytes, headers: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.raw = raw
+        self.headers: Mapping[str, Any] = dict(headers or {})
+
+
+class BrokerError(PaotaError):
+    """The broker cannot be reached, or it failed an operation."""
+
+
+class PublishError(BrokerError):
+    """A publish was negatively confirmed, returned as unroutable, or not confirmed in time."""
+
+
+class TopologyError(BrokerError):
+    """Declaring a queue or exchange clashed with an existing one (the message says which argument)."""
+
+
+class StoreError(PaotaError):
+    """The task-state store cannot be reached or a write failed."""
+
+
+class TaskError(PaotaError):
+    """An error about one task; ``task_id`` names it."""
+
+    def __init__(self, message: str, task_id: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
+class TaskFailedError(TaskError):
+    """The task ended in FAILED or TIMED_OUT; raised by ``result()``.
+
+    ``status`` is the final status, ``error_type`` and ``error_message`` what the task raised (or why
+    it was parked), ``traceback`` the (truncated) traceback when there is one.
+    """
+
+    def __init__(
+        self,
+        task_id: str,
+        status: str,
+        error_type: str,
+        error_message: str,
+        traceback: str = "",
+    ) -> None:
+        super().__init__(f"task {task_id} {status}: {error_type}: {error_message}", task_id)
+        self.status = status
+        self.error_type = error_type
+        self.error_message = error_message
+        self.traceback = traceback
+
+
+class ResultTimeoutError(TaskError, TimeoutError):
+    """The task had no final state within the timeout given to ``result()``."""

@@ -1,0 +1,92 @@
+"""Task states as the store records them."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+__all__ = ["ErrorInfo", "TaskState", "TaskStatus", "may_replace"]
+
+
+class TaskStatus(str, enum.Enum):
+    """Where a task is in its life. SUCCEEDED, FAILED and TIMED_OUT are final."""
+
+    PENDING = "PENDING"
+    STARTED = "STARTED"
+    RETRYING = "RETRYING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+
+    @property
+    def is_final(self) -> bool:
+        """True for SUCCEEDED, FAILED and TIMED_OUT."""
+        return self in _FINAL
+
+    @property
+    def rank(self) -> int:
+        """Order of the status within one attempt (final states outrank everything)."""
+        return _RANK[self]
+
+
+_FINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.TIMED_OUT})
+_RANK = {
+    TaskStatus.PENDING: 0,
+    TaskStatus.STARTED: 1,
+    TaskStatus.RETRYING: 2,
+    TaskStatus.SUCCEEDED: 3,
+    TaskStatus.FAILED: 3,
+    TaskStatus.TIMED_OUT: 3,
+}
+
+
+def may_replace(current: TaskState | None, new: TaskState) -> bool:
+    """Whether ``new`` may overwrite ``current``: transitions never go backwards.
+
+    A final record is never replaced. Otherwise the pair (attempts, status rank) must not decrease,
+    so a redelivered duplicate cannot turn RETRYING of attempt 2 back into STARTED of attempt 1.
+    Every store applies exactly this rule, atomically.
+    """
+    if current is None:
+        return True
+    if current.status.is_final:
+        return False
+    return (new.attempts, new.status.rank) >= (current.attempts, current.status.rank)
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """What went wrong: the exception type, its message and a (truncated) traceback."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """One task's record: status, attempts, result or error, who ran it and when.
+
+    ``args`` is the argument list as on the wire (a list of ``{"Name", "Type", "Value"}`` dicts).
+    ``attempts`` is the signature's ``retries_done`` at the time of the record. Times are aware UTC.
+    """
+
+    task_id: str
+    name: str
+    status: TaskStatus
+    args: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    attempts: int = 0
+    result: Any = None
+    error: ErrorInfo | None = None
+    worker: str = ""
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def replace(self, **changes: Any) -> TaskState:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,1 @@
+"""Contract suites: one set of tests that every implementation of a Protocol passes."""

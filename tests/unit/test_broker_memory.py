@@ -1,0 +1,100 @@
+"""The broker contract on the memory broker, plus what only the memory broker offers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from paota.brokers.memory import MemoryBroker
+from paota.core.clock import ManualClock
+from paota.core.errors import BrokerError
+from paota.core.protocols import ParkQueue, ParkReason
+from paota.core.signature import decode_message
+from tests.contracts.broker_contract import BrokerContract, Receiver, park_info, sig
+
+
+class TestMemoryBroker(BrokerContract):
+    @pytest.fixture
+    async def broker(self) -> AsyncIterator[MemoryBroker]:
+        async with MemoryBroker() as broker:
+            yield broker
+
+
+async def test_priority_first() -> None:
+    async with MemoryBroker() as broker:
+        low, high = sig(priority=1), sig(priority=9)
+        await broker.publish(low)
+        await broker.publish(high)
+        rx = Receiver(broker.consume(prefetch=10))
+        first = await rx.next()
+        assert decode_message(first.body, first.headers).uuid == high.uuid
+        await rx.close()
+
+
+async def test_manual_clock_fast_forwards_delays_in_order() -> None:
+    clock = ManualClock()
+    async with MemoryBroker(clock=clock) as broker:
+        await broker.publish(sig(uuid="slow"), delay_s=60.0)
+        await broker.publish(sig(uuid="fast"), delay_s=1.0)
+        assert broker.delayed_count == 2
+        rx = Receiver(broker.consume(prefetch=10))
+        seen: list[tuple[str, float]] = []
+
+        async def consume() -> None:
+            while True:
+                delivery = await rx.next(timeout=60)
+                seen.append((decode_message(delivery.body).uuid, clock.monotonic()))
+                await delivery.ack()
+
+        consumer = asyncio.create_task(consume())
+        await broker.run_until_idle(advance_time=True)
+        assert seen == [("fast", 1.0), ("slow", 60.0)]
+        assert [r.delay_s for r in broker.delays] == [60.0, 1.0]
+        consumer.cancel()
+        await rx.close()
+
+
+async def test_parked_messages_are_inspectable() -> None:
+    async with MemoryBroker() as broker:
+        await broker.publish(sig())
+        rx = Receiver(broker.consume(prefetch=1))
+        delivery = await rx.next()
+        await broker.park(delivery, ParkQueue.FAILED, park_info(ParkReason.UNDECODABLE))
+        await delivery.ack()
+        [parked] = broker.parked(ParkQueue.FAILED)
+        assert parked.body == delivery.body
+        assert parked.headers["x-paota-reason"] == "undecodable"
+        assert parked.headers["x-paota-error"] == "ValueError: boom"
+        assert parked.headers["x-paota-worker"] == "contract-worker"
+        assert "x-paota-parked-at" in parked.headers
+        await rx.close()
+
+
+async def test_double_ack_is_an_error() -> None:
+    async with MemoryBroker() as broker:
+        await broker.publish(sig())
+        rx = Receiver(broker.consume(prefetch=1))
+        delivery = await rx.next()
+        await delivery.ack()
+        with pytest.raises(BrokerError, match="already"):
+            await delivery.ack()
+        await rx.close()
+
+
+async def test_close_returns_unacked_deliveries() -> None:
+    broker = MemoryBroker()
+    await broker.connect()
+    await broker.publish(sig())
+    rx = Receiver(broker.consume(prefetch=1))
+    await rx.next()
+    assert broker.unacked_count == 1
+    await broker.close()
+    assert broker.ready_count == 1
+    assert broker.unacked_count == 0
+
+
+async def test_unopened_broker_says_so() -> None:
+    with pytest.raises(BrokerError, match="not connected"):
+        await MemoryBroker().publish(sig())
