@@ -1,0 +1,132 @@
+"""The paota command: help, demo, send, worker targets, configuration errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from paota import Arg, ConfigError
+from paota.cli import main, parse_arg
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PAOTA_")}
+    return subprocess.run(
+        [sys.executable, "-m", "paota", *args],
+        capture_output=True,
+        text=True,
+        env={**base, **(env or {})},
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("command", [[], ["worker"], ["send"], ["demo"], ["requeue"]])
+def test_every_command_has_help(command: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+
+
+def test_demo_runs_and_reports_throughput() -> None:
+    result = run_cli("demo", "--tasks", "500", "--concurrency", "20")
+    assert result.returncode == 0, result.stderr
+    assert "500 tasks in" in result.stdout
+    assert "tasks/s" in result.stdout
+    assert "states (from the store): SUCCEEDED 500" in result.stdout
+    assert "failures: 0 failed, 0 timed out" in result.stdout
+
+
+def test_bad_prefetch_is_one_paragraph_naming_the_variable() -> None:
+    env = {
+        "PAOTA_BROKER": "amqp",
+        "PAOTA_AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/",
+        "PAOTA_AMQP_PREFETCH_COUNT": "abc",
+    }
+    result = run_cli("demo", env=env)
+    assert result.returncode == 2
+    assert "PAOTA_AMQP_PREFETCH_COUNT" in result.stderr
+    assert "'abc'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_worker_on_memory_broker_warns_and_stops_on_sigterm(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(
+        textwrap.dedent(
+            """
+            from paota import Config, WorkerPool
+            pool = WorkerPool(Config(), concurrency=2, name="app-worker")
+
+            @pool.task
+            def hello(sig):
+                return "hi"
+            """
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "paota", "worker", "app:pool"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PAOTA_")},
+    )
+    try:
+        assert proc.stderr is not None
+        seen = ""
+        while "consuming" not in seen:
+            line = proc.stderr.readline()
+            assert line, f"worker exited early: {seen}"
+            seen += line
+        assert "only tasks sent from this same process" in seen
+        proc.terminate()
+        _, rest = proc.communicate(timeout=30)
+        assert proc.returncode == 0, rest
+        assert "stopped" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_worker_target_errors_are_clear(tmp_path: Path) -> None:
+    (tmp_path / "notapool.py").write_text("pool = 42\n")
+    result = run_cli("worker", "notapool:pool", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "expected a paota.WorkerPool" in result.stderr
+    result = run_cli("worker", "nomodule", cwd=tmp_path)
+    assert "expected MODULE:POOL" in result.stderr
+
+
+def test_send_prints_the_task_id() -> None:
+    result = run_cli("send", "Print", "--arg", "who:string=Ada", "--arg", "int=3")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("task_")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("int=5", Arg("", "int", 5)),
+        ("n:int64=-7", Arg("n", "int64", -7)),
+        ("ratio:float64=1.5", Arg("ratio", "float64", 1.5)),
+        ("keep:bool=true", Arg("keep", "bool", True)),
+        ("who:string=a=b", Arg("who", "string", "a=b")),
+        ('tags:[]string=["a","b"]', Arg("tags", "[]string", ["a", "b"])),
+    ],
+)
+def test_parse_arg(text: str, expected: Arg) -> None:
+    assert parse_arg(text) == expected
+
+
+@pytest.mark.parametrize("text", ["int", "x:int=abc", "b:bool=maybe", "j:[]int=[1,"])
+def test_parse_arg_rejects(text: str) -> None:
+    with pytest.raises(ConfigError, match="--arg"):
+        parse_arg(text)
