@@ -35,11 +35,15 @@ async def raw_ceiling(n: int, concurrency: int) -> float:
         if count == n:
             done.set()
 
+    running: set[asyncio.Task[None]] = set()
+
     async def consume() -> None:
         while True:
             payload = await queue.get()
             await slots.acquire()
-            asyncio.create_task(handle(payload))
+            task = asyncio.create_task(handle(payload))
+            running.add(task)
+            task.add_done_callback(running.discard)
 
     consumer = asyncio.create_task(consume())
     t0 = time.perf_counter()

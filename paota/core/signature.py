@@ -641,17 +641,22 @@ def _decode_args(value: Any) -> tuple[Arg, ...]:
         return ()
     if type(value) is not list:
         raise _invalid("Args", value, "want a JSON array of {Name, Type, Value} objects or null")
-    out = []
+    out: list[Arg] = []
     append = out.append
-    for index, item in enumerate(value):
-        if type(item) is dict and item.keys() == _ARG_KEYSET:
-            name = item["Name"]
-            type_ = item["Type"]
-            val = item["Value"]
-            if type(name) is not str or type(type_) is not str:
-                name, type_, val = _arg_fields(index, item)
+    for item in value:
+        # Fast path: exactly {"Name": str, "Type": str, "Value": ...}.
+        if type(item) is dict and len(item) == 3:
+            try:
+                name = item["Name"]
+                type_ = item["Type"]
+                val = item["Value"]
+            except KeyError:
+                name, type_, val = _arg_fields(value.index(item), item)
+            else:
+                if type(name) is not str or type(type_) is not str:
+                    name, type_, val = _arg_fields(value.index(item), item)
         else:
-            name, type_, val = _arg_fields(index, item)
+            name, type_, val = _arg_fields(value.index(item), item)
         coerce = _FLOAT_COERCION.get(type_)
         if coerce is not None:
             if coerce:
@@ -726,15 +731,15 @@ def _from_json_doc(doc: Any) -> Signature:
             and type(priority) is int
             and 0 <= priority <= 255
             and type(retry_count) is int
-            and _INT64_MIN <= retry_count <= _INT64_MAX
+            and -9223372036854775808 <= retry_count <= 9223372036854775807
             and type(retry_timeout) is int
-            and _INT64_MIN <= retry_timeout <= _INT64_MAX
+            and -9223372036854775808 <= retry_timeout <= 9223372036854775807
             and type(wait_time) is int
-            and _INT64_MIN <= wait_time <= _INT64_MAX
+            and -9223372036854775808 <= wait_time <= 9223372036854775807
             and type(retries_done) is int
-            and _INT64_MIN <= retries_done <= _INT64_MAX
+            and -9223372036854775808 <= retries_done <= 9223372036854775807
             and type(task_timeout) is int
-            and _INT64_MIN <= task_timeout <= _INT64_MAX
+            and -9223372036854775808 <= task_timeout <= 9223372036854775807
             and type(ignore) is bool
         ):
             args = doc["Args"]
