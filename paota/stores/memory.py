@@ -1,0 +1,109 @@
+"""An in-process task-state store: a dict of :class:`~paota.core.state.TaskState` by task id.
+
+It keeps the same contract as the MongoDB store (the contract suite in ``tests/contracts`` runs
+against both), so it serves tests, demos and single-process deployments. Nothing survives the
+process.
+"""
+
+from __future__ import annotations
+
+import builtins
+from datetime import datetime, timezone
+
+from paota.core.errors import StoreError
+from paota.core.state import ErrorInfo, TaskState, TaskStatus, may_replace
+
+__all__ = ["MemoryStore"]
+
+#: Stored tracebacks keep their last this many characters (the MongoDB store does the same).
+TRACEBACK_LIMIT = 4000
+
+
+class MemoryStore:
+    """A :class:`~paota.core.protocols.Store` kept in a dict, for one process.
+
+    :meth:`record` checks :func:`~paota.core.state.may_replace` and writes with no ``await`` in
+    between, so concurrent calls from tasks of one event loop are atomic. Records are stored as
+    given, not copied: :class:`TaskState` is frozen, but its ``args`` list and ``result`` are shared
+    with the caller, who must not mutate them afterwards. A traceback longer than 4,000 characters
+    is cut to its last 4,000, as the MongoDB store does.
+
+    ``close()`` keeps the records; a later ``connect()`` sees them again.
+    """
+
+    def __init__(self) -> None:
+        self._records: dict[str, TaskState] = {}
+        self._open = False
+
+    async def connect(self) -> None:
+        """Open the store. Idempotent."""
+        self._open = True
+
+    async def close(self) -> None:
+        """Close the store. Idempotent; the records stay for a later :meth:`connect`."""
+        self._open = False
+
+    async def __aenter__(self) -> MemoryStore:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise StoreError("MemoryStore is not connected: call connect() or use 'async with'")
+
+    async def record(self, state: TaskState) -> bool:
+        """Store ``state`` if :func:`~paota.core.state.may_replace` allows it; True if it did."""
+        if not self._open:
+            self._check_open()
+        records = self._records
+        if not may_replace(records.get(state.task_id), state):
+            return False
+        error = state.error
+        if error is not None and len(error.traceback) > TRACEBACK_LIMIT:
+            state = state.replace(
+                error=ErrorInfo(error.type, error.message, error.traceback[-TRACEBACK_LIMIT:])
+            )
+        records[state.task_id] = state
+        return True
+
+    async def get(self, task_id: str) -> TaskState | None:
+        """The record of ``task_id``, or None."""
+        self._check_open()
+        return self._records.get(task_id)
+
+    async def delete(self, task_id: str) -> bool:
+        """Delete the record of ``task_id``; returns whether it existed."""
+        self._check_open()
+        return self._records.pop(task_id, None) is not None
+
+    async def list(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        name: str | None = None,
+        limit: int = 100,
+    ) -> builtins.list[TaskState]:
+        """Records filtered by ``status`` and/or ``name``, newest ``created_at`` first (records
+        without one last), at most ``limit``."""
+        self._check_open()
+        if limit <= 0:
+            return []
+        found = [
+            s
+            for s in self._records.values()
+            if (status is None or s.status == status) and (name is None or s.name == name)
+        ]
+        found.sort(key=_newest_first, reverse=True)
+        return found[:limit]
+
+
+def _newest_first(state: TaskState) -> tuple[bool, datetime]:
+    # Sorted in reverse: records with a created_at come first, newest first; those without go last.
+    created = state.created_at
+    return (True, created) if created is not None else (False, _EPOCH)
+
+
+_EPOCH = datetime.min.replace(tzinfo=timezone.utc)

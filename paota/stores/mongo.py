@@ -1,0 +1,385 @@
+"""The MongoDB task-state store, on pymongo's native asyncio client (``AsyncMongoClient``).
+
+This module imports pymongo (the ``paota[mongo]`` extra); ``import paota`` does not import this
+module, :func:`paota.core.factory.make_store` does when the ``mongodb`` store is chosen, and turns
+a missing pymongo into a :class:`~paota.core.errors.ConfigError` that says what to install.
+
+One document per task, ``_id`` = task id::
+
+    {_id, name, args: [{Name, Type, Value}], status: "STARTED", attempts, rank, result,
+     error: {type, message, traceback} | null, worker,
+     created_at, started_at, finished_at, updated_at}      # BSON dates (milliseconds, UTC)
+
+``rank`` is ``TaskStatus.rank``, stored so that the rule of
+:func:`~paota.core.state.may_replace` can be one conditional upsert (see :meth:`MongoStore.record`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+from datetime import timezone
+from typing import Any
+
+import bson
+import pymongo
+from bson.errors import InvalidDocument
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from paota.core.config import Config, redact_url
+from paota.core.errors import StoreError
+from paota.core.state import ErrorInfo, TaskState, TaskStatus
+
+__all__ = ["MongoStore"]
+
+logger = logging.getLogger(__name__)
+
+Document = dict[str, Any]
+
+#: Stored tracebacks keep their last this many characters.
+TRACEBACK_LIMIT = 4000
+
+#: Time allowed for creating indexes in ``connect()``: building one on a large existing collection
+#: takes longer than an ordinary operation.
+INDEX_TIMEOUT_S = 300.0
+
+_FINAL_NAMES = [s.value for s in TaskStatus if s.is_final]
+_TTL_INDEX = "finished_at_1"
+
+
+class MongoStore:
+    """A :class:`~paota.core.protocols.Store` in one MongoDB collection (``config.mongo``).
+
+    ``connect()`` creates the client (pool of ``max_pool_size``), pings the server and creates the
+    indexes ``(status, updated_at)`` and ``(name, created_at)``, plus, when ``result_ttl_s > 0``, a
+    TTL index on ``finished_at`` (set on final records only, so unfinished tasks never expire).
+    ``timeout_s`` bounds server selection, connecting, and each operation (pymongo's
+    ``timeoutMS``): with the server down or hung, a call raises :class:`StoreError` after about
+    ``timeout_s``, and once the server is back the client reconnects by itself.
+
+    Stored values are what BSON holds: datetimes lose their microseconds below the millisecond and
+    come back as aware UTC; tuples come back as lists. A ``result`` (or an argument ``Value``) that
+    BSON cannot encode (a set, a custom object, an int beyond 64 bits, a dict with non-string keys)
+    is stored as its ``repr()`` string, with a WARNING naming the task: the task's outcome is still
+    recorded, and the reader sees a string it can show, never a silently dropped value. A traceback
+    is kept to its last 4,000 characters.
+
+    Every pymongo error is raised as :class:`StoreError` (chained), naming the task and the server
+    (password hidden).
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._config = config.mongo
+        self._where = redact_url(config.mongo.uri)
+        self._client: AsyncMongoClient[Document] | None = None
+        self._collection: AsyncCollection[Document] | None = None
+
+    def __repr__(self) -> str:
+        cfg = self._config
+        return f"MongoStore({self._where!r}, {cfg.database}.{cfg.collection})"
+
+    async def connect(self) -> None:
+        """Connect, ping and create the indexes. Idempotent.
+
+        Raises :class:`StoreError` when the server is unreachable within ``timeout_s`` or the
+        indexes cannot be made.
+        """
+        if self._collection is not None:
+            return
+        cfg = self._config
+        timeout_ms = max(1, round(cfg.timeout_s * 1000))
+        try:
+            client: AsyncMongoClient[Document] = AsyncMongoClient(
+                cfg.uri,
+                maxPoolSize=cfg.max_pool_size,
+                serverSelectionTimeoutMS=timeout_ms,
+                connectTimeoutMS=timeout_ms,
+                timeoutMS=timeout_ms,
+                tz_aware=True,
+                tzinfo=timezone.utc,
+                appname="paota",
+            )
+        except (PyMongoError, ValueError, TypeError) as exc:
+            raise StoreError(
+                f"MongoDB URI {self._where} is not usable: {self._scrub(exc)}"
+            ) from exc
+        try:
+            await client.admin.command("ping")
+        except PyMongoError as exc:
+            await client.close()
+            raise StoreError(
+                f"MongoDB at {self._where} is unreachable: {self._scrub(exc)}"
+            ) from exc
+        collection = client[cfg.database][cfg.collection]
+        try:
+            with pymongo.timeout(max(INDEX_TIMEOUT_S, cfg.timeout_s)):
+                await self._create_indexes(collection)
+        except BaseException as exc:
+            await client.close()
+            if isinstance(exc, PyMongoError):
+                raise StoreError(
+                    f"cannot create the indexes of {cfg.database}.{cfg.collection} on MongoDB at "
+                    f"{self._where}: {self._scrub(exc)}"
+                ) from exc
+            raise
+        self._client, self._collection = client, collection
+        logger.debug(
+            "connected to MongoDB at %s, collection %s.%s",
+            self._where,
+            cfg.database,
+            cfg.collection,
+        )
+
+    async def _create_indexes(self, collection: AsyncCollection[Document]) -> None:
+        cfg = self._config
+        await collection.create_index(
+            [("status", pymongo.ASCENDING), ("updated_at", pymongo.ASCENDING)]
+        )
+        await collection.create_index(
+            [("name", pymongo.ASCENDING), ("created_at", pymongo.ASCENDING)]
+        )
+        existing = (await collection.index_information()).get(_TTL_INDEX)
+        current_ttl = None if existing is None else existing.get("expireAfterSeconds")
+        wanted_ttl = cfg.result_ttl_s or None
+        if current_ttl == wanted_ttl:
+            return
+        if wanted_ttl is None:
+            # Dropping an index is not this store's call to make silently: say what happens.
+            logger.warning(
+                "result_ttl_s is 0 but %s.%s has a TTL index %s (expireAfterSeconds=%s): finished "
+                "task records still expire; drop that index to keep them",
+                cfg.database,
+                cfg.collection,
+                _TTL_INDEX,
+                current_ttl,
+            )
+        elif existing is None:
+            await collection.create_index(
+                [("finished_at", pymongo.ASCENDING)], expireAfterSeconds=wanted_ttl
+            )
+        else:
+            # createIndexes refuses to change the options of an existing index; collMod can.
+            await collection.database.command(
+                {
+                    "collMod": cfg.collection,
+                    "index": {"name": _TTL_INDEX, "expireAfterSeconds": wanted_ttl},
+                }
+            )
+            logger.info(
+                "TTL of finished task records in %s.%s changed from %s s to %s s",
+                cfg.database,
+                cfg.collection,
+                current_ttl,
+                wanted_ttl,
+            )
+
+    async def close(self) -> None:
+        """Close the client. Idempotent."""
+        client, self._client, self._collection = self._client, None, None
+        if client is not None:
+            await client.close()
+
+    async def __aenter__(self) -> MongoStore:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _require(self) -> AsyncCollection[Document]:
+        if self._collection is None:
+            raise StoreError("MongoStore is not connected: call connect() or use 'async with'")
+        return self._collection
+
+    def _scrub(self, exc: BaseException) -> str:
+        """``str(exc)`` with the URI's password hidden, should the driver ever quote it."""
+        text = str(exc)
+        password = _password(self._config.uri)
+        return text.replace(password, "***") if password else text
+
+    def _failed(self, action: str, exc: BaseException) -> StoreError:
+        return StoreError(f"{action} failed on MongoDB at {self._where}: {self._scrub(exc)}")
+
+    async def record(self, state: TaskState) -> bool:
+        """Write ``state`` if :func:`~paota.core.state.may_replace` allows it; True if it did.
+
+        One conditional upsert: the filter matches the task's document only while it is not final
+        and ``(attempts, rank)`` does not exceed the new state's, and ``upsert=True`` creates the
+        document when there is none. When a document exists but the filter does not match, the
+        upsert's insert fails with a duplicate key error: not applied. The same error also comes
+        from losing a race to create the document, so the update is tried once more without
+        upsert (the document exists by then), and its match decides.
+        """
+        collection = self._require()
+        attempts, rank = state.attempts, state.status.rank
+        query: Document = {
+            "_id": state.task_id,
+            "status": {"$nin": _FINAL_NAMES},
+            "$or": [
+                {"attempts": {"$lt": attempts}},
+                {"attempts": attempts, "rank": {"$lte": rank}},
+            ],
+        }
+        fields = _to_fields(state)
+        action = f"recording task {state.task_id} as {state.status.value}"
+        try:
+            try:
+                await collection.update_one(query, {"$set": fields}, upsert=True)
+                return True
+            except (InvalidDocument, OverflowError):
+                fields = _bson_safe_fields(state, fields)
+                await collection.update_one(query, {"$set": fields}, upsert=True)
+                return True
+        except DuplicateKeyError:
+            pass
+        except (PyMongoError, InvalidDocument, OverflowError) as exc:
+            raise self._failed(action, exc) from exc
+        try:
+            result = await collection.update_one(query, {"$set": fields})
+        except PyMongoError as exc:
+            raise self._failed(action, exc) from exc
+        if result.matched_count:
+            return True
+        logger.debug(
+            "task %s: %s of attempt %d not recorded: the stored record is final or further along",
+            state.task_id,
+            state.status.value,
+            attempts,
+        )
+        return False
+
+    async def get(self, task_id: str) -> TaskState | None:
+        """The record of ``task_id``, or None."""
+        collection = self._require()
+        try:
+            doc = await collection.find_one({"_id": task_id})
+        except PyMongoError as exc:
+            raise self._failed(f"reading task {task_id}", exc) from exc
+        return None if doc is None else _from_document(doc)
+
+    async def delete(self, task_id: str) -> bool:
+        """Delete the record of ``task_id``; returns whether it existed."""
+        collection = self._require()
+        try:
+            result = await collection.delete_one({"_id": task_id})
+        except PyMongoError as exc:
+            raise self._failed(f"deleting task {task_id}", exc) from exc
+        return result.deleted_count == 1
+
+    async def list(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        name: str | None = None,
+        limit: int = 100,
+    ) -> builtins.list[TaskState]:
+        """Records filtered by ``status`` and/or ``name``, newest ``created_at`` first (records
+        without one last), at most ``limit``."""
+        collection = self._require()
+        if limit <= 0:  # MongoDB reads limit(0) as "no limit"
+            return []
+        query: Document = {}
+        if status is not None:
+            query["status"] = TaskStatus(status).value
+        if name is not None:
+            query["name"] = name
+        try:
+            cursor = collection.find(query).sort("created_at", pymongo.DESCENDING).limit(limit)
+            return [_from_document(doc) async for doc in cursor]
+        except PyMongoError as exc:
+            raise self._failed("listing tasks", exc) from exc
+
+
+def _password(uri: str) -> str:
+    """The password in ``uri``'s user info, or ""."""
+    start = uri.find("://") + 3
+    end = min((i for i in (uri.find(c, start) for c in "/?#") if i >= 0), default=len(uri))
+    at = uri.rfind("@", start, end)
+    colon = uri.find(":", start, at) if at >= 0 else -1
+    return uri[colon + 1 : at] if colon >= 0 else ""
+
+
+def _to_fields(state: TaskState) -> Document:
+    """The document of ``state`` without ``_id`` (the upsert takes it from the filter)."""
+    error = state.error
+    return {
+        "name": state.name,
+        "args": state.args,
+        "status": state.status.value,
+        "attempts": state.attempts,
+        "rank": state.status.rank,
+        "result": state.result,
+        "error": None
+        if error is None
+        else {
+            "type": error.type,
+            "message": error.message,
+            "traceback": error.traceback[-TRACEBACK_LIMIT:],
+        },
+        "worker": state.worker,
+        "created_at": state.created_at,
+        "started_at": state.started_at,
+        "finished_at": state.finished_at,
+        "updated_at": state.updated_at,
+    }
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        bson.encode({"v": value})
+    except (InvalidDocument, OverflowError):
+        return False
+    return True
+
+
+def _bson_safe_fields(state: TaskState, fields: Document) -> Document:
+    """``fields`` with a result or argument value that BSON cannot encode replaced by its repr."""
+    fields = dict(fields)
+    if not _encodable(state.result):
+        logger.warning(
+            "task %s: result of type %s cannot be stored in MongoDB (not BSON-encodable); "
+            "storing its repr() instead",
+            state.task_id,
+            type(state.result).__name__,
+        )
+        fields["result"] = repr(state.result)
+    args = []
+    for arg in state.args:
+        value = arg.get("Value")
+        if not _encodable(value):
+            logger.warning(
+                "task %s: argument %r of type %s is not BSON-encodable; storing its repr()",
+                state.task_id,
+                arg.get("Name", ""),
+                type(value).__name__,
+            )
+            arg = {**arg, "Value": repr(value)}
+        args.append(arg)
+    fields["args"] = args
+    return fields
+
+
+def _from_document(doc: Document) -> TaskState:
+    error = doc.get("error")
+    return TaskState(
+        task_id=doc["_id"],
+        name=doc.get("name", ""),
+        status=TaskStatus(doc["status"]),
+        args=doc.get("args") or [],
+        attempts=doc.get("attempts", 0),
+        result=doc.get("result"),
+        error=None
+        if error is None
+        else ErrorInfo(
+            type=error.get("type", ""),
+            message=error.get("message", ""),
+            traceback=error.get("traceback", ""),
+        ),
+        worker=doc.get("worker", ""),
+        created_at=doc.get("created_at"),
+        started_at=doc.get("started_at"),
+        finished_at=doc.get("finished_at"),
+        updated_at=doc.get("updated_at"),
+    )

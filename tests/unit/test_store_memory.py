@@ -1,0 +1,45 @@
+"""MemoryStore: the store contract, plus what is particular to the memory store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from paota.core.errors import StoreError
+from paota.core.state import TaskStatus
+from paota.stores.memory import MemoryStore
+from tests.contracts.store_contract import StoreContract, make_state
+
+
+class TestMemoryStore(StoreContract):
+    @pytest.fixture
+    async def store(self) -> AsyncIterator[MemoryStore]:
+        async with MemoryStore() as store:
+            yield store
+
+
+async def test_an_unopened_store_raises_store_error() -> None:
+    store = MemoryStore()
+    with pytest.raises(StoreError, match="not connected"):
+        await store.record(make_state("t-1", TaskStatus.PENDING))
+    with pytest.raises(StoreError, match="not connected"):
+        await store.list()
+
+
+async def test_records_survive_close_and_connect() -> None:
+    store = MemoryStore()
+    async with store:
+        await store.record(make_state("t-1", TaskStatus.SUCCEEDED))
+    async with store:
+        got = await store.get("t-1")
+    assert got is not None
+    assert got.status is TaskStatus.SUCCEEDED
+
+
+async def test_record_keeps_the_state_object_without_copying() -> None:
+    # The hot path (two record() calls per task) must not copy: the frozen state is kept as is.
+    async with MemoryStore() as store:
+        state = make_state("t-1", TaskStatus.STARTED)
+        await store.record(state)
+        assert await store.get("t-1") is state
