@@ -149,6 +149,12 @@ class Arg:
     type: str
     value: Any
 
+    def __post_init__(self) -> None:
+        if type(self.name) is not str:
+            raise TypeError(f"Arg.name must be a str, not {type(self.name).__name__}")
+        if type(self.type) is not str:
+            raise TypeError(f"Arg.type must be a str, not {type(self.type).__name__}")
+
     @classmethod
     def of(cls, value: Any, name: str = "") -> Arg:
         """Build an Arg, inferring the Go type from the Python value.
@@ -169,22 +175,18 @@ _new_object = object.__new__
 _set_attr = object.__setattr__
 
 
-def _make_arg(name: str, type_: str, value: Any) -> Arg:
-    # Trusted fast constructor for the decoder (skips dataclass __init__).
-    arg = _new_object(Arg)
-    _set_attr(arg, "__dict__", {"name": name, "type": type_, "value": value})
-    return arg
-
-
 # --------------------------------------------------------------------------------------------------
 # Signature
 
 
-def _check_int(field: str, value: Any, lo: int = _INT64_MIN, hi: int = _INT64_MAX) -> None:
-    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise TypeError(f"Signature.{field} must be an int, not {type(value).__name__}")
-    if not lo <= value <= hi:
-        raise ValueError(f"Signature.{field} must be in {lo}..{hi}, got {value}")
+_INT_FIELDS: Final = (
+    "priority",
+    "retry_count",
+    "retry_timeout",
+    "wait_time",
+    "retries_done",
+    "task_timeout",
+)
 
 
 def _check_time(field: str, value: Any) -> None:
@@ -199,14 +201,16 @@ def _check_time(field: str, value: Any) -> None:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Signature:
     """One task invocation, field for field the Go paota ``Signature``.
 
     Only ``name`` is positional. ``args`` accepts any iterable of :class:`Arg` and is stored as a
-    tuple; ``priority`` is 0..255 (Go ``uint8``); ``task_timeout`` is Go's ``TaskTimeOut`` in
-    seconds; ``created_at``/``eta`` must be timezone-aware. ``raw_args``, when set, makes the
-    message go in header mode (see the module docs).
+    tuple; ``raw_args`` accepts any bytes-like object and is stored as ``bytes``; ``priority`` is
+    0..255 (Go ``uint8``), the other ints fit Go's ``int`` (64-bit); ``task_timeout`` is Go's
+    ``TaskTimeOut`` in seconds; ``created_at``/``eta`` must be timezone-aware (naive datetimes
+    raise ValueError). ``raw_args``, when set, makes the message go in header mode (see the module
+    docs). Instances are immutable: use :meth:`replace`.
     """
 
     name: str
@@ -225,17 +229,58 @@ class Signature:
     created_at: datetime | None = None
     eta: datetime | None = None
 
+    # Written out (not generated) so that the parameters can be wider than the stored types.
+    def __init__(
+        self,
+        name: str,
+        *,
+        args: Iterable[Arg] = (),
+        uuid: str = "",
+        raw_args: bytes | bytearray | memoryview | None = None,
+        routing_key: str = "",
+        priority: int = 0,
+        retry_count: int = 0,
+        retry_timeout: int = 0,
+        wait_time: int = 0,
+        retries_done: int = 0,
+        task_timeout: int = 0,
+        ignore_when_task_not_registered: bool = False,
+        created_at: datetime | None = None,
+        eta: datetime | None = None,
+    ) -> None:
+        _set_attr(
+            self,
+            "__dict__",
+            {
+                "name": name,
+                "args": args,
+                "uuid": uuid,
+                "raw_args": raw_args,
+                "routing_key": routing_key,
+                "priority": priority,
+                "retry_count": retry_count,
+                "retry_timeout": retry_timeout,
+                "wait_time": wait_time,
+                "retries_done": retries_done,
+                "task_timeout": task_timeout,
+                "ignore_when_task_not_registered": ignore_when_task_not_registered,
+                "created_at": created_at,
+                "eta": eta,
+            },
+        )
+        self.__post_init__()
+
     def __post_init__(self) -> None:
+        fields = self.__dict__
         if type(self.name) is not str:
             raise TypeError(f"Signature.name must be a str, not {type(self.name).__name__}")
-        args = self.args
+        args: Any = self.args
         if type(args) is not tuple:
             if isinstance(args, (str, bytes, Mapping)) or not isinstance(args, Iterable):
                 raise TypeError(
                     f"Signature.args must be an iterable of Arg, not {type(args).__name__}"
                 )
-            args = tuple(args)
-            _set_attr(self, "args", args)
+            fields["args"] = args = tuple(args)
         for i, arg in enumerate(args):
             if type(arg) is not Arg and not isinstance(arg, Arg):
                 raise TypeError(
@@ -248,19 +293,25 @@ class Signature:
             raise TypeError(
                 f"Signature.routing_key must be a str, not {type(self.routing_key).__name__}"
             )
-        raw = self.raw_args
+        raw: Any = self.raw_args
         if raw is not None and type(raw) is not bytes:
             if not isinstance(raw, (bytes, bytearray, memoryview)):
                 raise TypeError(
                     f"Signature.raw_args must be bytes or None, not {type(raw).__name__}"
                 )
-            _set_attr(self, "raw_args", bytes(raw))
-        _check_int("priority", self.priority, 0, 255)
-        _check_int("retry_count", self.retry_count)
-        _check_int("retry_timeout", self.retry_timeout)
-        _check_int("wait_time", self.wait_time)
-        _check_int("retries_done", self.retries_done)
-        _check_int("task_timeout", self.task_timeout)
+            fields["raw_args"] = bytes(raw)
+        for field in _INT_FIELDS:
+            value = fields[field]
+            if type(value) is not int:
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise TypeError(f"Signature.{field} must be an int, not {type(value).__name__}")
+                fields[field] = value = int(value)  # e.g. an IntEnum
+            if not -9223372036854775808 <= value <= 9223372036854775807:
+                raise ValueError(f"Signature.{field} must fit a 64-bit Go int, got {value}")
+        if not 0 <= self.priority <= 255:
+            raise ValueError(
+                f"Signature.priority must be in 0..255 (Go uint8), got {self.priority}"
+            )
         if type(self.ignore_when_task_not_registered) is not bool:
             raise TypeError(
                 "Signature.ignore_when_task_not_registered must be a bool, not "
@@ -535,18 +586,19 @@ def encode_json(sig: Signature) -> bytes:
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"cannot encode the args of task {sig.name!r} as JSON: {exc}") from exc
     raw = sig.raw_args
+    raw_json = "null" if raw is None else f'"{b64encode(raw).decode("ascii")}"'
     created = sig.created_at
+    created_json = "null" if created is None else f'"{format_time(created)}"'
     eta = sig.eta
+    eta_json = "null" if eta is None else f'"{format_time(eta)}"'
+    ignore_json = "true" if sig.ignore_when_task_not_registered else "false"
     text = (
-        f'{{"UUID":{_es(sig.uuid)},"Name":{_es(sig.name)},"Args":{args_json},"RawArgs":'
-        f"{'null' if raw is None else chr(34) + b64encode(raw).decode('ascii') + chr(34)},"
-        f'"RoutingKey":{_es(sig.routing_key)},"Priority":{sig.priority},'
+        f'{{"UUID":{_es(sig.uuid)},"Name":{_es(sig.name)},"Args":{args_json},'
+        f'"RawArgs":{raw_json},"RoutingKey":{_es(sig.routing_key)},"Priority":{sig.priority},'
         f'"RetryCount":{sig.retry_count},"RetryTimeout":{sig.retry_timeout},'
         f'"WaitTime":{sig.wait_time},"RetriesDone":{sig.retries_done},'
-        f'"TaskTimeOut":{sig.task_timeout},"IgnoreWhenTaskNotRegistered":'
-        f"{'true' if sig.ignore_when_task_not_registered else 'false'},"
-        f'"CreatedAt":{"null" if created is None else chr(34) + format_time(created) + chr(34)},'
-        f'"ETA":{"null" if eta is None else chr(34) + format_time(eta) + chr(34)}}}'
+        f'"TaskTimeOut":{sig.task_timeout},"IgnoreWhenTaskNotRegistered":{ignore_json},'
+        f'"CreatedAt":{created_json},"ETA":{eta_json}}}'
     )
     if "<" in text or ">" in text or "&" in text or "\u2028" in text or "\u2029" in text:
         text = text.translate(_GO_ESCAPES)
@@ -597,7 +649,6 @@ _JSON_KEYSET: Final = frozenset(_JSON_FIELDS)
 _JSON_FOLDED: Final = {k.casefold(): k for k in _JSON_FIELDS}
 # Decoding null into a Go pointer/slice/interface sets it to nil; into anything else it is a no-op.
 _JSON_NULLABLE: Final = frozenset({"Args", "RawArgs", "CreatedAt", "ETA"})
-_ARG_KEYSET: Final = frozenset({"Name", "Type", "Value"})
 _ARG_FOLDED: Final = {"name": "Name", "type": "Type", "value": "Value"}
 _ARG_NULLABLE: Final = frozenset({"Value"})
 # Arg types whose whole-number values Go writes as JSON integers: False = scalar, True = list.
@@ -746,11 +797,8 @@ def _from_json_doc(doc: Any) -> Signature:
             raw = doc["RawArgs"]
             created = doc["CreatedAt"]
             eta = doc["ETA"]
-            sig = _new_object(Signature)
-            _set_attr(
-                sig,
-                "__dict__",
-                {
+            try:
+                fields = {
                     "name": name,
                     "args": () if args is None else _decode_args(args),
                     "uuid": uuid,
@@ -763,11 +811,15 @@ def _from_json_doc(doc: Any) -> Signature:
                     "retries_done": retries_done,
                     "task_timeout": task_timeout,
                     "ignore_when_task_not_registered": ignore,
-                    "created_at": None if created is None else _json_time("CreatedAt", created),
-                    "eta": None if eta is None else _json_time("ETA", eta),
-                },
-            )
-            return sig
+                    "created_at": None if created is None else parse_time(created),
+                    "eta": None if eta is None else parse_time(eta),
+                }
+            except (ValueError, TypeError):
+                pass  # a bad time: the careful path says which
+            else:
+                sig = _new_object(Signature)
+                _set_attr(sig, "__dict__", fields)
+                return sig
     return _from_json_doc_careful(doc)
 
 
