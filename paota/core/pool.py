@@ -87,11 +87,6 @@ class PoolStats:
     dropped: int = 0
     deferred: int = 0
 
-    @property
-    def finished(self) -> int:
-        """Deliveries that reached a final outcome here (succeeded, failed, timed out, dropped)."""
-        return self.succeeded + self.failed + self.timed_out + self.dropped
-
 
 @dataclass(frozen=True)
 class TaskHandle:
@@ -328,6 +323,7 @@ class WorkerPool:
             ", ".join(sorted(self._registry)) or "none",
         )
         self._consumer = asyncio.create_task(self._consume(prefetch), name=f"{self.name}-consumer")
+        self._consumer.add_done_callback(self._consumer_done)
         try:
             await self._stopping.wait()
             await self._drain()
@@ -405,6 +401,22 @@ class WorkerPool:
             finally:
                 with contextlib.suppress(Exception):
                     await deliveries.aclose()  # type: ignore[attr-defined]
+
+    def _consumer_done(self, task: asyncio.Task[None]) -> None:
+        stopping = self._stopping
+        if stopping is None or stopping.is_set():
+            return
+        # The consumer ended without being asked to (the broker was closed, or a bug): stop the
+        # pool rather than sit idle looking alive.
+        if task.cancelled():
+            logger.error("worker pool %s: consumer cancelled; stopping", self.name)
+        elif task.exception() is not None:
+            logger.error(
+                "worker pool %s: consumer crashed; stopping", self.name, exc_info=task.exception()
+            )
+        else:
+            logger.warning("worker pool %s: the broker closed the consumer; stopping", self.name)
+        stopping.set()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)

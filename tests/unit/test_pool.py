@@ -508,3 +508,13 @@ def test_registration() -> None:
     assert not pool.is_task_registered("New")
     # registries are per pool
     assert not WorkerPool(Config()).is_task_registered("Print")
+
+
+async def test_pool_stops_when_its_broker_is_closed_under_it() -> None:
+    broker = MemoryBroker()
+    pool = WorkerPool(Config(), 1, "p", broker=broker)
+    await pool.connect()
+    worker = asyncio.create_task(pool.start(install_signal_handlers=False))
+    await asyncio.sleep(0.01)
+    await broker.close()
+    await asyncio.wait_for(worker, 5)
