@@ -1,0 +1,475 @@
+"""A fixed pool of aiormq connections that reconnects by itself.
+
+Each of the ``size`` slots holds one connection and one publishing channel (publisher confirms on)
+that every publish routed to the slot reuses. A supervisor task per slot waits for its connection to
+close; when it closes without :meth:`ConnectionPool.close` having been called, it logs the loss,
+reconnects with exponential backoff and jitter, runs the ``on_connect`` hook (the broker declares
+its topology there) and only then marks the slot ready again. Callers wait for a ready slot
+(:meth:`ConnectionPool.publish_channel`, :meth:`ConnectionPool.open_channel`) with a deadline.
+
+aiormq fails every future of a closed connection, some of them with ``CancelledError``; awaiting
+such a future would look like a cancellation of the caller. :func:`call_aiormq` tells the two apart
+(and bounds the call in time), so that only a real cancellation raises ``CancelledError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from paota.core.config import redact_url
+from paota.core.errors import BrokerError, TopologyError
+
+if TYPE_CHECKING:
+    from aiormq.abc import AbstractChannel, AbstractConnection
+
+__all__ = ["ChannelGoneError", "ConnectionPool", "call_aiormq", "close_quietly", "describe"]
+
+logger = logging.getLogger("paota.brokers.amqp")
+
+T = TypeVar("T")
+
+
+class ChannelGoneError(ConnectionError):
+    """The channel or connection an operation ran on closed under it."""
+
+
+def describe(exc: BaseException | None) -> str:
+    """A short, password-free description of ``exc`` for messages and logs."""
+    if exc is None:
+        return "closed"
+    text = " ".join(str(arg) for arg in exc.args if arg is not None) if exc.args else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+if sys.version_info >= (3, 11):
+
+    async def call_aiormq(aw: Awaitable[T], timeout_s: float | None) -> T:
+        """Await an aiormq call, at most ``timeout_s`` seconds (None: no limit).
+
+        Raises TimeoutError when time is up, :class:`ChannelGoneError` when aiormq failed the call
+        with ``CancelledError`` because its channel or connection closed, the call's own exception
+        otherwise; ``CancelledError`` only when the calling task itself is being cancelled.
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await aw
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise
+            raise ChannelGoneError("the AMQP channel closed during the operation") from None
+
+else:  # pragma: no cover - Python 3.10 has no Task.cancelling(): tell them apart with a task
+
+    async def call_aiormq(aw: Awaitable[T], timeout_s: float | None) -> T:
+        """Await an aiormq call, at most ``timeout_s`` seconds (see the 3.11+ variant)."""
+        task = asyncio.ensure_future(aw)
+        task.add_done_callback(_retrieve)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not done:
+            task.cancel()
+            raise asyncio.TimeoutError
+        if task.cancelled():
+            raise ChannelGoneError("the AMQP channel closed during the operation")
+        return task.result()
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    """Connection errors that retrying will not cure (bad credentials, vhost access refused)."""
+    import aiormq
+
+    cause = exc.__cause__ if isinstance(exc, BrokerError) else exc
+    return isinstance(
+        cause, aiormq.AuthenticationError | aiormq.ProbableAuthenticationError
+    ) or isinstance(exc, TopologyError)
+
+
+def _with_heartbeat(url: str, heartbeat_s: int) -> str:
+    """``url`` with aiormq's ``heartbeat`` query parameter, unless the URL sets one itself."""
+    from yarl import URL
+
+    parsed = URL(url)
+    if "heartbeat" in parsed.query:
+        return url
+    return str(parsed.update_query(heartbeat=str(heartbeat_s)))
+
+
+class _Slot:
+    __slots__ = ("channel", "connection", "index", "lock", "ready", "supervisor")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.connection: AbstractConnection | None = None
+        self.channel: AbstractChannel | None = None
+        self.ready = False
+        self.lock = asyncio.Lock()
+        self.supervisor: asyncio.Task[None] | None = None
+
+    def usable(self) -> bool:
+        return self.ready and self.connection is not None and not self.connection.is_closed
+
+
+class ConnectionPool:
+    """``size`` aiormq connections to ``url`` that reconnect by themselves.
+
+    ``on_connect(connection)`` runs after every (re)connection, before the slot is used; an error it
+    raises fails the attempt. ``on_lost()`` runs when a connection is lost.
+    """
+
+    #: First reconnection delay and the cap of the exponential backoff, in seconds.
+    reconnect_base_s = 0.25
+    reconnect_cap_s = 10.0
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        size: int,
+        heartbeat_s: int,
+        connect_timeout_s: float,
+        name: str,
+        on_connect: Callable[[AbstractConnection], Awaitable[None]],
+        on_lost: Callable[[], None],
+    ) -> None:
+        self._url = _with_heartbeat(url, heartbeat_s)
+        self.shown_url = redact_url(url)
+        self._connect_timeout_s = connect_timeout_s
+        self._name = name
+        self._on_connect = on_connect
+        self._on_lost = on_lost
+        self._slots = [_Slot(i) for i in range(size)]
+        self._next = 0
+        self._closed = False
+        self._changed: asyncio.Condition | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open every connection, retrying transient failures for ``connect_timeout_s``.
+
+        Raises :class:`BrokerError` naming the (redacted) URL when RabbitMQ cannot be reached in
+        time or refuses the login, and whatever ``on_connect`` raised (e.g. TopologyError).
+        """
+        self._changed = asyncio.Condition()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._connect_timeout_s
+        try:
+            # The first connection declares the topology; the others find it declared.
+            await self._open_until(self._slots[0], deadline)
+            results = await asyncio.gather(
+                *(self._open_until(slot, deadline) for slot in self._slots[1:]),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+        except BaseException:
+            await self.close()
+            raise
+        for slot in self._slots:
+            slot.supervisor = loop.create_task(
+                self._supervise(slot), name=f"{self._name}-amqp-{slot.index}"
+            )
+
+    async def close(self) -> None:
+        """Stop reconnecting and close every connection. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._changed is not None:
+            async with self._changed:
+                self._changed.notify_all()
+        supervisors = [s.supervisor for s in self._slots if s.supervisor is not None]
+        for task in supervisors:
+            task.cancel()
+        await asyncio.gather(*supervisors, return_exceptions=True)
+        connections = [s.connection for s in self._slots if s.connection is not None]
+        for slot in self._slots:
+            slot.ready = False
+            slot.channel = None
+            slot.connection = None
+        await asyncio.gather(*(close_quietly(c) for c in connections))
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    # --- channels --------------------------------------------------------------------------------
+
+    async def publish_channel(self, deadline: float | None) -> AbstractChannel:
+        """The publishing channel of the next ready slot, reopened if it was closed.
+
+        Waits for a ready slot until ``deadline`` (loop time; None: no limit), then raises
+        TimeoutError; raises BrokerError once the pool is closed.
+        """
+        while True:
+            slot = await self._ready_slot(deadline)
+            channel = slot.channel
+            if channel is not None and not channel.is_closed:
+                return channel
+            async with slot.lock:
+                connection = slot.connection
+                if slot.channel is not None and not slot.channel.is_closed:
+                    return slot.channel
+                if connection is None or connection.is_closed:
+                    continue
+                try:
+                    channel = await call_aiormq(connection.channel(), self._remaining(deadline))
+                except asyncio.TimeoutError:
+                    raise
+                except ConnectionError as exc:
+                    logger.debug("could not reopen a publishing channel: %s", describe(exc))
+                    await asyncio.sleep(0.05)
+                    continue
+                except Exception as exc:
+                    raise BrokerError(
+                        f"cannot open a channel to RabbitMQ at {self.shown_url}: {describe(exc)}"
+                    ) from exc
+                slot.channel = channel
+                return channel
+
+    async def open_channel(
+        self, deadline: float | None, *, publisher_confirms: bool = False
+    ) -> AbstractChannel:
+        """A new channel on the next ready connection (the caller closes it).
+
+        Waits until ``deadline`` (loop time; None: no limit), then raises TimeoutError; raises
+        BrokerError once the pool is closed.
+        """
+        while True:
+            slot = await self._ready_slot(deadline)
+            connection = slot.connection
+            if connection is None:
+                continue
+            try:
+                return await call_aiormq(
+                    connection.channel(publisher_confirms=publisher_confirms),
+                    self._remaining(deadline),
+                )
+            except asyncio.TimeoutError:
+                raise
+            except ConnectionError as exc:
+                logger.debug("could not open a channel: %s", describe(exc))
+                await asyncio.sleep(0.05)
+            except Exception as exc:
+                raise BrokerError(
+                    f"cannot open a channel to RabbitMQ at {self.shown_url}: {describe(exc)}"
+                ) from exc
+
+    def any_connection(self) -> AbstractConnection | None:
+        """An open connection of a ready slot, or None."""
+        for slot in self._slots:
+            if slot.usable():
+                return slot.connection
+        return None
+
+    # --- internals -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _remaining(deadline: float | None) -> float | None:
+        if deadline is None:
+            return None
+        return max(0.0, deadline - asyncio.get_running_loop().time())
+
+    def _pick(self) -> _Slot | None:
+        slots = self._slots
+        for offset in range(len(slots)):
+            slot = slots[(self._next + offset) % len(slots)]
+            if slot.usable():
+                self._next = (slot.index + 1) % len(slots)
+                return slot
+        return None
+
+    async def _ready_slot(self, deadline: float | None) -> _Slot:
+        if self._closed:
+            raise BrokerError(f"the connection pool to {self.shown_url} is closed")
+        slot = self._pick()
+        if slot is not None:
+            return slot
+        changed = self._changed
+        if changed is None:
+            raise BrokerError(f"the connection pool to {self.shown_url} is not started")
+        async with changed:
+            while True:
+                if self._closed:
+                    raise BrokerError(f"the connection pool to {self.shown_url} is closed")
+                slot = self._pick()
+                if slot is not None:
+                    return slot
+                remaining = self._remaining(deadline)
+                if remaining is not None and remaining <= 0:
+                    raise asyncio.TimeoutError
+                try:
+                    await asyncio.wait_for(changed.wait(), remaining)
+                except asyncio.TimeoutError:
+                    continue
+
+    def _backoff_s(self, attempt: int) -> float:
+        ceiling = min(self.reconnect_cap_s, self.reconnect_base_s * 2.0**attempt)
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    async def _connect(self, slot: _Slot, timeout_s: float) -> AbstractConnection:
+        import aiormq
+
+        connection = aiormq.Connection(
+            self._url,
+            client_properties={"connection_name": f"{self._name} #{slot.index}"},
+        )
+        try:
+            await call_aiormq(connection.connect(), timeout_s)
+        except BaseException as exc:
+            await close_quietly(connection)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            if isinstance(exc, asyncio.TimeoutError):
+                raise BrokerError(
+                    f"cannot connect to RabbitMQ at {self.shown_url}: "
+                    f"no answer within {timeout_s:.1f} s"
+                ) from exc
+            if isinstance(exc, aiormq.AuthenticationError | aiormq.ProbableAuthenticationError):
+                raise BrokerError(
+                    f"RabbitMQ at {self.shown_url} refused the login: {describe(exc)}"
+                ) from exc
+            raise BrokerError(
+                f"cannot connect to RabbitMQ at {self.shown_url}: {describe(exc)}"
+            ) from exc
+        return connection
+
+    async def _open(self, slot: _Slot, timeout_s: float) -> None:
+        """One attempt to connect ``slot``, open its publishing channel and run ``on_connect``."""
+        import aiormq
+
+        connection = await self._connect(slot, timeout_s)
+        try:
+            channel = await call_aiormq(connection.channel(), timeout_s)
+            await self._on_connect(connection)
+        except BaseException as exc:
+            await close_quietly(connection)
+            if isinstance(exc, BrokerError | asyncio.CancelledError):
+                raise
+            if isinstance(exc, aiormq.AMQPError | ConnectionError | asyncio.TimeoutError):
+                raise BrokerError(
+                    f"RabbitMQ at {self.shown_url} closed the connection while it was being "
+                    f"set up: {describe(exc)}"
+                ) from exc
+            raise
+        if self._closed:
+            await close_quietly(connection)
+            raise BrokerError(f"the connection pool to {self.shown_url} is closed")
+        slot.connection, slot.channel, slot.ready = connection, channel, True
+        if self._changed is not None:
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _open_until(self, slot: _Slot, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            remaining = deadline - loop.time()
+            try:
+                await self._open(slot, max(remaining, 0.05))
+                return
+            except BrokerError as exc:
+                remaining = deadline - loop.time()
+                if _is_fatal(exc):
+                    raise
+                if remaining <= 0:
+                    raise BrokerError(
+                        f"{exc} (gave up after {self._connect_timeout_s:g} s)"
+                    ) from exc.__cause__
+                logger.debug(
+                    "connection #%d to %s failed (%s); retrying", slot.index, self.shown_url, exc
+                )
+                await asyncio.sleep(min(self._backoff_s(attempt), remaining))
+                attempt += 1
+
+    async def _supervise(self, slot: _Slot) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            connection = slot.connection
+            if connection is None:
+                return
+            closing = connection.closing
+            closing.add_done_callback(_retrieve)
+            await asyncio.wait({closing})
+            if self._closed:
+                return
+            reason = (
+                "closed"
+                if closing.cancelled() or closing.exception() is None
+                else describe(closing.exception())
+            )
+            slot.ready = False
+            self._on_lost()
+            logger.warning(
+                "AMQP connection #%d to %s lost (%s); reconnecting",
+                slot.index,
+                self.shown_url,
+                reason,
+            )
+            lost_at = loop.time()
+            attempt = 0
+            while not self._closed:
+                try:
+                    await self._open(slot, self._connect_timeout_s)
+                    break
+                except TopologyError as exc:
+                    logger.error(
+                        "AMQP connection #%d to %s: cannot declare the topology: %s",
+                        slot.index,
+                        self.shown_url,
+                        exc,
+                    )
+                except BrokerError as exc:
+                    # Attempts 1, 2, 4, 8, ... are logged loudly: a long outage stays visible
+                    # without one line per connection every few seconds.
+                    failures = attempt + 1
+                    logger.log(
+                        logging.WARNING if failures & (failures - 1) == 0 else logging.DEBUG,
+                        "AMQP connection #%d to %s: reconnection attempt %d failed: %s",
+                        slot.index,
+                        self.shown_url,
+                        failures,
+                        exc,
+                    )
+                except Exception:
+                    logger.exception(
+                        "AMQP connection #%d to %s: unexpected error while reconnecting",
+                        slot.index,
+                        self.shown_url,
+                    )
+                await asyncio.sleep(self._backoff_s(attempt))
+                attempt += 1
+            else:
+                return
+            logger.warning(
+                "AMQP connection #%d to %s re-established after %.1f s",
+                slot.index,
+                self.shown_url,
+                loop.time() - lost_at,
+            )
+
+
+async def close_quietly(closable: AbstractConnection | AbstractChannel) -> None:
+    """Close an aiormq connection or channel, ignoring every error (it may be dead already)."""
+    if closable.is_closed:
+        return
+    try:
+        await call_aiormq(closable.close(), 5.0)
+    except Exception as exc:
+        logger.debug("closing %r failed: %s", closable, describe(exc))

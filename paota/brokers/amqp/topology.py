@@ -1,0 +1,363 @@
+"""The RabbitMQ topology paota uses: what is declared, with which arguments, and how delays route.
+
+Everything here is a frozen description built from :class:`~paota.core.config.Config`
+(:meth:`Topology.from_config`); :func:`declare` sends it to RabbitMQ. Declaring is idempotent, so
+every worker and producer declares the whole topology when it connects.
+
+The names, types and arguments shared with Go paota are exactly Go's, so Go and Python processes
+can declare the same topology in any order without a ``PRECONDITION_FAILED`` clash:
+
+- the task exchange (``amqp.exchange``, ``amqp.exchange_type``, durable);
+- the task queue (``task_queue_name``, durable, ``amqp.queue_declare_args``), bound to the task
+  exchange with ``amqp.binding_key`` (and ``amqp.queue_binding_args``);
+- the failed and timeout queues (durable, declared with ``amqp.queue_declare_args`` as Go does),
+  bound to the task exchange with their own names as routing keys;
+- Go's delayed queue (``amqp.delayed_queue``): Go publishes a delayed task to the task exchange with
+  routing key ``delayed_queue`` and a per-message TTL; on expiry it is dead-lettered back to the
+  task exchange with Go's routing key. paota declares it the same way so Go producers keep working,
+  but does not use it for its own delays: per-message TTLs on one queue block at the head (a 1 s
+  message waits behind a 60 s one).
+
+paota's own delays use a *delay ladder* (the "delay infrastructure" of NServiceBus): 30 durable
+queues ``{delayed_queue}.l00`` .. ``{delayed_queue}.l29``; level *k* has a queue-level
+``x-message-ttl`` of 2**k ms. Each level has a topic exchange of the same name. A delayed message is
+published with the routing key ``b29.b28. ... .b0.<task queue>`` (its delay in ms, one binary digit
+per word, most significant first) to the exchange of its highest set bit. The exchange of level *k*
+routes a key with ``1`` at bit *k* to its queue, and one with ``0`` there on to the exchange of level
+*k-1* (an exchange-to-exchange binding). When the message expires from the queue of level *k* it is
+dead-lettered, routing key unchanged, to the exchange of level *k-1*, which sends it on by the next
+bit. Below level 0 is the delivery exchange ``{delayed_queue}.deliver``, to which the task queue is
+bound with the pattern ``*.*. ... .*.<task queue>`` (30 wildcards, then the queue name). A message
+thus waits exactly the sum of the TTLs of its set bits, its delay.
+
+Every queue of the ladder has one TTL, so its FIFO order is its expiry order and nothing waits behind
+a longer delay: a 1 s message published after a 60 s one goes to other queues and arrives first.
+Dead-lettering keeps the body and all properties (priority, headers, message id); RabbitMQ adds its
+``x-death`` bookkeeping headers, which the consumer removes again (:func:`strip_ladder_deaths`).
+Delays go up to 2**30 - 1 ms; paota allows up to 7 days (:data:`MAX_DELAY_S`).
+
+Queue type of the ladder (``delay_queue_type``), a trade-off between two RabbitMQ limitations:
+
+- ``"classic"`` (the default): classic queues dead-letter *at most once*. A message that expires
+  from a ladder queue while the node is shutting down can be dropped between two levels; stopping
+  RabbitMQ under load lost a few in-transit delayed messages that way (3 of ~16,000 delayed
+  messages over 6 stop/start cycles). Messages waiting in a queue survive restarts.
+- ``"quorum"``: quorum queues with ``x-dead-letter-strategy: at-least-once`` (and the
+  ``x-overflow: reject-publish`` it requires; RabbitMQ >= 3.10) keep each message until the next
+  level has it: no loss in the same test. But RabbitMQ runs the at-least-once dead-letter workers
+  under one supervisor, and a burst of worker crashes (deleting many such queues at once on 3.10,
+  quorum membership churn in a cluster on 4.x) exceeds its restart limit and leaves every
+  at-least-once queue on the node stranded until the node restarts (rabbitmq-server#16652, open).
+  Choose it only where that risk is acceptable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from paota.core.errors import TopologyError
+
+if TYPE_CHECKING:
+    from aiormq.abc import AbstractChannel
+
+    from paota.core.config import Config
+
+__all__ = [
+    "DELAY_LEVELS",
+    "DELAY_QUEUE_TYPES",
+    "MAX_DELAY_S",
+    "ExchangeBinding",
+    "ExchangeSpec",
+    "QueueBinding",
+    "QueueSpec",
+    "Topology",
+    "declare",
+    "strip_ladder_deaths",
+]
+
+#: Levels of the delay ladder; the longest representable delay is 2**DELAY_LEVELS - 1 ms.
+DELAY_LEVELS = 30
+#: The longest delay paota accepts, in seconds (7 days).
+MAX_DELAY_S = 7 * 24 * 3600
+#: Queue types the delay ladder can use (see the module docs for the trade-off).
+DELAY_QUEUE_TYPES = ("classic", "quorum")
+_MAX_DELAY_MS = MAX_DELAY_S * 1000
+_ROUTING_KEY_MAX = 255
+# Exchange types whose bindings filter by routing key; on fanout/headers exchanges a binding keyed
+# by a queue name would copy every task into that queue.
+_KEYED_EXCHANGE_TYPES = frozenset({"direct", "topic"})
+_DEATH_HEADERS = ("x-first-death-exchange", "x-first-death-queue", "x-first-death-reason")
+_LAST_DEATH_HEADERS = ("x-last-death-exchange", "x-last-death-queue", "x-last-death-reason")
+
+
+def _frozen(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class ExchangeSpec:
+    """An exchange to declare (always durable, never auto-deleted)."""
+
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """A durable queue to declare."""
+
+    name: str
+    arguments: Mapping[str, Any] = field(default_factory=_frozen)
+    auto_delete: bool = False
+
+
+@dataclass(frozen=True)
+class QueueBinding:
+    """``queue`` receives what ``exchange`` routes with ``routing_key`` (and ``arguments``)."""
+
+    queue: str
+    exchange: str
+    routing_key: str
+    arguments: Mapping[str, Any] = field(default_factory=_frozen)
+
+
+@dataclass(frozen=True)
+class ExchangeBinding:
+    """Exchange ``destination`` receives what exchange ``source`` routes with ``routing_key``."""
+
+    destination: str
+    source: str
+    routing_key: str
+
+
+def _bit_pattern(level: int, digit: str) -> str:
+    """The topic pattern that matches a delay key with ``digit`` at bit ``level``."""
+    words = ["*"] * DELAY_LEVELS
+    words[DELAY_LEVELS - 1 - level] = digit
+    return ".".join([*words, "#"])
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Everything paota declares for one :class:`~paota.core.config.Config`, in declaration order.
+
+    ``exchange`` and ``routing_key`` are where immediate tasks are published; :meth:`delay_route`
+    says where a delayed one goes. ``ladder_queues`` are the delay ladder's queue names, level 0
+    first.
+    """
+
+    exchange: str
+    routing_key: str
+    task_queue: str
+    failed_queue: str
+    timeout_queue: str
+    ladder_queues: tuple[str, ...]
+    delivery_exchange: str
+    exchanges: tuple[ExchangeSpec, ...]
+    queues: tuple[QueueSpec, ...]
+    queue_bindings: tuple[QueueBinding, ...]
+    exchange_bindings: tuple[ExchangeBinding, ...]
+
+    @classmethod
+    def from_config(cls, config: Config, *, delay_queue_type: str = "classic") -> Topology:
+        """The topology for ``config``, with a delay ladder of ``delay_queue_type`` queues.
+
+        Raises :class:`~paota.core.errors.TopologyError` when the task queue name cannot be the
+        last part of a delay routing key (a word ``*`` or ``#``, or too long), and ValueError for
+        a ``delay_queue_type`` not in :data:`DELAY_QUEUE_TYPES`.
+        """
+        if delay_queue_type not in DELAY_QUEUE_TYPES:
+            raise ValueError(
+                f"delay_queue_type={delay_queue_type!r} is not valid: expected one of "
+                + ", ".join(map(repr, DELAY_QUEUE_TYPES))
+            )
+        amqp = config.amqp
+        task_queue = config.task_queue_name
+        words = task_queue.split(".")
+        if "*" in words or "#" in words:
+            raise TopologyError(
+                f"task queue name {task_queue!r} cannot route delayed messages: a dot-separated "
+                "word '*' or '#' is a topic wildcard"
+            )
+        if len(task_queue.encode()) + 2 * DELAY_LEVELS > _ROUTING_KEY_MAX:
+            raise TopologyError(
+                f"task queue name {task_queue!r} is too long to route delayed messages: at most "
+                f"{_ROUTING_KEY_MAX - 2 * DELAY_LEVELS} bytes"
+            )
+        keyed = amqp.exchange_type in _KEYED_EXCHANGE_TYPES
+        # Go: the binding key on a direct exchange, the task queue name otherwise.
+        go_routing_key = (
+            amqp.binding_key if amqp.binding_key and amqp.exchange_type == "direct" else task_queue
+        )
+        ladder = tuple(f"{amqp.delayed_queue}.l{k:02d}" for k in range(DELAY_LEVELS))
+        delivery = f"{amqp.delayed_queue}.deliver"
+
+        exchanges = [ExchangeSpec(amqp.exchange, amqp.exchange_type)]
+        exchanges += [ExchangeSpec(name, "topic") for name in ladder]
+        exchanges.append(ExchangeSpec(delivery, "topic"))
+
+        queues = [
+            QueueSpec(task_queue, _frozen(amqp.queue_declare_args), amqp.auto_delete),
+            QueueSpec(amqp.failed_queue, _frozen(amqp.queue_declare_args)),
+            QueueSpec(amqp.timeout_queue, _frozen(amqp.queue_declare_args)),
+            QueueSpec(
+                amqp.delayed_queue,
+                _frozen(
+                    {
+                        "x-dead-letter-exchange": amqp.exchange,
+                        "x-dead-letter-routing-key": go_routing_key,
+                    }
+                ),
+            ),
+        ]
+        at_least_once = (
+            {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+            if delay_queue_type == "quorum"
+            else {}
+        )
+        for level, name in enumerate(ladder):
+            arguments = {
+                "x-queue-type": delay_queue_type,
+                "x-message-ttl": 2**level,
+                "x-dead-letter-exchange": ladder[level - 1] if level else delivery,
+                **at_least_once,
+            }
+            queues.append(QueueSpec(name, _frozen(arguments)))
+
+        queue_bindings = [
+            QueueBinding(
+                task_queue, amqp.exchange, amqp.binding_key, _frozen(amqp.queue_binding_args)
+            ),
+            QueueBinding(task_queue, delivery, ".".join(["*"] * DELAY_LEVELS + [task_queue])),
+        ]
+        if keyed:
+            queue_bindings += [
+                QueueBinding(amqp.failed_queue, amqp.exchange, amqp.failed_queue),
+                QueueBinding(amqp.timeout_queue, amqp.exchange, amqp.timeout_queue),
+                QueueBinding(amqp.delayed_queue, amqp.exchange, amqp.delayed_queue),
+            ]
+        queue_bindings += [
+            QueueBinding(name, name, _bit_pattern(level, "1")) for level, name in enumerate(ladder)
+        ]
+        exchange_bindings = [
+            ExchangeBinding(
+                ladder[level - 1] if level else delivery, name, _bit_pattern(level, "0")
+            )
+            for level, name in enumerate(ladder)
+        ]
+        return cls(
+            exchange=amqp.exchange,
+            routing_key=amqp.binding_key or task_queue,
+            task_queue=task_queue,
+            failed_queue=amqp.failed_queue,
+            timeout_queue=amqp.timeout_queue,
+            ladder_queues=ladder,
+            delivery_exchange=delivery,
+            exchanges=tuple(exchanges),
+            queues=tuple(queues),
+            queue_bindings=tuple(queue_bindings),
+            exchange_bindings=tuple(exchange_bindings),
+        )
+
+    def delay_route(self, delay_ms: int) -> tuple[str, str]:
+        """``(exchange, routing_key)`` that delivers to the task queue after ``delay_ms`` ms.
+
+        Raises ValueError unless 1 <= ``delay_ms`` <= 7 days.
+        """
+        if not 1 <= delay_ms <= _MAX_DELAY_MS:
+            raise ValueError(f"delay of {delay_ms} ms is out of range: 1 ms .. {MAX_DELAY_S} s")
+        bits = format(delay_ms, f"0{DELAY_LEVELS}b")
+        key = ".".join([*bits, self.task_queue])
+        return self.ladder_queues[delay_ms.bit_length() - 1], key
+
+    def names(self) -> tuple[list[str], list[str]]:
+        """``(queue names, exchange names)`` this topology declares (for tooling and tests)."""
+        return [q.name for q in self.queues], [e.name for e in self.exchanges]
+
+
+def strip_ladder_deaths(headers: dict[str, Any], ladder_queues: frozenset[str]) -> dict[str, Any]:
+    """Remove the ``x-death`` bookkeeping the delay ladder added, if it is the only dead-lettering.
+
+    Messages that were also dead-lettered elsewhere keep all their death headers.
+    """
+    deaths = headers.get("x-death")
+    if not isinstance(deaths, list) or not deaths:
+        return headers
+    for death in deaths:
+        if not isinstance(death, Mapping):
+            return headers
+        queue = death.get("queue")
+        if isinstance(queue, bytes):
+            queue = queue.decode("utf-8", "replace")
+        if queue not in ladder_queues:
+            return headers
+    stripped = {k: v for k, v in headers.items() if k != "x-death"}
+    for name in (*_DEATH_HEADERS, *_LAST_DEATH_HEADERS):
+        stripped.pop(name, None)
+    return stripped
+
+
+def _steps(topology: Topology) -> Iterator[tuple[str, str, Any]]:
+    for exchange in topology.exchanges:
+        yield "exchange", exchange.name, exchange
+    for queue in topology.queues:
+        yield "queue", queue.name, queue
+    for binding in topology.queue_bindings:
+        yield "binding", f"{binding.queue!r} to exchange {binding.exchange!r}", binding
+    for e_binding in topology.exchange_bindings:
+        yield (
+            "binding",
+            f"exchange {e_binding.destination!r} to exchange {e_binding.source!r}",
+            e_binding,
+        )
+
+
+async def declare(channel: AbstractChannel, topology: Topology, *, timeout_s: float) -> None:
+    """Declare ``topology`` on ``channel`` (a channel without publisher confirms).
+
+    A refusal by RabbitMQ (``PRECONDITION_FAILED`` for an existing queue or exchange with other
+    arguments, ``ACCESS_REFUSED``, ...) closes the channel and raises
+    :class:`~paota.core.errors.TopologyError` with RabbitMQ's reply text, which names the queue and
+    the argument that differs. Connection errors propagate unchanged.
+    """
+    import aiormq
+
+    for kind, label, item in _steps(topology):
+        try:
+            if isinstance(item, ExchangeSpec):
+                await channel.exchange_declare(
+                    item.name, exchange_type=item.type, durable=True, timeout=timeout_s
+                )
+            elif isinstance(item, QueueSpec):
+                await channel.queue_declare(
+                    item.name,
+                    durable=True,
+                    auto_delete=item.auto_delete,
+                    arguments=dict(item.arguments),
+                    timeout=timeout_s,
+                )
+            elif isinstance(item, QueueBinding):
+                await channel.queue_bind(
+                    item.queue,
+                    item.exchange,
+                    routing_key=item.routing_key,
+                    arguments=dict(item.arguments),
+                    timeout=timeout_s,
+                )
+            else:
+                await channel.exchange_bind(
+                    item.destination, item.source, item.routing_key, timeout=timeout_s
+                )
+        except aiormq.ChannelClosed as exc:
+            reply = " ".join(str(arg) for arg in exc.args if arg is not None) or repr(exc)
+            if isinstance(item, QueueSpec):
+                what = f"queue {label!r} (arguments {dict(item.arguments)}, durable, auto_delete="
+                what += f"{item.auto_delete})"
+            elif isinstance(item, ExchangeSpec):
+                what = f"exchange {label!r} (type {item.type!r}, durable)"
+            else:
+                what = f"{kind} of {label}"
+            raise TopologyError(f"RabbitMQ refused to declare {what}: {reply}") from exc
