@@ -49,7 +49,15 @@ from paota.core.errors import (
     TaskFailedError,
 )
 from paota.core.factory import make_broker, make_store
-from paota.core.protocols import Broker, Delivery, ParkInfo, ParkQueue, ParkReason, Store
+from paota.core.protocols import (
+    MAX_DELAY_S,
+    Broker,
+    Delivery,
+    ParkInfo,
+    ParkQueue,
+    ParkReason,
+    Store,
+)
 from paota.core.registry import RegisteredTask, TaskFunc, TaskRegistry
 from paota.core.signature import Signature, decode_message
 from paota.core.state import ErrorInfo, TaskState, TaskStatus
@@ -246,8 +254,8 @@ class WorkerPool:
             sig = sig.replace(**changes)
         if self._store is not None:
             await self._store.record(self._state(sig, TaskStatus.PENDING))
-        delay_s = (sig.eta - now).total_seconds() if sig.eta is not None else 0.0
-        await self.broker.publish(sig, delay_s=max(0.0, delay_s))
+        delay_s = _until(sig.eta, now) if sig.eta is not None else 0.0
+        await self.broker.publish(sig, delay_s=delay_s)
         return TaskHandle(sig.uuid, sig, self)
 
     def _require_store(self) -> Store:
@@ -454,7 +462,7 @@ class WorkerPool:
         if sig.eta is not None and sig.eta > now:
             self.stats.deferred += 1
             await self.broker.publish(
-                sig, delay_s=(sig.eta - now).total_seconds(), headers=_extra_headers(delivery)
+                sig, delay_s=_until(sig.eta, now), headers=_extra_headers(delivery)
             )
             await delivery.ack()
             return
@@ -686,6 +694,12 @@ class WorkerPool:
             finished_at=finished_at,
             updated_at=self.clock.now(),
         )
+
+
+def _until(eta: datetime, now: datetime) -> float:
+    """Seconds from ``now`` to ``eta``, within what a broker delays (a later ETA is deferred again
+    when the message comes back early)."""
+    return min(max(0.0, (eta - now).total_seconds()), float(MAX_DELAY_S))
 
 
 async def _quietly(awaitable: Any) -> None:

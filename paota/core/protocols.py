@@ -20,6 +20,7 @@ from paota.core.signature import Signature
 from paota.core.state import TaskState, TaskStatus
 
 __all__ = [
+    "MAX_DELAY_S",
     "Broker",
     "Delivery",
     "ParkInfo",
@@ -27,6 +28,11 @@ __all__ = [
     "ParkReason",
     "Store",
 ]
+
+
+MAX_DELAY_S = 7 * 24 * 3600
+"""The longest ``delay_s`` a broker must accept (7 days); the pool reaches later ETAs by deferring
+again when a message arrives before its ETA."""
 
 
 class ParkQueue(str, enum.Enum):
@@ -130,9 +136,10 @@ class Broker(Protocol):
     ) -> None:
         """Publish ``sig`` to the task queue, durably (returns once the broker has it).
 
-        ``delay_s > 0`` makes it deliverable only after that many seconds; delays keep their own
-        order (a 1 s delay published after a 60 s one is delivered first). ``headers`` are extra
-        message headers carried alongside the encoded signature.
+        ``delay_s > 0`` (up to :data:`MAX_DELAY_S`) makes it deliverable only after that many
+        seconds; delays keep their own order (a 1 s delay published after a 60 s one is
+        delivered first). ``headers`` are extra message headers carried alongside the encoded
+        signature.
         """
         ...
 

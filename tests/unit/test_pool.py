@@ -518,3 +518,12 @@ async def test_pool_stops_when_its_broker_is_closed_under_it() -> None:
     await asyncio.sleep(0.01)
     await broker.close()
     await asyncio.wait_for(worker, 5)
+
+
+async def test_an_eta_beyond_the_longest_broker_delay_is_deferred_in_steps(make_rig: Any) -> None:
+    ran_at: list[Any] = []
+    rig = await make_rig(tasks={"Far": lambda sig: ran_at.append(rig.clock.now())})
+    eta = rig.clock.now() + timedelta(days=20)
+    await rig.run(Signature("Far", eta=eta))
+    assert [round(d.delay_s) for d in rig.broker.delays] == [7 * 86400, 7 * 86400, 6 * 86400]
+    assert len(ran_at) == 1 and ran_at[0] >= eta

@@ -148,6 +148,10 @@ class _ConsumerSession:
     def _on_channel_closed(self, closing: asyncio.Future[Any]) -> None:
         exc = None if closing.cancelled() else closing.exception()
         self.end_reason = self.end_reason or f"channel closed ({describe(exc)})"
+        # Messages buffered from a dead channel can no longer be acked: RabbitMQ redelivers them,
+        # so running them here would only run them twice.
+        while not self.queue.empty():
+            self.queue.get_nowait()
         self.queue.put_nowait(None)
 
     def _on_cancelled(self, frame: spec.Basic.Cancel) -> None:
@@ -734,7 +738,7 @@ def _delay_ms(delay_s: float) -> int:
             f"delay_s={delay_s:g} is longer than the longest supported delay, {MAX_DELAY_S} s "
             "(7 days)"
         )
-    return round(delay_s * 1000)
+    return math.ceil(delay_s * 1000)
 
 
 def _properties(

@@ -59,6 +59,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from paota.core.errors import TopologyError
+from paota.core.protocols import MAX_DELAY_S
 
 if TYPE_CHECKING:
     from aiormq.abc import AbstractChannel
@@ -80,8 +81,6 @@ __all__ = [
 
 #: Levels of the delay ladder; the longest representable delay is 2**DELAY_LEVELS - 1 ms.
 DELAY_LEVELS = 30
-#: The longest delay paota accepts, in seconds (7 days).
-MAX_DELAY_S = 7 * 24 * 3600
 #: Queue types the delay ladder can use (see the module docs for the trade-off).
 DELAY_QUEUE_TYPES = ("classic", "quorum")
 _MAX_DELAY_MS = MAX_DELAY_S * 1000
