@@ -153,12 +153,10 @@ async def main() -> None:
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores")
     raw_pub, raw_con = await raw_run(args.url, n, args.window)
     paota_pub, paota_con = await paota_run(args.url, n, args.window)
-    print(
-        f"  publish  raw {raw_pub:>9,.0f} msgs/s   paota {paota_pub:>9,.0f} tasks/s   ratio {paota_pub / raw_pub:.2f}"
-    )
-    print(
-        f"  consume  raw {raw_con:>9,.0f} msgs/s   paota {paota_con:>9,.0f} tasks/s   ratio {paota_con / raw_con:.2f}"
-    )
+    for what, raw, ours in (("publish", raw_pub, paota_pub), ("consume", raw_con, paota_con)):
+        print(
+            f"  {what}  raw {raw:>9,.0f} msgs/s   paota {ours:>9,.0f} tasks/s   ratio {ours / raw:.2f}"
+        )
 
 
 if __name__ == "__main__":
