@@ -26,7 +26,7 @@ import pymongo
 from bson.errors import InvalidDocument
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from paota.core.config import Config, redact_url
 from paota.core.errors import StoreError
@@ -161,12 +161,20 @@ class MongoStore:
             )
         else:
             # createIndexes refuses to change the options of an existing index; collMod can.
-            await collection.database.command(
-                {
-                    "collMod": cfg.collection,
-                    "index": {"name": _TTL_INDEX, "expireAfterSeconds": wanted_ttl},
-                }
-            )
+            try:
+                await collection.database.command(
+                    {
+                        "collMod": cfg.collection,
+                        "index": {"name": _TTL_INDEX, "expireAfterSeconds": wanted_ttl},
+                    }
+                )
+            except OperationFailure as exc:
+                # Some MongoDB-protocol servers have no collMod: replace the index instead.
+                logger.info("collMod failed (%s); recreating the TTL index %s", exc, _TTL_INDEX)
+                await collection.drop_index(_TTL_INDEX)
+                await collection.create_index(
+                    [("finished_at", pymongo.ASCENDING)], expireAfterSeconds=wanted_ttl
+                )
             logger.info(
                 "TTL of finished task records in %s.%s changed from %s s to %s s",
                 cfg.database,
