@@ -1,7 +1,8 @@
 """Fixtures for the integration suites: real servers and an isolated topology per test.
 
-RabbitMQ: ``amqp_url`` is ``PAOTA_TEST_AMQP_URL`` when set; otherwise a RabbitMQ container is
-started with testcontainers when a Docker engine answers; otherwise the test is skipped (and fails
+RabbitMQ: ``amqp_url`` is ``PAOTA_TEST_AMQP_URL`` when set; otherwise the local RabbitMQ at
+``127.0.0.1:5672`` (guest/guest) when it answers; otherwise a RabbitMQ container is started with
+testcontainers when a Docker engine answers; otherwise the test is skipped (and fails
 in CI, see :mod:`tests.integration._skip`). ``make_config`` gives each test its own exchange and
 queues and deletes them afterwards.
 
@@ -28,6 +29,7 @@ from tests.integration.mongo_server import mongo_uri, mongoeco_servers
 __all__ = ["amqp_url", "delete_topology", "make_config", "mongo_uri", "mongoeco_servers"]
 
 RABBITMQ_IMAGE = "rabbitmq:3.13-management"
+LOCAL_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 _AMQP_PORT = 5672
 
 
@@ -71,6 +73,13 @@ def amqp_url() -> Iterator[str]:
     url = os.environ.get("PAOTA_TEST_AMQP_URL")
     if url:
         yield url
+        return
+    try:
+        _wait_for_amqp(LOCAL_AMQP_URL, timeout_s=0)
+    except Exception:
+        pass  # no local RabbitMQ: try a container
+    else:
+        yield LOCAL_AMQP_URL
         return
     reason = _docker_reason()
     if reason is not None:
