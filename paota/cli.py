@@ -324,6 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "demo" and args.log_level == "INFO":
         logging.getLogger("paota").setLevel(logging.WARNING)
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # aiormq logs every refused reconnect at ERROR with a traceback; paota's broker already
+        # says what happens, once per backoff step.
+        logging.getLogger("aiormq").setLevel(logging.CRITICAL)
     commands = {"worker": _worker, "send": _send, "demo": _demo, "requeue": _requeue}
     try:
         return asyncio.run(commands[args.command](args))
