@@ -21,12 +21,10 @@ from typing import Any
 
 from paota.core.clock import Clock, ManualClock, SystemClock
 from paota.core.errors import BrokerError, DecodeError
-from paota.core.protocols import Delivery, ParkInfo, ParkQueue
+from paota.core.protocols import Delivery, ParkInfo, ParkQueue, replay_headers
 from paota.core.signature import Signature, decode_message, encode_message
 
 __all__ = ["DelayRecord", "MemoryBroker", "MemoryDelivery", "MemoryMessage"]
-
-_PAOTA_HEADER_PREFIX = "x-paota-"
 
 
 @dataclass
@@ -294,15 +292,15 @@ class MemoryBroker:
             if not matches or (limit is not None and moved >= limit):
                 keep.append(message)
                 continue
-            headers = {
-                k: v for k, v in message.headers.items() if not k.startswith(_PAOTA_HEADER_PREFIX)
-            }
+            headers = replay_headers(message.headers)
             try:
                 sig = decode_message(message.body, headers).replace(retries_done=0)
             except DecodeError:
                 self._enqueue(MemoryMessage(message.body, headers, 0, False, next(self._seq)))
             else:
-                await self.publish(sig)
+                wire_keys = encode_message(sig).headers.keys()
+                extra = {k: v for k, v in headers.items() if k not in wire_keys}
+                await self.publish(sig, headers=extra)
             moved += 1
         self._parked[queue] = keep
         return moved

@@ -51,12 +51,15 @@ from paota.core.errors import (
 from paota.core.factory import make_broker, make_store
 from paota.core.protocols import (
     MAX_DELAY_S,
+    REPLAYS_HEADER,
+    RETURNS_HEADER,
     Broker,
     Delivery,
     ParkInfo,
     ParkQueue,
     ParkReason,
     Store,
+    header_int,
 )
 from paota.core.registry import RegisteredTask, TaskFunc, TaskRegistry
 from paota.core.signature import Signature, decode_message
@@ -68,7 +71,6 @@ logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=TaskFunc)
 
-RETURNS_HEADER = "x-paota-returns"
 _TRACEBACK_LIMIT = 4000
 
 
@@ -490,7 +492,9 @@ class WorkerPool:
         store = self._store
         started_at = self.clock.now()
         if store is not None:
-            await self._record(self._state(sig, TaskStatus.STARTED, started_at=started_at))
+            await self._record(
+                self._state(sig, TaskStatus.STARTED, started_at=started_at, delivery=delivery)
+            )
         try:
             result = await self._call(task, sig)
         except Exception as exc:
@@ -505,6 +509,7 @@ class WorkerPool:
                     result=result,
                     started_at=started_at,
                     finished_at=self.clock.now(),
+                    delivery=delivery,
                 )
             )
         if logger.isEnabledFor(logging.DEBUG):
@@ -556,7 +561,11 @@ class WorkerPool:
             if self._store is not None:
                 await self._record(
                     self._state(
-                        sig, TaskStatus.RETRYING, error=_error_info(exc), started_at=started_at
+                        sig,
+                        TaskStatus.RETRYING,
+                        error=_error_info(exc),
+                        started_at=started_at,
+                        delivery=delivery,
                     )
                 )
             retry = sig.replace(
@@ -594,7 +603,7 @@ class WorkerPool:
             self.stats.dropped += 1
             await delivery.ack()
             return
-        returns = _int_header(delivery.headers.get(RETURNS_HEADER))
+        returns = header_int(delivery.headers.get(RETURNS_HEADER))
         if returns < self.config.unknown_task_max_returns:
             logger.warning(
                 "task %s: no task %r registered in pool %s; returned for another worker (%d/%d)",
@@ -644,7 +653,14 @@ class WorkerPool:
             self.stats.failed += 1
         if sig is not None and self._store is not None:
             await self._record(
-                self._state(sig, status, error=error, started_at=started_at, finished_at=now)
+                self._state(
+                    sig,
+                    status,
+                    error=error,
+                    started_at=started_at,
+                    finished_at=now,
+                    delivery=delivery,
+                )
             )
         await delivery.ack()
 
@@ -679,13 +695,16 @@ class WorkerPool:
         error: ErrorInfo | None = None,
         started_at: datetime | None = None,
         finished_at: datetime | None = None,
+        delivery: Delivery | None = None,
     ) -> TaskState:
+        replays = 0 if delivery is None else header_int(delivery.headers.get(REPLAYS_HEADER))
         return TaskState(
             task_id=sig.uuid,
             name=sig.name,
             status=status,
             args=[{"Name": a.name, "Type": a.type, "Value": a.value} for a in sig.args],
             attempts=sig.retries_done,
+            replays=replays,
             result=result,
             error=error,
             worker="" if status is TaskStatus.PENDING else self.name,
@@ -720,16 +739,5 @@ def _error_info(exc: BaseException) -> ErrorInfo:
 
 def _extra_headers(delivery: Delivery) -> dict[str, Any]:
     """Headers to carry over to a republished copy: paota's own control headers only."""
-    value = delivery.headers.get(RETURNS_HEADER)
-    return {} if value is None else {RETURNS_HEADER: value}
-
-
-def _int_header(value: Any) -> int:
-    if isinstance(value, bool):
-        return 0
-    if isinstance(value, int):
-        return value
-    if isinstance(value, (bytes, str)):
-        with contextlib.suppress(ValueError):
-            return int(value)
-    return 0
+    headers = delivery.headers
+    return {k: headers[k] for k in (RETURNS_HEADER, REPLAYS_HEADER) if k in headers}

@@ -21,6 +21,11 @@ from paota.core.state import TaskState, TaskStatus
 
 __all__ = [
     "MAX_DELAY_S",
+    "PARKING_HEADERS",
+    "REPLAYS_HEADER",
+    "RETURNS_HEADER",
+    "header_int",
+    "replay_headers",
     "Broker",
     "Delivery",
     "ParkInfo",
@@ -33,6 +38,42 @@ __all__ = [
 MAX_DELAY_S = 7 * 24 * 3600
 """The longest ``delay_s`` a broker must accept (7 days); the pool reaches later ETAs by deferring
 again when a message arrives before its ETA."""
+
+
+RETURNS_HEADER = "x-paota-returns"
+"""How many times workers that did not know the task returned it (see the pool's unknown-task rule)."""
+REPLAYS_HEADER = "x-paota-replays"
+"""How many times the message was moved back from a parking queue (``requeue_parked``)."""
+PARKING_HEADERS = (
+    "x-paota-reason",
+    "x-paota-error",
+    "x-paota-traceback",
+    "x-paota-worker",
+    "x-paota-parked-at",
+)
+"""The headers a parked copy carries to say why it was parked."""
+
+
+def header_int(value: Any) -> int:
+    """An integer header as AMQP libraries hand it over (int of any width, or digits), else 0."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (bytes, str)):
+        try:
+            return int(value)
+        except ValueError:
+            return 0
+    return 0
+
+
+def replay_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """The headers of a parked message moved back for replay: the parking and return headers
+    dropped, :data:`REPLAYS_HEADER` one higher (so the store records the replay as a new run)."""
+    clean = {k: v for k, v in headers.items() if k not in PARKING_HEADERS and k != RETURNS_HEADER}
+    clean[REPLAYS_HEADER] = header_int(headers.get(REPLAYS_HEADER)) + 1
+    return clean
 
 
 class ParkQueue(str, enum.Enum):
@@ -162,7 +203,8 @@ class Broker(Protocol):
         self, queue: ParkQueue, *, reason: str | None = None, limit: int | None = None
     ) -> int:
         """Move parked messages (optionally only those with ``x-paota-reason == reason``) back to the
-        task queue with their retries reset; returns how many moved."""
+        task queue with their retries reset and headers from :func:`replay_headers`; returns how
+        many moved."""
         ...
 
 

@@ -46,12 +46,16 @@ _RANK = {
 def may_replace(current: TaskState | None, new: TaskState) -> bool:
     """Whether ``new`` may overwrite ``current``: transitions never go backwards.
 
-    A final record is never replaced. Otherwise the pair (attempts, status rank) must not decrease,
-    so a redelivered duplicate cannot turn RETRYING of attempt 2 back into STARTED of attempt 1.
-    Every store applies exactly this rule, atomically.
+    Within one run (``replays``), a final record is never replaced, and otherwise the pair
+    (attempts, status rank) must not decrease, so a redelivered duplicate cannot turn RETRYING of
+    attempt 2 back into STARTED of attempt 1, nor SUCCEEDED into STARTED. A replay (a parked task
+    moved back to the queue with ``paota requeue``) starts a new run that replaces the old one,
+    final or not. Every store applies exactly this rule, atomically.
     """
     if current is None:
         return True
+    if new.replays != current.replays:
+        return new.replays > current.replays
     if current.status.is_final:
         return False
     return (new.attempts, new.status.rank) >= (current.attempts, current.status.rank)
@@ -71,7 +75,8 @@ class TaskState:
     """One task's record: status, attempts, result or error, who ran it and when.
 
     ``args`` is the argument list as on the wire (a list of ``{"Name", "Type", "Value"}`` dicts).
-    ``attempts`` is the signature's ``retries_done`` at the time of the record. Times are aware UTC.
+    ``attempts`` is the signature's ``retries_done`` at the time of the record, ``replays`` how
+    many times the task was moved back from a parking queue. Times are aware UTC.
     """
 
     task_id: str
@@ -79,6 +84,7 @@ class TaskState:
     status: TaskStatus
     args: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     attempts: int = 0
+    replays: int = 0
     result: Any = None
     error: ErrorInfo | None = None
     worker: str = ""

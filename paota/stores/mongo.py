@@ -213,21 +213,23 @@ class MongoStore:
     async def record(self, state: TaskState) -> bool:
         """Write ``state`` if :func:`~paota.core.state.may_replace` allows it; True if it did.
 
-        One conditional upsert: the filter matches the task's document only while it is not final
-        and ``(attempts, rank)`` does not exceed the new state's, and ``upsert=True`` creates the
+        One conditional upsert: the filter matches the task's document only when it is of an
+        earlier run (``replays``), or of the same run, not final, and ``(attempts, rank)`` does not
+        exceed the new state's, and ``upsert=True`` creates the
         document when there is none. When a document exists but the filter does not match, the
         upsert's insert fails with a duplicate key error: not applied. The same error also comes
         from losing a race to create the document, so the update is tried once more without
         upsert (the document exists by then), and its match decides.
         """
         collection = self._require()
-        attempts, rank = state.attempts, state.status.rank
+        attempts, rank, replays = state.attempts, state.status.rank, state.replays
+        same_run: Document = {"replays": replays, "status": {"$nin": _FINAL_NAMES}}
         query: Document = {
             "_id": state.task_id,
-            "status": {"$nin": _FINAL_NAMES},
             "$or": [
-                {"attempts": {"$lt": attempts}},
-                {"attempts": attempts, "rank": {"$lte": rank}},
+                {"replays": {"$lt": replays}},
+                {**same_run, "attempts": {"$lt": attempts}},
+                {**same_run, "attempts": attempts, "rank": {"$lte": rank}},
             ],
         }
         fields = _to_fields(state)
@@ -317,6 +319,7 @@ def _to_fields(state: TaskState) -> Document:
         "args": state.args,
         "status": state.status.value,
         "attempts": state.attempts,
+        "replays": state.replays,
         "rank": state.status.rank,
         "result": state.result,
         "error": None
@@ -377,6 +380,7 @@ def _from_document(doc: Document) -> TaskState:
         status=TaskStatus(doc["status"]),
         args=doc.get("args") or [],
         attempts=doc.get("attempts", 0),
+        replays=doc.get("replays", 0),
         result=doc.get("result"),
         error=None
         if error is None

@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 
 from paota.core.errors import BrokerError
-from paota.core.protocols import Broker, Delivery, ParkInfo, ParkQueue, ParkReason
+from paota.core.protocols import (
+    PARKING_HEADERS,
+    REPLAYS_HEADER,
+    Broker,
+    Delivery,
+    ParkInfo,
+    ParkQueue,
+    ParkReason,
+)
 from paota.core.signature import Arg, Signature, decode_message
 
 
@@ -212,7 +220,8 @@ class BrokerContract:
             back = decode_message(delivery.body, delivery.headers)
             assert back.uuid == exhausted.uuid
             assert back.retries_done == 0
-            assert not any(k.startswith("x-paota-") for k in delivery.headers)
+            assert not set(PARKING_HEADERS) & set(delivery.headers)
+            assert delivery.headers[REPLAYS_HEADER] == 1
             await delivery.ack()
             # and the other one stays parked until asked for
             assert await broker.requeue_parked(ParkQueue.FAILED, limit=5) == 1

@@ -165,6 +165,17 @@ class StoreContract:
         # then the record is the success, unchanged
         assert await store.get("t-final") == final
 
+    async def test_a_replay_starts_a_new_run_over_a_final_record(self, store: Store) -> None:
+        # given a task that failed for good, then was moved back from the failed queue
+        assert await store.record(make_state("t-replay", FAIL, 3))
+        # when the replay starts, then it replaces the final record, and its own run goes forward
+        assert await store.record(make_state("t-replay", S, 0, replays=1)) is True
+        assert await store.record(make_state("t-replay", OK, 0, replays=1)) is True
+        # and a late duplicate of the first run cannot come back
+        assert await store.record(make_state("t-replay", S, 3)) is False
+        got = await store.get("t-replay")
+        assert got is not None and (got.status, got.replays) == (OK, 1)
+
     async def test_a_lower_attempt_is_refused(self, store: Store) -> None:
         current = make_state("t-attempts", R, 2)
         assert await store.record(current) is True
@@ -181,17 +192,18 @@ class StoreContract:
         assert await store.get("t-twice") == again
 
     async def test_decisions_equal_may_replace_for_every_pair(self, store: Store) -> None:
-        # Exhaustive over every status x attempts 0..2, twice: 324 pairs, one task each.
-        states = [(status, a) for status in TaskStatus for a in range(3)]
-        for n, ((s1, a1), (s2, a2)) in enumerate(itertools.product(states, repeat=2)):
+        # Exhaustive over every status x attempts 0..1 x replays 0..1, twice: 576 pairs.
+        states = [(st, a, r) for st in TaskStatus for a in range(2) for r in range(2)]
+        for n, ((s1, a1, r1), (s2, a2, r2)) in enumerate(itertools.product(states, repeat=2)):
             task_id = f"t-pair-{n}"
-            first = make_state(task_id, s1, a1)
-            second = make_state(task_id, s2, a2, worker="second")
+            first = make_state(task_id, s1, a1, replays=r1)
+            second = make_state(task_id, s2, a2, replays=r2, worker="second")
+            case = (s1, a1, r1, s2, a2, r2)
             assert await store.record(first) is True
             expected = may_replace(first, second)
             applied = await store.record(second)
-            assert applied is expected, (s1, a1, s2, a2)
-            assert await store.get(task_id) == (second if expected else first), (s1, a1, s2, a2)
+            assert applied is expected, case
+            assert await store.get(task_id) == (second if expected else first), case
 
     async def test_a_random_sequence_follows_the_model(self, store: Store) -> None:
         rng = random.Random(20260304)
@@ -200,7 +212,11 @@ class StoreContract:
             model: TaskState | None = None
             for step in range(40):
                 new = make_state(
-                    task_id, rng.choice(list(TaskStatus)), rng.randrange(4), worker=f"w{step}"
+                    task_id,
+                    rng.choice(list(TaskStatus)),
+                    rng.randrange(4),
+                    replays=rng.choice((0, 0, 0, 1, 2)),
+                    worker=f"w{step}",
                 )
                 expected = may_replace(model, new)
                 assert await store.record(new) is expected, (model, new)

@@ -23,7 +23,13 @@ from paota.brokers.amqp import MAX_DELAY_S, AMQPBroker
 from paota.brokers.amqp.properties import encode_headers
 from paota.core.config import Config
 from paota.core.errors import BrokerError, PublishError, TopologyError
-from paota.core.protocols import ParkQueue, ParkReason
+from paota.core.protocols import (
+    PARKING_HEADERS,
+    REPLAYS_HEADER,
+    RETURNS_HEADER,
+    ParkQueue,
+    ParkReason,
+)
 from paota.core.signature import decode_message
 from tests.contracts.broker_contract import BrokerContract, Receiver, park_info, sig
 
@@ -354,7 +360,8 @@ async def test_requeue_parked_filters_by_reason_and_stops_at_the_limit(
             back = decode_message(delivery.body, delivery.headers)
             assert sent[back.uuid] == "retries-exhausted"
             assert back.retries_done == 0
-            assert not any(k.startswith("x-paota-") for k in delivery.headers)
+            assert set(delivery.headers) & {*PARKING_HEADERS, RETURNS_HEADER} == set()
+            assert delivery.headers[REPLAYS_HEADER] == 1
             await delivery.ack()
         await rx.nothing()
         # and the other three are still parked

@@ -388,3 +388,53 @@ async def test_rabbitmq_restart_in_the_middle_of_2000_tasks_loses_nothing(
         f"{duplicates} ran twice (in flight at the restart: at-least-once)"
     )
     assert duplicates <= pool.concurrency + 1  # the running ones, and one waiting for a slot
+
+
+async def test_requeue_command_replays_parked_tasks_after_a_fix(
+    make_config: MakeConfig, running: Any
+) -> None:
+    # given a task parked after exhausting its retries
+    config = make_config()
+    pool = WorkerPool(config, concurrency=2, name="requeue-pool", store=MemoryStore())
+    fixed = False
+
+    @pool.task
+    async def needs_fix(sig: Signature) -> str:
+        if not fixed:
+            raise RuntimeError("bug")
+        return "fixed"
+
+    await running(pool)
+    handle = await pool.send_task(Signature("needs_fix"))
+    deadline = time.monotonic() + 10
+    while pool.stats.failed < 1:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    # when the bug is fixed and the parked task requeued by the CLI
+    fixed = True
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "paota",
+            "requeue",
+            "--from",
+            "failed",
+            "--reason",
+            "retries-exhausted",
+        ],
+        capture_output=True,
+        text=True,
+        env=_cli_env(config),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "moved 1 message" in result.stdout
+    # then it runs again, to success
+    deadline = time.monotonic() + 10
+    while pool.stats.succeeded < 1:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    state = await handle.state()
+    assert state is not None and state.result == "fixed"

@@ -35,7 +35,7 @@ from paota.brokers.amqp.connection import (
 from paota.brokers.amqp.properties import message_properties
 from paota.brokers.amqp.topology import MAX_DELAY_S, Topology, declare, strip_ladder_deaths
 from paota.core.errors import BrokerError, DecodeError, PublishError, TopologyError
-from paota.core.protocols import Delivery, ParkInfo, ParkQueue
+from paota.core.protocols import Delivery, ParkInfo, ParkQueue, replay_headers
 from paota.core.signature import decode_message, encode_message
 
 if TYPE_CHECKING:
@@ -48,7 +48,6 @@ __all__ = ["AMQPBroker", "AMQPDelivery"]
 
 logger = logging.getLogger("paota.brokers.amqp")
 
-_PAOTA_HEADER_PREFIX = "x-paota-"
 # How long an ack / reject / cancel may take before it is given up (the message then comes back).
 _SETTLE_TIMEOUT_S = 10.0
 
@@ -702,7 +701,7 @@ class AMQPBroker:
 
     async def _republish_parked(self, message: DeliveredMessage, headers: dict[str, Any]) -> None:
         props = message.header.properties
-        clean = {k: v for k, v in headers.items() if not k.startswith(_PAOTA_HEADER_PREFIX)}
+        clean = replay_headers(headers)
         body = message.body
         content_type = props.content_type
         priority = props.priority
