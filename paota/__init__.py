@@ -17,6 +17,7 @@ from paota.core.errors import (
     StoreError,
     TaskError,
     TaskFailedError,
+    TaskTimeoutError,
     TopologyError,
 )
 from paota.core.pool import PoolStats, TaskHandle, WorkerPool
@@ -55,6 +56,7 @@ __all__ = [
     "TaskFailedError",
     "TaskHandle",
     "TaskState",
+    "TaskTimeoutError",
     "TaskStatus",
     "TopologyError",
     "WorkerPool",

@@ -11,6 +11,7 @@ translated at the adapter boundary and chained with ``raise ... from exc``::
     │   ├── PublishError       a publish was nacked, returned, or not confirmed
     │   └── TopologyError      a queue/exchange exists with different arguments
     ├── StoreError             the task-state store cannot be reached or failed a write
+    ├── TaskTimeoutError       a task ran past its execution limit or waited past its start deadline
     └── TaskError              about one task
         ├── TaskFailedError    the task ended FAILED or TIMED_OUT (raised by ``result()``)
         └── ResultTimeoutError the result was not ready within the timeout
@@ -32,6 +33,7 @@ __all__ = [
     "StoreError",
     "TaskError",
     "TaskFailedError",
+    "TaskTimeoutError",
     "TopologyError",
 ]
 
@@ -75,6 +77,12 @@ class TopologyError(BrokerError):
 
 class StoreError(PaotaError):
     """The task-state store cannot be reached or a write failed."""
+
+
+class TaskTimeoutError(PaotaError, TimeoutError):
+    """A task ran longer than ``Config.max_task_execution_duration_s``, or waited longer than its
+    ``task_timeout`` to start. Recorded as the error of a TIMED_OUT task (and of a retried attempt).
+    """
 
 
 class TaskError(PaotaError):

@@ -47,6 +47,7 @@ from paota.core.errors import (
     ResultTimeoutError,
     StoreError,
     TaskFailedError,
+    TaskTimeoutError,
 )
 from paota.core.factory import make_broker, make_store
 from paota.core.protocols import (
@@ -86,7 +87,9 @@ def fibonacci_backoff_s(attempt: int, cap_s: float) -> float:
 
 @dataclass
 class PoolStats:
-    """Counters of what this pool did since it was created."""
+    """Counters of what this pool did since it was created: deliveries received; tasks that
+    succeeded, were retried, failed for good or timed out; unknown tasks returned for another
+    worker or dropped; deliveries deferred to their ETA; duplicates of finished runs skipped."""
 
     received: int = 0
     succeeded: int = 0
@@ -96,6 +99,7 @@ class PoolStats:
     returned: int = 0
     dropped: int = 0
     deferred: int = 0
+    duplicates: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,10 +117,6 @@ class TaskHandle:
     async def state(self) -> TaskState | None:
         """The task's current record in the store (None when the store has none yet)."""
         return await self._pool._require_store().get(self.id)
-
-
-class _ExecTimeout(Exception):
-    """The task ran longer than the configured maximum execution duration."""
 
 
 class WorkerPool:
@@ -481,7 +481,7 @@ class WorkerPool:
                     waited_s,
                     sig.task_timeout,
                 )
-                error = TimeoutError(
+                error = TaskTimeoutError(
                     f"waited {waited_s:.3f}s to start, over the {sig.task_timeout}s start deadline"
                 )
                 await self._park(delivery, sig, ParkQueue.TIMEOUT, ParkReason.START_DEADLINE, error)
@@ -492,9 +492,18 @@ class WorkerPool:
         store = self._store
         started_at = self.clock.now()
         if store is not None:
-            await self._record(
-                self._state(sig, TaskStatus.STARTED, started_at=started_at, delivery=delivery)
-            )
+            started = self._state(sig, TaskStatus.STARTED, started_at=started_at, delivery=delivery)
+            if not await self._record(started):
+                # The store has this run finished, or a later attempt: a redelivered duplicate.
+                logger.info(
+                    "task %s (%s) attempt %d already finished or moved on; duplicate skipped",
+                    sig.uuid,
+                    sig.name,
+                    sig.retries_done,
+                )
+                self.stats.duplicates += 1
+                await delivery.ack()
+                return
         try:
             result = await self._call(task, sig)
         except Exception as exc:
@@ -524,7 +533,7 @@ class WorkerPool:
             try:
                 return await asyncio.wait_for(task.func(sig), limit_s)
             except asyncio.TimeoutError as exc:
-                raise _ExecTimeout(
+                raise TaskTimeoutError(
                     f"ran longer than the {limit_s}s maximum execution duration and was cancelled"
                 ) from exc
         if self._executor is None:
@@ -536,7 +545,7 @@ class WorkerPool:
         try:
             return await asyncio.wait_for(future, limit_s)
         except asyncio.TimeoutError as exc:
-            raise _ExecTimeout(
+            raise TaskTimeoutError(
                 f"ran longer than the {limit_s}s maximum execution duration (a sync task cannot "
                 "be stopped: its thread runs on, its result is ignored)"
             ) from exc
@@ -544,7 +553,7 @@ class WorkerPool:
     async def _failed(
         self, delivery: Delivery, sig: Signature, exc: Exception, started_at: datetime
     ) -> None:
-        timed_out = isinstance(exc, _ExecTimeout)
+        timed_out = isinstance(exc, TaskTimeoutError)
         if sig.retries_done < sig.retry_count:
             attempt = sig.retries_done + 1
             delay_s = fibonacci_backoff_s(attempt, self.config.retry_backoff_cap_s)
@@ -664,15 +673,16 @@ class WorkerPool:
             )
         await delivery.ack()
 
-    async def _record(self, state: TaskState) -> None:
-        """Write a state, waiting out a store outage: the delivery stays unacked meanwhile."""
+    async def _record(self, state: TaskState) -> bool:
+        """Write a state, waiting out a store outage (the delivery stays unacked meanwhile).
+
+        Returns whether the store applied it (False: its record is final or further along)."""
         store = self._store
         assert store is not None
         delay_s = 0.1
         while True:
             try:
-                await store.record(state)
-                return
+                return await store.record(state)
             except StoreError as exc:
                 if self._stopping is not None and self._stopping.is_set():
                     raise

@@ -527,3 +527,28 @@ async def test_an_eta_beyond_the_longest_broker_delay_is_deferred_in_steps(make_
     await rig.run(Signature("Far", eta=eta))
     assert [round(d.delay_s) for d in rig.broker.delays] == [7 * 86400, 7 * 86400, 6 * 86400]
     assert len(ran_at) == 1 and ran_at[0] >= eta
+
+
+async def test_a_duplicate_of_a_finished_task_is_acked_without_running(make_rig: Any) -> None:
+    runs: list[str] = []
+    rig = await make_rig(tasks={"Once": lambda sig: runs.append(sig.uuid)})
+    [task_id] = await rig.run(Signature("Once"))
+    # the same message again, as after a redelivery
+    await rig.broker.publish(Signature("Once", uuid=task_id, created_at=rig.clock.now()))
+    await rig.broker.run_until_idle()
+    assert runs == [task_id]
+    assert rig.pool.stats.duplicates == 1
+    assert (await rig.state(task_id)).status is TaskStatus.SUCCEEDED
+
+
+async def test_timeouts_are_recorded_as_task_timeout_errors(make_rig: Any) -> None:
+    async def hang(sig: Signature) -> None:
+        await asyncio.sleep(30)
+
+    rig = await make_rig(tasks={"Hang": hang}, max_task_execution_duration_s=0.05)
+    late = Signature("Hang", task_timeout=1, created_at=rig.clock.now() - timedelta(seconds=5))
+    ids = await rig.run(Signature("Hang"), late)
+    for task_id in ids:
+        with pytest.raises(TaskFailedError) as info:
+            await rig.pool.result(task_id, timeout=1)
+        assert info.value.error_type == "TaskTimeoutError"
