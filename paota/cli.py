@@ -12,10 +12,11 @@ import dataclasses
 import importlib
 import json
 import logging
+import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -44,6 +45,35 @@ _INT_TYPES = {
 }
 _FLOAT_TYPES = {"float32", "float64"}
 DEMO_TASK = "paota.demo.noop"
+_MAX_SECONDS = 10 * 365 * 86400.0
+_INT32_MAX = 2**31 - 1
+
+
+def _int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer within ``lo..hi``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lo or (hi is not None and value > hi):
+            allowed = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range: expected {allowed}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds, 0 up to 10 years."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or not 0 <= value <= _MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: expected 0..{_MAX_SECONDS:g}")
+    return value
 
 
 def parse_arg(text: str) -> Arg:
@@ -246,7 +276,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("target", metavar="MODULE:POOL")
     worker.add_argument(
-        "--concurrency", type=int, default=None, help="override the pool's concurrency"
+        "--concurrency", type=_int_in(1), default=None, help="override the pool's concurrency"
     )
 
     send = sub.add_parser(
@@ -262,13 +292,23 @@ def _parser() -> argparse.ArgumentParser:
         metavar="[NAME:]TYPE=VALUE",
         help="an argument, e.g. int=5, who:string=Ada, tags:[]string='[\"a\"]' (repeatable)",
     )
-    send.add_argument("--retry-count", type=int, default=0, help="retries on failure (default 0)")
-    send.add_argument("--priority", type=int, default=0, help="AMQP priority 0..255 (default 0)")
     send.add_argument(
-        "--task-timeout", type=int, default=0, help="start deadline in seconds (0: none)"
+        "--retry-count",
+        type=_int_in(0, _INT32_MAX),
+        default=0,
+        help="retries on failure (default 0)",
     )
     send.add_argument(
-        "--delay", type=float, default=0.0, help="run no earlier than this many seconds from now"
+        "--priority", type=_int_in(0, 255), default=0, help="AMQP priority 0..255 (default 0)"
+    )
+    send.add_argument(
+        "--task-timeout",
+        type=_int_in(0, _INT32_MAX),
+        default=0,
+        help="start deadline in seconds (0: none)",
+    )
+    send.add_argument(
+        "--delay", type=_seconds, default=0.0, help="run no earlier than this many seconds from now"
     )
     send.add_argument(
         "--ignore-unregistered",
@@ -277,7 +317,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     send.add_argument(
         "--wait",
-        type=float,
+        type=_seconds,
         default=None,
         metavar="SECONDS",
         help="wait up to SECONDS for the result (needs a store shared with the worker)",
@@ -291,9 +331,11 @@ def _parser() -> argparse.ArgumentParser:
             "(default: memory), send N no-op tasks, show progress and a summary."
         ),
     )
-    demo.add_argument("--tasks", type=int, default=10_000, help="number of tasks (default 10000)")
     demo.add_argument(
-        "--concurrency", type=int, default=100, help="worker concurrency (default 100)"
+        "--tasks", type=_int_in(1), default=10_000, help="number of tasks (default 10000)"
+    )
+    demo.add_argument(
+        "--concurrency", type=_int_in(1), default=100, help="worker concurrency (default 100)"
     )
 
     requeue = sub.add_parser(
@@ -311,7 +353,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="only messages with this x-paota-reason (e.g. retries-exhausted)",
     )
-    requeue.add_argument("--limit", type=int, default=None, help="move at most this many")
+    requeue.add_argument("--limit", type=_int_in(1), default=None, help="move at most this many")
     return parser
 
 

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import inspect
 import logging
 import os
 import signal
 import socket
 import traceback
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
@@ -65,6 +64,7 @@ from paota.core.protocols import (
 from paota.core.registry import RegisteredTask, TaskFunc, TaskRegistry
 from paota.core.signature import Signature, decode_message
 from paota.core.state import ErrorInfo, TaskState, TaskStatus
+from paota.core.threads import DaemonThreads
 
 __all__ = ["PoolStats", "TaskHandle", "WorkerPool", "fibonacci_backoff_s"]
 
@@ -153,7 +153,7 @@ class WorkerPool:
         self._stopped: asyncio.Event | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
-        self._executor: ThreadPoolExecutor | None = None
+        self._threads: DaemonThreads | None = None
         self._slots: asyncio.Semaphore | None = None
 
     # registration ----------------------------------------------------------------------------
@@ -225,9 +225,9 @@ class WorkerPool:
             await self._broker.close()
         if self._store is not None:
             await self._store.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        if self._threads is not None:
+            self._threads.close()
+            self._threads = None
         self._connected = False
 
     async def __aenter__(self) -> WorkerPool:
@@ -301,41 +301,45 @@ class WorkerPool:
 
     async def start(self, *, install_signal_handlers: bool = True) -> None:
         """Consume and run tasks until :meth:`stop` is called or SIGINT/SIGTERM arrives."""
-        await self.connect()
-        if self._consumer is not None:
+        if self._stopped is not None and not self._stopped.is_set():
             raise PaotaError(f"worker pool {self.name} is already running")
-        if not len(self._registry):
-            logger.warning("worker pool %s starts with no task registered", self.name)
-        self._stopping = asyncio.Event()
+        self._stopping = stopping = asyncio.Event()
         self._stopped = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.concurrency)
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
-        if install_signal_handlers:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                    loop.add_signal_handler(signum, self._on_signal, signum)
-                    installed.append(signum)
-        prefetch = self.config.amqp.prefetch_count
-        if prefetch < self.concurrency:
-            logger.warning(
-                "worker pool %s: prefetch %d < concurrency %d: at most %d tasks will run at once",
+        try:
+            if install_signal_handlers:
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                        loop.add_signal_handler(signum, self._on_signal, signum)
+                        installed.append(signum)
+            await self.connect()
+            if stopping.is_set():  # stopped while connecting
+                return
+            if not len(self._registry):
+                logger.warning("worker pool %s starts with no task registered", self.name)
+            self._slots = asyncio.Semaphore(self.concurrency)
+            prefetch = self.config.amqp.prefetch_count
+            if prefetch < self.concurrency:
+                logger.warning(
+                    "worker pool %s: prefetch %d < concurrency %d: at most %d tasks run at once",
+                    self.name,
+                    prefetch,
+                    self.concurrency,
+                    prefetch,
+                )
+            logger.info(
+                "worker pool %s consuming (concurrency %d, prefetch %d, tasks: %s)",
                 self.name,
-                prefetch,
                 self.concurrency,
                 prefetch,
+                ", ".join(sorted(self._registry)) or "none",
             )
-        logger.info(
-            "worker pool %s consuming (concurrency %d, prefetch %d, tasks: %s)",
-            self.name,
-            self.concurrency,
-            prefetch,
-            ", ".join(sorted(self._registry)) or "none",
-        )
-        self._consumer = asyncio.create_task(self._consume(prefetch), name=f"{self.name}-consumer")
-        self._consumer.add_done_callback(self._consumer_done)
-        try:
-            await self._stopping.wait()
+            self._consumer = asyncio.create_task(
+                self._consume(prefetch), name=f"{self.name}-consumer"
+            )
+            self._consumer.add_done_callback(self._consumer_done)
+            await stopping.wait()
             await self._drain()
         finally:
             for signum in installed:
@@ -352,11 +356,10 @@ class WorkerPool:
     async def stop(self) -> None:
         """Stop gracefully: take no new deliveries, let running tasks finish within
         ``Config.shutdown_grace_s``, return the rest to the broker unacked. Idempotent."""
-        if self._stopping is None or self._consumer is None:
+        if self._stopping is None or self._stopped is None:
             return
         self._stopping.set()
-        if self._stopped is not None:
-            await self._stopped.wait()
+        await self._stopped.wait()
 
     async def _drain(self) -> None:
         consumer = self._consumer
@@ -509,6 +512,12 @@ class WorkerPool:
         except Exception as exc:
             await self._failed(delivery, sig, exc, started_at)
             return
+        except asyncio.CancelledError as exc:
+            if _being_cancelled() or (self._stopping is not None and self._stopping.is_set()):
+                raise  # the pool is stopping: the message goes back to the broker
+            # The task's own code let a CancelledError out: a failure like any other.
+            await self._failed(delivery, sig, exc, started_at)
+            return
         self.stats.succeeded += 1
         if store is not None:
             await self._record(
@@ -527,31 +536,46 @@ class WorkerPool:
 
     async def _call(self, task: RegisteredTask, sig: Signature) -> Any:
         limit_s = self.config.max_task_execution_duration_s
-        if task.is_async:
-            if limit_s <= 0:
-                return await task.func(sig)
-            try:
-                return await asyncio.wait_for(task.func(sig), limit_s)
-            except asyncio.TimeoutError as exc:
-                raise TaskTimeoutError(
-                    f"ran longer than the {limit_s}s maximum execution duration and was cancelled"
-                ) from exc
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="paota-task")
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, functools.partial(task.func, sig))
+        if not task.is_async:
+            return await self._call_in_thread(task, sig, limit_s)
         if limit_s <= 0:
-            return await future
+            return await task.func(sig)
+        running = asyncio.ensure_future(task.func(sig))
         try:
-            return await asyncio.wait_for(future, limit_s)
-        except asyncio.TimeoutError as exc:
-            raise TaskTimeoutError(
-                f"ran longer than the {limit_s}s maximum execution duration (a sync task cannot "
-                "be stopped: its thread runs on, its result is ignored)"
-            ) from exc
+            done, _ = await asyncio.wait({running}, timeout=limit_s)
+        except asyncio.CancelledError:
+            running.cancel()
+            raise
+        if done:
+            return running.result()
+        running.cancel()
+        with contextlib.suppress(BaseException):
+            await running
+        raise TaskTimeoutError(
+            f"ran longer than the {limit_s}s maximum execution duration and was cancelled"
+        )
+
+    async def _call_in_thread(self, task: RegisteredTask, sig: Signature, limit_s: float) -> Any:
+        if self._threads is None:
+            self._threads = DaemonThreads(self.concurrency, "paota-task")
+        job = self._threads.submit(task.func, sig)
+        if limit_s > 0:
+            await job.started  # the limit counts from when a thread runs it, not from the queue
+            done, _ = await asyncio.wait({job.done}, timeout=limit_s)
+            if not done:
+                self._threads.abandon(job)
+                raise TaskTimeoutError(
+                    f"ran longer than the {limit_s}s maximum execution duration (a sync task "
+                    "cannot be stopped: its thread runs on, its result is ignored)"
+                )
+        result = await job.done
+        if inspect.isawaitable(result):
+            # an async function behind a plain decorator: run the coroutine here, on the loop
+            result = await result
+        return result
 
     async def _failed(
-        self, delivery: Delivery, sig: Signature, exc: Exception, started_at: datetime
+        self, delivery: Delivery, sig: Signature, exc: BaseException, started_at: datetime
     ) -> None:
         timed_out = isinstance(exc, TaskTimeoutError)
         if sig.retries_done < sig.retry_count:
@@ -567,6 +591,14 @@ class WorkerPool:
                 sig.retry_count,
                 delay_s,
             )
+            retry = sig.replace(
+                retries_done=attempt,
+                retry_timeout=int(delay_s),
+                eta=self.clock.now() + timedelta(seconds=delay_s),
+            )
+            # The retry copy first: once it is on the broker, a redelivery of this attempt is a
+            # duplicate, and the store may say so.
+            await self.broker.publish(retry, delay_s=delay_s, headers=_extra_headers(delivery))
             if self._store is not None:
                 await self._record(
                     self._state(
@@ -577,12 +609,6 @@ class WorkerPool:
                         delivery=delivery,
                     )
                 )
-            retry = sig.replace(
-                retries_done=attempt,
-                retry_timeout=int(delay_s),
-                eta=self.clock.now() + timedelta(seconds=delay_s),
-            )
-            await self.broker.publish(retry, delay_s=delay_s, headers=_extra_headers(delivery))
             self.stats.retried += 1
             await delivery.ack()
             return
@@ -729,6 +755,13 @@ def _until(eta: datetime, now: datetime) -> float:
     """Seconds from ``now`` to ``eta``, within what a broker delays (a later ETA is deferred again
     when the message comes back early)."""
     return min(max(0.0, (eta - now).total_seconds()), float(MAX_DELAY_S))
+
+
+def _being_cancelled() -> bool:
+    """Whether the current asyncio task has a cancellation request pending (Python >= 3.11)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False
 
 
 async def _quietly(awaitable: Any) -> None:

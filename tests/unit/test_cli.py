@@ -130,3 +130,23 @@ def test_parse_arg(text: str, expected: Arg) -> None:
 def test_parse_arg_rejects(text: str) -> None:
     with pytest.raises(ConfigError, match="--arg"):
         parse_arg(text)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["send", "X", "--priority", "300"], "--priority: 300 is out of range: expected 0..255"),
+        (["send", "X", "--delay", "nan"], "--delay: 'nan' is out of range"),
+        (["send", "X", "--retry-count", "-1"], "--retry-count: -1 is out of range"),
+        (["demo", "--tasks", "0"], "--tasks: 0 is out of range: expected >= 1"),
+        (["demo", "--concurrency", "x"], "--concurrency: 'x' is not an integer"),
+        (["worker", "m:p", "--concurrency", "0"], "--concurrency: 0 is out of range"),
+    ],
+)
+def test_bad_options_are_clear_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

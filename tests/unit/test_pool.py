@@ -17,6 +17,7 @@ from paota import (
     Config,
     ConfigError,
     ManualClock,
+    PublishError,
     RegistrationError,
     ResultTimeoutError,
     Signature,
@@ -552,3 +553,153 @@ async def test_timeouts_are_recorded_as_task_timeout_errors(make_rig: Any) -> No
         with pytest.raises(TaskFailedError) as info:
             await rig.pool.result(task_id, timeout=1)
         assert info.value.error_type == "TaskTimeoutError"
+
+
+# --- faults found in review ----------------------------------------------------------------
+
+
+async def test_a_failed_retry_publish_returns_the_task_instead_of_losing_it() -> None:
+    class FlakyBroker(MemoryBroker):
+        fail_next_retry = True
+
+        async def publish(self, sig: Signature, **kw: Any) -> None:
+            if sig.retries_done > 0 and self.fail_next_retry:
+                self.fail_next_retry = False
+                raise PublishError("RabbitMQ did not confirm")
+            await super().publish(sig, **kw)
+
+    clock = ManualClock()
+    broker, store = FlakyBroker(clock=clock), MemoryStore()
+    pool = WorkerPool(Config(), 2, "p", broker=broker, store=store)
+    calls = 0
+
+    @pool.task
+    async def boom(sig: Signature) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("fail")
+
+    async with pool:
+        worker = asyncio.create_task(pool.start(install_signal_handlers=False))
+        handle = await pool.send_task(Signature("boom", retry_count=2))
+        await broker.run_until_idle()
+        state = await store.get(handle.id)
+        assert state is not None and (state.status, state.attempts) == (TaskStatus.FAILED, 2)
+        assert calls == 4  # the attempt whose retry could not be published ran again
+        assert len(broker.parked(ParkQueue.FAILED)) == 1
+        await pool.stop()
+        await worker
+
+
+async def test_a_cancelled_error_from_task_code_is_a_failure_not_a_loop(make_rig: Any) -> None:
+    calls = 0
+
+    async def cancels(sig: Signature) -> None:
+        nonlocal calls
+        calls += 1
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future
+
+    rig = await make_rig(tasks={"Cancels": cancels})
+    [task_id] = await rig.run(Signature("Cancels", retry_count=1))
+    assert calls == 2
+    state = await rig.state(task_id)
+    assert state.status is TaskStatus.FAILED
+    assert state.error is not None and state.error.type == "CancelledError"
+
+
+async def test_a_timeout_error_raised_by_the_task_is_an_ordinary_failure(make_rig: Any) -> None:
+    async def times_out(sig: Signature) -> None:
+        raise TimeoutError("socket read timed out")
+
+    rig = await make_rig(tasks={"T": times_out}, max_task_execution_duration_s=60)
+    [task_id] = await rig.run(Signature("T"))
+    state = await rig.state(task_id)
+    assert state.status is TaskStatus.FAILED
+    assert state.error is not None and state.error.type == "TimeoutError"
+    assert rig.broker.parked(ParkQueue.FAILED)[0].headers["x-paota-reason"] == "retries-exhausted"
+
+
+async def test_abandoned_sync_tasks_do_not_starve_the_next_ones(make_rig: Any) -> None:
+    release = threading.Event()
+    ran: list[str] = []
+
+    def task(sig: Signature) -> None:
+        if sig.arg("stuck", False):
+            release.wait(10)
+        ran.append(sig.uuid)
+
+    rig = await make_rig(concurrency=1, tasks={"T": task}, max_task_execution_duration_s=0.3)
+    try:
+        ids = await rig.run(
+            Signature("T", args=[Arg("stuck", "bool", True)]),
+            *(Signature("T") for _ in range(3)),
+        )
+        states = [await rig.state(i) for i in ids]
+        assert [s.status for s in states] == [TaskStatus.TIMED_OUT] + [TaskStatus.SUCCEEDED] * 3
+        assert sorted(ran) == sorted(ids[1:])
+    finally:
+        release.set()
+
+
+async def test_stop_during_connect_stops_start() -> None:
+    class SlowStore(MemoryStore):
+        async def connect(self) -> None:
+            await asyncio.sleep(0.2)
+            await super().connect()
+
+    pool = WorkerPool(Config(), 1, "p", broker=MemoryBroker(), store=SlowStore())
+    worker = asyncio.create_task(pool.start(install_signal_handlers=False))
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(pool.stop(), 5)
+    await asyncio.wait_for(worker, 5)
+    await pool.close()
+
+
+async def test_an_async_task_behind_a_plain_decorator_is_awaited(make_rig: Any) -> None:
+    ran = False
+
+    async def body(sig: Signature) -> str:
+        nonlocal ran
+        ran = True
+        return "awaited"
+
+    def plain_wrapper(sig: Signature) -> Any:
+        return body(sig)
+
+    rig = await make_rig(tasks={"Wrapped": plain_wrapper})
+    [task_id] = await rig.run(Signature("Wrapped"))
+    assert ran
+    assert await rig.pool.result(task_id, timeout=1) == "awaited"
+
+
+def test_a_stuck_sync_task_does_not_keep_a_stopped_process_alive(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "stuck.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, time
+            from paota import Config, Signature, WorkerPool
+
+            async def main():
+                pool = WorkerPool(Config(shutdown_grace_s=0.2), 1, "p")
+                pool.register_tasks({"Stuck": lambda sig: time.sleep(60)})
+                async with pool:
+                    worker = asyncio.create_task(pool.start(install_signal_handlers=False))
+                    await pool.send_task(Signature("Stuck"))
+                    await asyncio.sleep(0.2)
+                    await pool.stop()
+                    await worker
+
+            asyncio.run(main())
+            """
+        )
+    )
+    started = time.monotonic()
+    subprocess.run([sys.executable, str(script)], check=True, timeout=30)
+    assert time.monotonic() - started < 10
