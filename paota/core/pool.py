@@ -549,8 +549,7 @@ class WorkerPool:
         if done:
             return running.result()
         running.cancel()
-        with contextlib.suppress(BaseException):
-            await running
+        await asyncio.wait({running}, timeout=1.0)  # let it unwind, but never wait on a task
         raise TaskTimeoutError(
             f"ran longer than the {limit_s}s maximum execution duration and was cancelled"
         )
