@@ -19,15 +19,20 @@ import asyncio
 import enum
 import logging
 import math
+import sys
 import uuid as uuid_module
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+import aiormq
 from pamqp import commands as spec
 
 from paota.brokers.amqp.connection import (
     ChannelGoneError,
     ConnectionPool,
+    Deadlines,
+    being_cancelled,
     call_aiormq,
     close_quietly,
     describe,
@@ -50,6 +55,9 @@ logger = logging.getLogger("paota.brokers.amqp")
 
 # How long an ack / reject / cancel may take before it is given up (the message then comes back).
 _SETTLE_TIMEOUT_S = 10.0
+# Deadlines and being_cancelled() need Task.cancelling()/uncancel(); Python 3.10 takes the
+# slower call_aiormq() path.
+_PY311 = sys.version_info >= (3, 11)
 
 
 class _State(enum.Enum):
@@ -130,13 +138,18 @@ class AMQPDelivery:
 
 
 class _ConsumerSession:
-    """One subscription on one channel; ends when the channel closes or the consumer is cancelled."""
+    """One subscription on one channel; ends when the channel closes or the consumer is cancelled.
+
+    aiormq's consumer callback puts each message in ``buffer`` (a ``deque``; ``None`` marks the
+    end) and wakes the generator waiting in :meth:`next_message`.
+    """
 
     def __init__(self, broker: AMQPBroker, channel: AbstractChannel, consumer_tag: str) -> None:
         self._broker = broker
         self.channel = channel
         self.consumer_tag = consumer_tag
-        self.queue: asyncio.Queue[DeliveredMessage | None] = asyncio.Queue()
+        self.buffer: deque[DeliveredMessage | None] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self.stopped = False
         self.end_reason = ""
         self._outstanding = 0
@@ -144,23 +157,40 @@ class _ConsumerSession:
         closing.add_done_callback(self._on_channel_closed)
         channel.on_consumer_cancel_callbacks.add(self._on_cancelled)
 
+    def _push(self, item: DeliveredMessage | None) -> None:
+        self.buffer.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next_message(self) -> DeliveredMessage | None:
+        """The next message, or None once the session ended."""
+        buffer = self.buffer
+        while not buffer:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return buffer.popleft()
+
     def _on_channel_closed(self, closing: asyncio.Future[Any]) -> None:
+        self._broker._consumer_channels.discard(self.channel)
         exc = None if closing.cancelled() else closing.exception()
         self.end_reason = self.end_reason or f"channel closed ({describe(exc)})"
         # Messages buffered from a dead channel can no longer be acked: RabbitMQ redelivers them,
         # so running them here would only run them twice.
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        self.queue.put_nowait(None)
+        self.buffer.clear()
+        self._push(None)
 
     def _on_cancelled(self, frame: spec.Basic.Cancel) -> None:
         self.end_reason = "RabbitMQ cancelled the consumer (was the queue deleted?)"
-        self.queue.put_nowait(None)
+        self._push(None)
 
     def wake(self, reason: str) -> None:
         """End the session's wait for messages (the broker is closing)."""
         self.end_reason = reason
-        self.queue.put_nowait(None)
+        self._push(None)
 
     async def on_message(self, message: DeliveredMessage) -> None:
         """aiormq's consumer callback: hand the message to the generator, or return it."""
@@ -169,7 +199,7 @@ class _ConsumerSession:
             if tag is not None:
                 await self.settle(tag, ack=False, requeue=True)
             return
-        self.queue.put_nowait(message)
+        self._push(message)
 
     def delivery(self, message: DeliveredMessage, ladder: frozenset[str]) -> AMQPDelivery:
         """Wrap ``message`` for the consumer; it counts as outstanding until settled."""
@@ -193,18 +223,40 @@ class _ConsumerSession:
         )
 
     async def settle(self, tag: int, *, ack: bool, requeue: bool) -> None:
-        """Ack or reject ``tag``; on a dead channel do nothing (RabbitMQ redelivers)."""
-        import aiormq
+        """Ack or reject ``tag``; on a dead channel do nothing (RabbitMQ redelivers).
 
+        AMQP 0-9-1 has no reply to an ack or a reject, so this returns once the frame is queued
+        for the socket (``wait=False``), without also waiting for the write as aiormq does by
+        default. The connection's frames leave in order: cancelling the consumer or closing the
+        channel afterwards sends the ack first. (Closing a connection drops what aiormq has not
+        written yet, so :meth:`AMQPBroker.close` closes the consumer channels first.)
+        """
         channel = self.channel
         if channel.is_closed:
             logger.debug("channel gone: delivery %d comes back by itself", tag)
             return
         try:
-            if ack:
-                await call_aiormq(channel.basic_ack(tag), _SETTLE_TIMEOUT_S)
-            else:
-                await call_aiormq(channel.basic_reject(tag, requeue=requeue), _SETTLE_TIMEOUT_S)
+            settling = (
+                channel.basic_ack(tag, wait=False)
+                if ack
+                else channel.basic_reject(tag, requeue=requeue, wait=False)
+            )
+            if _PY311:
+                try:
+                    if not channel.connection.write_queue.full():
+                        # Room in the connection's frame queue: the frame goes in without a
+                        # wait, so there is nothing to bound in time.
+                        await settling
+                    else:
+                        deadline = asyncio.get_running_loop().time() + _SETTLE_TIMEOUT_S
+                        with self._broker._settle_deadlines.at(deadline):
+                            await settling
+                except asyncio.CancelledError:
+                    if being_cancelled():
+                        raise
+                    raise ChannelGoneError("the AMQP channel closed during the operation") from None
+            else:  # pragma: no cover - Python 3.10
+                await call_aiormq(settling, _SETTLE_TIMEOUT_S)
         except (aiormq.AMQPError, ConnectionError, RuntimeError, asyncio.TimeoutError) as exc:
             logger.debug(
                 "%s of delivery %d not sent (%s): RabbitMQ will redeliver it",
@@ -234,8 +286,8 @@ class _ConsumerSession:
                 await call_aiormq(channel.basic_cancel(self.consumer_tag), _SETTLE_TIMEOUT_S)
             except Exception as exc:
                 logger.debug("cancelling consumer %s failed: %s", self.consumer_tag, describe(exc))
-        while not self.queue.empty():
-            message = self.queue.get_nowait()
+        while self.buffer:
+            message = self.buffer.popleft()
             if message is not None and message.delivery_tag is not None:
                 await self.settle(message.delivery_tag, ack=False, requeue=True)
         if self._outstanding == 0:
@@ -272,7 +324,10 @@ class AMQPBroker:
         self._topology_lock = asyncio.Lock()
         self._topology_current = False
         self._sessions: set[_ConsumerSession] = set()
+        self._consumer_channels: set[AbstractChannel] = set()
         self._background: set[asyncio.Task[Any]] = set()
+        self._publish_deadlines = Deadlines()
+        self._settle_deadlines = Deadlines()
 
     def __repr__(self) -> str:
         pool = self._pool
@@ -325,6 +380,12 @@ class AMQPBroker:
         self._state = _State.CLOSED
         for session in list(self._sessions):
             session.wake("the broker is closing")
+        # Acks and rejects are queued for the socket without waiting for the write (see
+        # _ConsumerSession.settle). Closing the consumer channels first sends what is queued
+        # before the connections go: a channel's Close leaves after the frames queued before it.
+        channels = [channel for channel in self._consumer_channels if not channel.is_closed]
+        if channels:
+            await asyncio.gather(*(close_quietly(channel) for channel in channels))
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -424,8 +485,6 @@ class AMQPBroker:
         props: spec.Basic.Properties,
         what: str,
     ) -> None:
-        import aiormq
-
         pool = self._require_pool()
         loop = asyncio.get_running_loop()
         timeout_s = self._amqp.publish_timeout_s
@@ -433,27 +492,40 @@ class AMQPBroker:
         redeclared = False
         last_error: BaseException | None = None
         while True:
+            channel = pool.ready_publish_channel()
+            if channel is None:
+                try:
+                    channel = await pool.publish_channel(deadline)
+                except asyncio.TimeoutError:
+                    cause = f" (last error: {describe(last_error)})" if last_error else ""
+                    raise PublishError(
+                        f"{what} not published: no connection to RabbitMQ at {pool.shown_url} "
+                        f"within {timeout_s:g} s{cause}"
+                    ) from last_error
+            # wait=False: aiormq does not wait for the frame to be written to the socket (with
+            # wait=True it waits holding the channel lock, so concurrent publishes queue on it);
+            # the publish still returns only with RabbitMQ's confirm.
+            publishing = cast("aiormq.Channel", channel).basic_publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=props,
+                mandatory=True,
+                wait=False,
+            )
             try:
-                channel = await pool.publish_channel(deadline)
-            except asyncio.TimeoutError:
-                cause = f" (last error: {describe(last_error)})" if last_error else ""
-                raise PublishError(
-                    f"{what} not published: no connection to RabbitMQ at {pool.shown_url} "
-                    f"within {timeout_s:g} s{cause}"
-                ) from last_error
-            remaining = max(0.001, deadline - loop.time())
-            try:
-                confirmation = await call_aiormq(
-                    channel.basic_publish(
-                        body,
-                        exchange=exchange,
-                        routing_key=routing_key,
-                        properties=props,
-                        mandatory=True,
-                        timeout=remaining,
-                    ),
-                    remaining + 1.0,
-                )
+                if _PY311:
+                    try:
+                        with self._publish_deadlines.at(deadline):
+                            confirmation = await publishing
+                    except asyncio.CancelledError:
+                        if being_cancelled():
+                            raise
+                        raise ChannelGoneError(
+                            "the AMQP channel closed during the publish"
+                        ) from None
+                else:  # pragma: no cover - Python 3.10
+                    confirmation = await call_aiormq(publishing, max(0.001, deadline - loop.time()))
             except asyncio.TimeoutError as exc:
                 raise PublishError(
                     f"{what} not confirmed by RabbitMQ within {timeout_s:g} s"
@@ -538,7 +610,7 @@ class AMQPBroker:
             attempt = 0
             try:
                 while True:
-                    message = await session.queue.get()
+                    message = await session.next_message()
                     if message is None:
                         break
                     yield session.delivery(message, self._ladder)
@@ -554,14 +626,13 @@ class AMQPBroker:
             )
 
     async def _subscribe(self, prefetch: int) -> _ConsumerSession:
-        import aiormq
-
         pool = self._require_pool()
         timeout_s = self._amqp.connection_timeout_s
         channel = await pool.open_channel(None)
         tag = f"paota-{self._worker_name or 'worker'}-{uuid_module.uuid4().hex[:12]}"
         session = _ConsumerSession(self, channel, tag)
         self._sessions.add(session)
+        self._consumer_channels.add(channel)
         try:
             await call_aiormq(channel.basic_qos(prefetch_count=prefetch), timeout_s)
             await call_aiormq(
@@ -637,8 +708,6 @@ class AMQPBroker:
         decodes, ``retries_done`` set to 0; the parked original is acked only after the copy is
         confirmed. The others stay in the parking queue. Returns how many moved.
         """
-        import aiormq
-
         pool = self._require_pool()
         name = self._park_queue(queue)
         if limit is not None and limit <= 0:

@@ -1,15 +1,25 @@
 """A fixed pool of aiormq connections that reconnects by itself.
 
-Each of the ``size`` slots holds one connection and one publishing channel (publisher confirms on)
-that every publish routed to the slot reuses. A supervisor task per slot waits for its connection to
-close; when it closes without :meth:`ConnectionPool.close` having been called, it logs the loss,
-reconnects with exponential backoff and jitter, runs the ``on_connect`` hook (the broker declares
-its topology there) and only then marks the slot ready again. Callers wait for a ready slot
+Each of the ``size`` slots holds one connection and one publishing channel (publisher confirms on).
+Publishes stay on one slot's channel while it is usable and move to the next ready slot when it is
+not. On a confirm channel they are pipelined anyway (each waits for its own confirm), and RabbitMQ
+confirms a burst on one channel with few multiple-acks: 20,000 publishes, 1,000 in flight, drew
+about 600 confirm frames on one connection and 3,500 dealt out round-robin over five, which cost
+about 15% more client CPU per message. New channels (consumers, parked-message moves) are spread
+over the slots in turn.
+
+A supervisor task per slot waits for its connection to close; when it closes without
+:meth:`ConnectionPool.close` having been called, it logs the loss, reconnects with exponential
+backoff and jitter, runs the ``on_connect`` hook (the broker declares its topology there) and only
+then marks the slot ready again. Callers wait for a ready slot
 (:meth:`ConnectionPool.publish_channel`, :meth:`ConnectionPool.open_channel`) with a deadline.
 
 aiormq fails every future of a closed connection, some of them with ``CancelledError``; awaiting
 such a future would look like a cancellation of the caller. :func:`call_aiormq` tells the two apart
 (and bounds the call in time), so that only a real cancellation raises ``CancelledError``.
+
+Publishing and settling run once per message, so their time bound is :class:`Deadlines` rather than
+``asyncio.timeout``: same semantics, but no timer per call (see the class).
 """
 
 from __future__ import annotations
@@ -18,8 +28,11 @@ import asyncio
 import logging
 import random
 import sys
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from paota.core.config import redact_url
 from paota.core.errors import BrokerError, TopologyError
@@ -27,7 +40,15 @@ from paota.core.errors import BrokerError, TopologyError
 if TYPE_CHECKING:
     from aiormq.abc import AbstractChannel, AbstractConnection
 
-__all__ = ["ChannelGoneError", "ConnectionPool", "call_aiormq", "close_quietly", "describe"]
+__all__ = [
+    "ChannelGoneError",
+    "ConnectionPool",
+    "Deadlines",
+    "being_cancelled",
+    "call_aiormq",
+    "close_quietly",
+    "describe",
+]
 
 logger = logging.getLogger("paota.brokers.amqp")
 
@@ -86,6 +107,135 @@ else:  # pragma: no cover - Python 3.10 has no Task.cancelling(): tell them apar
         if task.cancelled():
             raise ChannelGoneError("the AMQP channel closed during the operation")
         return task.result()
+
+
+class _Task(Protocol):
+    """What :class:`Deadlines` uses of an ``asyncio.Task``: ``cancelling``/``uncancel`` are 3.11+."""
+
+    def cancel(self, msg: Any | None = None) -> bool: ...
+
+    def cancelling(self) -> int: ...
+
+    def uncancel(self) -> int: ...
+
+
+def being_cancelled() -> bool:
+    """True when the current task is being cancelled, as opposed to merely seeing aiormq's
+    ``CancelledError`` for a future of a closed channel or connection (Python 3.11+)."""
+    task = asyncio.current_task()
+    return task is None or cast(_Task, task).cancelling() > 0
+
+
+_ACTIVE, _DONE, _EXPIRED = 0, 1, 2
+# asyncio runs a timer up to one clock tick early (BaseEventLoop._clock_resolution); so do we.
+_CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
+
+
+class _Expiry:
+    """One section bounded by :class:`Deadlines`: a sync context manager around the awaits.
+
+    Leaving it after its deadline cancelled the task raises ``TimeoutError`` (as
+    ``asyncio.timeout`` does: only when no other cancellation of the task is pending).
+    """
+
+    __slots__ = ("_cancelling", "_handle", "_queue", "_state", "_task", "deadline")
+
+    def __init__(self, queue: deque[_Expiry], task: _Task, deadline: float) -> None:
+        self._queue = queue
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._state = _ACTIVE
+        self._handle: asyncio.TimerHandle | None = None
+        self.deadline = deadline
+
+    def __enter__(self) -> _Expiry:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state == _EXPIRED:
+            if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+                raise TimeoutError from exc
+            return
+        self._state = _DONE
+        if self._handle is not None:
+            self._handle.cancel()
+            return
+        queue = self._queue
+        while queue and queue[0]._state:  # drop the finished sections at the head
+            queue.popleft()
+
+    def expire(self) -> None:
+        if self._state == _ACTIVE:
+            self._state = _EXPIRED
+            self._task.cancel()
+
+
+class Deadlines:
+    """Time bounds for many concurrent sections, one ``deque`` append each instead of a timer.
+
+    ``with deadlines.at(deadline): await ...`` behaves like ``async with
+    asyncio.timeout_at(deadline)`` (Python 3.11+): when the loop's clock passes ``deadline`` the task
+    is cancelled and the block raises ``TimeoutError``. But where every ``asyncio.timeout`` schedules
+    and cancels a ``TimerHandle`` (a heap push and pop with Python-level comparisons: about 6 us per
+    publish with a thousand in flight, against under 2 us here), sections whose deadlines come in
+    non-decreasing order (``loop.time()`` plus one fixed duration, computed right before ``at``)
+    wait in one FIFO watched by a single timer, and leaving one costs a flag and, usually, a
+    ``popleft``. A section whose deadline is earlier than the last one queued (a retry of an older
+    call, say) gets a timer of its own, so every deadline is kept exactly. Finished sections stuck
+    behind a long-running one are dropped once the FIFO has doubled since the last clean-up.
+    """
+
+    _MIN_COMPACT = 1024
+
+    def __init__(self) -> None:
+        self._queue: deque[_Expiry] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._compact_at = self._MIN_COMPACT
+
+    def at(self, deadline: float) -> _Expiry:
+        """A context manager bounding the current task's section to ``deadline`` (loop time)."""
+        loop = asyncio.get_running_loop()
+        current = asyncio.current_task(loop)
+        if current is None:  # pragma: no cover - always called from a coroutine
+            raise RuntimeError("Deadlines.at() needs a running task")
+        task = cast(_Task, current)
+        if loop is not self._loop:  # first use, or a new event loop: start afresh
+            self._loop, self._queue, self._timer = loop, deque(), None
+        queue = self._queue
+        expiry = _Expiry(queue, task, deadline)
+        if queue and deadline < queue[-1].deadline:
+            expiry._handle = loop.call_at(deadline, expiry.expire)
+            return expiry
+        queue.append(expiry)
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._fire)
+        if len(queue) > self._compact_at:
+            live = [entry for entry in queue if entry._state == _ACTIVE]
+            queue.clear()
+            queue.extend(live)  # the same deque: the sections hold on to it
+            self._compact_at = max(self._MIN_COMPACT, 2 * len(queue))
+        return expiry
+
+    def _fire(self) -> None:
+        self._timer = None
+        loop = self._loop
+        if loop is None:  # pragma: no cover - a timer exists only after at()
+            return
+        now = loop.time() + _CLOCK_RESOLUTION
+        queue = self._queue
+        while queue:
+            head = queue[0]
+            if head._state == _ACTIVE and head.deadline > now:
+                self._timer = loop.call_at(head.deadline, self._fire)
+                return
+            queue.popleft()
+            head.expire()
 
 
 def _is_fatal(exc: BaseException) -> bool:
@@ -153,6 +303,7 @@ class ConnectionPool:
         self._on_lost = on_lost
         self._slots = [_Slot(i) for i in range(size)]
         self._next = 0
+        self._publish_slot = self._slots[0]
         self._closed = False
         self._changed: asyncio.Condition | None = None
 
@@ -211,14 +362,32 @@ class ConnectionPool:
 
     # --- channels --------------------------------------------------------------------------------
 
+    def ready_publish_channel(self) -> AbstractChannel | None:
+        """The publishing channel to use now, or None when :meth:`publish_channel` must find one."""
+        slot = self._publish_slot
+        channel = slot.channel
+        if (
+            slot.ready
+            and channel is not None
+            and not channel.is_closed
+            and slot.connection is not None
+            and not slot.connection.is_closed
+        ):
+            return channel
+        return None
+
     async def publish_channel(self, deadline: float | None) -> AbstractChannel:
-        """The publishing channel of the next ready slot, reopened if it was closed.
+        """The publishing channel of the current (else the next ready) slot, reopened if closed.
 
         Waits for a ready slot until ``deadline`` (loop time; None: no limit), then raises
         TimeoutError; raises BrokerError once the pool is closed.
         """
         while True:
-            slot = await self._ready_slot(deadline)
+            if self._publish_slot.usable():
+                slot = self._publish_slot
+            else:
+                slot = await self._ready_slot(deadline)
+                self._publish_slot = slot
             channel = slot.channel
             if channel is not None and not channel.is_closed:
                 return channel

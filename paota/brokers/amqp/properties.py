@@ -79,15 +79,72 @@ def encode_headers(headers: Mapping[str, Any]) -> bytes:
     return _encode_table(headers, top_level=True)
 
 
+_U16 = struct.Struct(">H")
+_BYTE = struct.Struct("B")
+# The Basic.Properties flags of the fields paota sets; the others (content_encoding, correlation_id,
+# reply_to, expiration, timestamp, message_type, user_id, app_id, cluster_id) are left to pamqp.
+_CONTENT_TYPE, _HEADERS, _DELIVERY_MODE, _PRIORITY, _MESSAGE_ID = (
+    0x8000,
+    0x2000,
+    0x1000,
+    0x0800,
+    0x0080,
+)
+
+
+def _short_string(value: Any) -> bytes:
+    """pamqp's ``encode.short_string``: UTF-8, at most 255 bytes, one length byte first."""
+    if not isinstance(value, str):
+        raise TypeError(f"str required, received {type(value)}")
+    data = value.encode("utf-8")
+    if len(data) > 255:
+        raise TypeError("string exceeds maximum length of 255 bytes")
+    return _BYTE.pack(len(data)) + data
+
+
+def _octet(value: Any) -> bytes:
+    """pamqp's ``encode.octet``."""
+    if not isinstance(value, int):
+        raise TypeError(f"int required, received {type(value)}")
+    return _BYTE.pack(value)
+
+
 class _Properties(spec.Basic.Properties):
     """``Basic.Properties`` whose headers table is pre-encoded by :func:`encode_headers`.
 
-    No ``__slots__`` here on purpose: pamqp marshals the fields listed in the class attribute
-    ``__slots__``, which must stay the parent's list.
+    It marshals the fields paota sets (content type, headers, delivery mode, priority, message id)
+    itself, byte for byte as pamqp's generic :meth:`marshal` does but without its per-field type
+    lookups (it runs once per published message); with any other field set it leaves marshalling
+    to pamqp. No ``__slots__`` here on purpose: pamqp marshals the fields listed in the class
+    attribute ``__slots__``, which must stay the parent's list.
     """
 
-    def __init__(self, *, headers: Mapping[str, Any] | None, **kwargs: Any) -> None:
-        super().__init__(headers=dict(headers) if headers else None, **kwargs)
+    def __init__(
+        self,
+        *,
+        headers: Mapping[str, Any] | None,
+        content_type: str | None,
+        delivery_mode: int,
+        priority: int | None,
+        message_id: str | None,
+    ) -> None:
+        # pamqp's __init__ assigns the 14 fields from keyword arguments, then validates cluster_id
+        # and delivery_mode; assigning them here takes a quarter of the time, and the validated
+        # values are fixed ("") or come from message_properties (1 or 2).
+        self.content_type = content_type
+        self.content_encoding = None
+        self.headers = dict(headers) if headers else None
+        self.delivery_mode = delivery_mode
+        self.priority = priority
+        self.correlation_id = None
+        self.reply_to = None
+        self.expiration = None
+        self.message_id = message_id
+        self.timestamp = None
+        self.message_type = None
+        self.user_id = None
+        self.app_id = None
+        self.cluster_id = ""
         self._encoded_headers = encode_headers(headers) if headers else b""
 
     def encode_property(self, name: str, value: Any) -> bytes:
@@ -95,6 +152,45 @@ class _Properties(spec.Basic.Properties):
             return self._encoded_headers
         result: bytes = super().encode_property(name, value)
         return result
+
+    def marshal(self) -> bytes:
+        if (
+            self.content_encoding
+            or self.correlation_id
+            or self.reply_to
+            or self.expiration
+            or self.timestamp
+            or self.message_type
+            or self.user_id
+            or self.app_id
+            or self.cluster_id
+        ):
+            result: bytes = super().marshal()
+            return result
+        # pamqp sends a field unless it is None or "": for these str and int fields, the same as
+        # "if text" and "if number is not None".
+        flags = 0
+        parts = []
+        content_type = self.content_type
+        if content_type:
+            flags |= _CONTENT_TYPE
+            parts.append(_short_string(content_type))
+        if self._encoded_headers:
+            flags |= _HEADERS
+            parts.append(self._encoded_headers)
+        delivery_mode = self.delivery_mode
+        if delivery_mode is not None:
+            flags |= _DELIVERY_MODE
+            parts.append(_octet(delivery_mode))
+        priority = self.priority
+        if priority is not None:
+            flags |= _PRIORITY
+            parts.append(_octet(priority))
+        message_id = self.message_id
+        if message_id:
+            flags |= _MESSAGE_ID
+            parts.append(_short_string(message_id))
+        return _U16.pack(flags) + b"".join(parts)
 
 
 def message_properties(
