@@ -35,7 +35,6 @@ with :class:`ValueError` (guessing a zone for them silently shifts ETAs). Decode
 from __future__ import annotations
 
 import binascii
-import dataclasses
 import json
 import math
 from base64 import b64decode, b64encode
@@ -322,7 +321,15 @@ class Signature:
 
     def replace(self, **changes: Any) -> Signature:
         """A copy with ``changes`` applied (validated like the constructor)."""
-        return dataclasses.replace(self, **changes)
+        fields = self.__dict__.copy()
+        for key in changes:
+            if key not in fields:
+                raise TypeError(f"Signature.replace() got an unexpected keyword argument {key!r}")
+        fields.update(changes)
+        sig = _new_object(Signature)
+        _set_attr(sig, "__dict__", fields)
+        sig.__post_init__()
+        return sig
 
     def arg(self, name: str, default: Any = _MISSING) -> Any:
         """The value of the arg called ``name`` (the first one), or ``default``.

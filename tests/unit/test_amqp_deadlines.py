@@ -1,0 +1,126 @@
+"""Deadlines: asyncio.timeout_at semantics without a timer per section (Python 3.11+)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+
+pytest.importorskip("aiormq")
+
+from paota.brokers.amqp.connection import Deadlines
+
+pytestmark = pytest.mark.skipif(sys.version_info < (3, 11), reason="needs Task.uncancel")
+
+
+async def test_a_section_past_its_deadline_raises_timeout_error() -> None:
+    deadlines = Deadlines()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError), deadlines.at(started + 0.05):
+        await asyncio.sleep(10)
+    assert 0.04 < loop.time() - started < 1.0
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    await asyncio.sleep(0)  # the task is not cancelled any more
+
+
+async def test_sections_that_finish_in_time_are_not_cancelled() -> None:
+    deadlines = Deadlines()
+    loop = asyncio.get_running_loop()
+
+    async def section(delay_s: float) -> str:
+        with deadlines.at(loop.time() + 0.5):
+            await asyncio.sleep(delay_s)
+        return "done"
+
+    assert await asyncio.gather(*(section(0.0005 * i) for i in range(200))) == ["done"] * 200
+    await asyncio.sleep(0.6)  # the single timer fires on an empty queue without harm
+    assert not deadlines._queue
+
+
+async def test_one_late_section_expires_while_the_others_go_on() -> None:
+    deadlines = Deadlines()
+    loop = asyncio.get_running_loop()
+
+    async def section(delay_s: float) -> str:
+        try:
+            with deadlines.at(loop.time() + 0.1):
+                await asyncio.sleep(delay_s)
+        except TimeoutError:
+            return "timeout"
+        return "done"
+
+    results = await asyncio.gather(section(0.01), section(5.0), section(0.02), section(5.0))
+    assert list(results) == ["done", "timeout", "done", "timeout"]
+
+
+async def test_an_earlier_deadline_after_a_later_one_is_kept() -> None:
+    deadlines = Deadlines()
+    loop = asyncio.get_running_loop()
+    long = asyncio.ensure_future(_sleep_within(deadlines, loop.time() + 5.0, 10))
+    await asyncio.sleep(0)
+    started = loop.time()
+    # earlier than the last deadline queued: a timer of its own
+    with pytest.raises(TimeoutError), deadlines.at(started + 0.05):
+        await asyncio.sleep(10)
+    assert loop.time() - started < 1.0
+    long.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await long
+
+
+async def _sleep_within(deadlines: Deadlines, deadline: float, delay_s: float) -> None:
+    with deadlines.at(deadline):
+        await asyncio.sleep(delay_s)
+
+
+async def test_a_cancellation_from_outside_stays_a_cancellation() -> None:
+    deadlines = Deadlines()
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(_sleep_within(deadlines, loop.time() + 10, 10))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_cancellation_from_outside_at_the_deadline_is_not_swallowed() -> None:
+    deadlines = Deadlines()
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(_sleep_within(deadlines, loop.time() + 10, 10))
+    await asyncio.sleep(0.01)
+    deadlines._queue[0].expire()  # the deadline passes ...
+    task.cancel()  # ... and someone cancels the task before it runs again
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def test_a_new_event_loop_starts_afresh() -> None:
+    deadlines = Deadlines()
+
+    async def once() -> None:
+        loop = asyncio.get_running_loop()
+        with pytest.raises(TimeoutError), deadlines.at(loop.time() + 0.02):
+            await asyncio.sleep(10)
+        with deadlines.at(loop.time() + 5):  # leaves a timer behind in this loop
+            await asyncio.sleep(0)
+
+    asyncio.run(once())
+    asyncio.run(once())  # the stale timer of the first loop does not stop the second
+
+
+async def test_finished_sections_behind_a_stuck_one_are_dropped() -> None:
+    deadlines = Deadlines()
+    loop = asyncio.get_running_loop()
+    stuck = asyncio.ensure_future(_sleep_within(deadlines, loop.time() + 10, 10))
+    await asyncio.sleep(0)
+    for _ in range(10_000):
+        with deadlines.at(loop.time() + 10):
+            pass
+    assert len(deadlines._queue) <= 2 * Deadlines._MIN_COMPACT + 1
+    assert deadlines._queue[0]._state == 0  # the stuck one is still watched
+    stuck.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stuck

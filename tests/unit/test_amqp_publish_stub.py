@@ -1,0 +1,93 @@
+"""AMQPBroker._publish against a stub channel: deadline, channel loss, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from pamqp import commands as spec
+
+from paota.brokers.amqp.broker import AMQPBroker, _State
+from paota.core.config import AMQPConfig, Config
+from paota.core.errors import PublishError
+from paota.core.signature import Signature
+
+
+class StubChannel:
+    is_closed = False
+
+    def __init__(self, behaviour: list[str]) -> None:
+        self.behaviour = behaviour
+        self.calls = 0
+
+    async def basic_publish(self, body: bytes, **kwargs: Any) -> Any:
+        assert kwargs["wait"] is False and kwargs["mandatory"] is True
+        what = self.behaviour[min(self.calls, len(self.behaviour) - 1)]
+        self.calls += 1
+        if what == "hang":
+            await asyncio.Future()
+        if what == "gone":  # aiormq cancels the futures of a closed channel
+            raise asyncio.CancelledError
+        return spec.Basic.Ack(delivery_tag=self.calls)
+
+
+class StubPool:
+    shown_url = "amqp://stub/"
+
+    def __init__(self, channel: StubChannel) -> None:
+        self.channel = channel
+
+    def ready_publish_channel(self) -> StubChannel:
+        return self.channel
+
+    async def publish_channel(self, deadline: float | None) -> StubChannel:
+        return self.channel
+
+
+def make(behaviour: list[str], timeout_s: float = 0.2) -> tuple[AMQPBroker, StubChannel]:
+    config = Config(
+        broker="amqp", amqp=AMQPConfig(url="amqp://x@127.0.0.1/", publish_timeout_s=timeout_s)
+    )
+    broker = AMQPBroker(config)
+    channel = StubChannel(behaviour)
+    broker._pool = StubPool(channel)  # type: ignore[assignment]
+    broker._state = _State.OPEN
+    return broker, channel
+
+
+async def test_a_confirm_that_never_comes_fails_within_the_publish_timeout() -> None:
+    broker, _ = make(["hang"])
+    started = time.monotonic()
+    with pytest.raises(PublishError, match=r"not confirmed by RabbitMQ within 0\.2 s"):
+        await broker.publish(Signature("T", uuid="t1"))
+    assert 0.15 < time.monotonic() - started < 1.0
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+
+async def test_a_publish_interrupted_by_a_closed_channel_is_retried() -> None:
+    broker, channel = make(["gone", "ack"], timeout_s=5)
+    await broker.publish(Signature("T", uuid="t2"))
+    assert channel.calls == 2
+
+
+async def test_many_concurrent_publishes_with_some_hanging() -> None:
+    broker, channel = make(["ack"], timeout_s=0.3)
+    channel.behaviour = ["ack", "hang"] * 500
+    results = await asyncio.gather(
+        *(broker.publish(Signature("T", uuid=f"t{i}")) for i in range(1000)),
+        return_exceptions=True,
+    )
+    failed = [r for r in results if isinstance(r, PublishError)]
+    assert len(failed) == 500 and results.count(None) == 500
+
+
+async def test_cancelling_a_publish_cancels_it() -> None:
+    broker, _ = make(["hang"], timeout_s=5)
+    task = asyncio.ensure_future(broker.publish(Signature("T", uuid="t3")))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

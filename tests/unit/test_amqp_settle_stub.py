@@ -1,0 +1,75 @@
+"""_ConsumerSession.settle against a stub channel: no wait with room, bounded wait without."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+import paota.brokers.amqp.broker as broker_module
+from paota.brokers.amqp.broker import AMQPBroker, _ConsumerSession
+from paota.core.config import AMQPConfig, Config
+
+
+class StubConnection:
+    def __init__(self, size: int) -> None:
+        self.write_queue: asyncio.Queue[Any] = asyncio.Queue(size)
+
+
+class StubChannel:
+    def __init__(self, size: int) -> None:
+        self.connection = StubConnection(size)
+        self.closing = asyncio.get_running_loop().create_future()
+        self.on_consumer_cancel_callbacks: set[Any] = set()
+        self.sent: list[tuple[str, int]] = []
+
+    @property
+    def is_closed(self) -> bool:
+        return self.closing.done()
+
+    async def basic_ack(self, tag: int, multiple: bool = False, wait: bool = True) -> None:
+        assert wait is False
+        await self.connection.write_queue.put(("ack", tag))
+        self.sent.append(("ack", tag))
+
+    async def basic_reject(self, tag: int, *, requeue: bool = True, wait: bool = True) -> None:
+        assert wait is False
+        await self.connection.write_queue.put(("reject", tag))
+        self.sent.append(("reject", tag))
+
+
+def session(size: int) -> tuple[_ConsumerSession, StubChannel]:
+    broker = AMQPBroker(Config(broker="amqp", amqp=AMQPConfig(url="amqp://x@127.0.0.1/")))
+    channel = StubChannel(size)
+    return _ConsumerSession(broker, channel, "tag"), channel  # type: ignore[arg-type]
+
+
+async def test_with_room_in_the_frame_queue_settling_does_not_wait() -> None:
+    s, channel = session(10)
+    await s.settle(1, ack=True, requeue=False)
+    await s.settle(2, ack=False, requeue=True)
+    assert channel.sent == [("ack", 1), ("reject", 2)]
+
+
+async def test_a_full_frame_queue_that_never_drains_is_given_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(broker_module, "_SETTLE_TIMEOUT_S", 0.2)
+    s, channel = session(1)
+    channel.connection.write_queue.put_nowait("stuck")
+    started = time.monotonic()
+    await s.settle(1, ack=True, requeue=False)  # logged, not raised: RabbitMQ redelivers
+    assert 0.15 < time.monotonic() - started < 1.0
+    assert channel.sent == []
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+
+async def test_a_full_frame_queue_that_drains_settles() -> None:
+    s, channel = session(1)
+    channel.connection.write_queue.put_nowait("queued")
+    asyncio.get_running_loop().call_later(0.05, channel.connection.write_queue.get_nowait)
+    await s.settle(1, ack=True, requeue=False)
+    assert channel.sent == [("ack", 1)]
