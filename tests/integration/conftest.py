@@ -26,7 +26,14 @@ import pytest
 from tests.integration._skip import skip_or_fail
 from tests.integration.mongo_server import mongo_uri, mongoeco_servers
 
-__all__ = ["amqp_url", "delete_topology", "make_config", "mongo_uri", "mongoeco_servers"]
+__all__ = [
+    "amqp_url",
+    "delete_topology",
+    "make_config",
+    "mongo_uri",
+    "mongoeco_servers",
+    "running",
+]
 
 RABBITMQ_IMAGE = "rabbitmq:3.13-management"
 LOCAL_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -164,3 +171,22 @@ async def make_config(amqp_url: str) -> AsyncIterator[Callable[..., Any]]:
         exchanges.update(e)
     with contextlib.suppress(Exception):
         await delete_topology(amqp_url, sorted(queues), sorted(exchanges))
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Callable[..., Any]]:
+    """``await running(pool)`` connects a WorkerPool and starts it in the background; every pool
+    started is stopped and closed after the test."""
+    from paota import WorkerPool
+
+    started: list[tuple[WorkerPool, asyncio.Task[None]]] = []
+
+    async def start(pool: WorkerPool) -> WorkerPool:
+        await pool.connect()
+        started.append((pool, asyncio.create_task(pool.start(install_signal_handlers=False))))
+        return pool
+
+    yield start
+    for pool, task in started:
+        await pool.close()
+        await asyncio.wait_for(task, 30)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -31,22 +31,6 @@ pytestmark = pytest.mark.integration
 VECTORS = Path(__file__).resolve().parents[1] / "unit" / "vectors" / "go-paota"
 
 MakeConfig = Callable[..., Config]
-
-
-@pytest.fixture
-async def running() -> AsyncIterator[Callable[..., Any]]:
-    """Start pools in the background; all are stopped and closed after the test."""
-    started: list[tuple[WorkerPool, asyncio.Task[None]]] = []
-
-    async def start(pool: WorkerPool) -> WorkerPool:
-        await pool.connect()
-        started.append((pool, asyncio.create_task(pool.start(install_signal_handlers=False))))
-        return pool
-
-    yield start
-    for pool, task in started:
-        await pool.close()
-        await asyncio.wait_for(task, 30)
 
 
 async def get_parked(

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -77,22 +77,6 @@ async def mongo(mongo_uri: str) -> AsyncIterator[Mongo]:
             await client.drop_database(name)
         finally:
             await client.close()
-
-
-@pytest.fixture
-async def running() -> AsyncIterator[Callable[[WorkerPool], Awaitable[WorkerPool]]]:
-    """Start pools in the background; all are stopped and closed after the test."""
-    started: list[tuple[WorkerPool, asyncio.Task[None]]] = []
-
-    async def start(pool: WorkerPool) -> WorkerPool:
-        await pool.connect()
-        started.append((pool, asyncio.create_task(pool.start(install_signal_handlers=False))))
-        return pool
-
-    yield start
-    for pool, task in started:
-        await pool.close()
-        await asyncio.wait_for(task, 30)
 
 
 def e2e_config(make_config: MakeConfig, mongo: Mongo) -> Config:
