@@ -49,8 +49,6 @@ class DelayRecord:
 
 @dataclass(eq=False)
 class _Consumer:
-    prefetch: int
-    unacked: int = 0
     cancelled: bool = False
     deliveries: set[MemoryDelivery] = field(default_factory=set)
 
@@ -224,17 +222,16 @@ class MemoryBroker:
         wakeup = self._check_open()
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch!r}")
-        consumer = _Consumer(prefetch)
+        consumer = _Consumer()
         self._consumers.add(consumer)
         ready = self._ready
         try:
             while True:
                 if self._closed:
                     return
-                if ready and consumer.unacked < prefetch:
+                if ready and len(consumer.deliveries) < prefetch:
                     _, _, message = heapq.heappop(ready)
                     delivery = MemoryDelivery(self, consumer, message)
-                    consumer.unacked += 1
                     consumer.deliveries.add(delivery)
                     yield delivery
                     continue
@@ -249,7 +246,6 @@ class MemoryBroker:
         consumer = delivery._consumer
         if delivery in consumer.deliveries:
             consumer.deliveries.discard(delivery)
-            consumer.unacked -= 1
             if consumer.cancelled and not consumer.deliveries:
                 self._consumers.discard(consumer)
             if requeue and not self._closed:
@@ -262,11 +258,8 @@ class MemoryBroker:
         for delivery in list(consumer.deliveries):
             delivery._done = True
             delivery.message.redelivered = True
-            heapq.heappush(
-                self._ready, (-delivery.message.priority, delivery.message.seq, delivery.message)
-            )
+            self._enqueue(delivery.message)
         consumer.deliveries.clear()
-        consumer.unacked = 0
 
     # parking ---------------------------------------------------------------------------------
 
@@ -320,7 +313,7 @@ class MemoryBroker:
     @property
     def unacked_count(self) -> int:
         """Messages delivered and neither acked nor rejected."""
-        return sum(c.unacked for c in self._consumers)
+        return sum(len(c.deliveries) for c in self._consumers)
 
     def _busy(self) -> bool:
         return bool(self._ready) or any(c.deliveries for c in self._consumers)
