@@ -205,6 +205,35 @@ def _url(*schemes: str, required: bool) -> _Kind:
     return _Kind(f"expected a URL starting with {allowed}", check, is_url=True)
 
 
+def _url_list(*schemes: str) -> _Kind:
+    one = _url(*schemes, required=True)
+
+    def check(value: Any) -> tuple[str, ...]:
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise _Invalid
+        return tuple(one.check(item) for item in value)
+
+    def parse(text: str) -> tuple[str, ...]:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+
+    allowed = " or ".join(f"{s}://" for s in schemes)
+    return _Kind(
+        f"expected a list of URLs starting with {allowed}",
+        check,
+        parse,
+        f"expected comma-separated URLs starting with {allowed}",
+        is_url=True,
+    )
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+        return type(value)(redact_url(item) for item in value)
+    return value
+
+
 # --- the field table ----------------------------------------------------------------------------
 
 
@@ -227,7 +256,7 @@ def _opt(default: Any, env: str, kind: _Kind) -> Any:
 def _error(
     label: str, value: Any, expected: str, *, detail: str = "", is_url: bool = False
 ) -> ConfigError:
-    shown = redact_url(value) if is_url and isinstance(value, str) else value
+    shown = _redacted(value) if is_url else value
     because = f"{detail}; " if detail else ""
     return ConfigError(f"{label}={shown!r} is not valid: {because}{expected}")
 
@@ -275,7 +304,7 @@ class _Section:
         def shown(f: Any) -> str:
             value = getattr(self, f.name)
             spec: _Spec | None = f.metadata.get("paota")
-            return repr(redact_url(value) if spec and spec.kind.is_url else value)
+            return repr(_redacted(value) if spec and spec.kind.is_url else value)
 
         parts = ", ".join(f"{f.name}={shown(f)}" for f in fields(self))  # type: ignore[arg-type]
         return f"{type(self).__name__}({parts})"
@@ -288,7 +317,13 @@ class _Section:
 class AMQPConfig(_Section):
     """The AMQP broker (RabbitMQ) settings; variables ``PAOTA_AMQP_*``.
 
-    ``url`` is required when :attr:`Config.broker` is ``"amqp"``. ``queue_declare_args`` and
+    ``url`` (or ``urls``) is required when :attr:`Config.broker` is ``"amqp"``. ``urls`` lists
+    the nodes of a cluster (``PAOTA_AMQP_URLS``, comma-separated; a Python-only variable, Go reads
+    ``PAOTA_AMQP_URL`` alone): connections are spread over them and a lost connection reconnects to
+    the next one (:attr:`endpoints`). ``delay_queue_type`` is the queue type of the delay ladder
+    (``quorum`` survives broker crashes, see :mod:`paota.brokers.amqp.topology`), ``delay_ladder``
+    the name prefix of its queues and exchanges (empty: ``delayed_queue``); both are Python-only.
+    ``queue_declare_args`` and
     ``queue_binding_args`` are read-only mappings (a plain dict passed in is copied and wrapped);
     pass ``dict(...)`` of them to a driver that wants a dict. Durations are in seconds.
     """
@@ -296,6 +331,7 @@ class AMQPConfig(_Section):
     _label_prefix: ClassVar[str] = "amqp."
 
     url: str = _opt("", "PAOTA_AMQP_URL", _url("amqp", "amqps", required=False))
+    urls: tuple[str, ...] = _opt((), "PAOTA_AMQP_URLS", _url_list("amqp", "amqps"))
     exchange: str = _opt("paota_task_exchange", "PAOTA_AMQP_EXCHANGE", _text())
     exchange_type: str = _opt(
         "direct", "PAOTA_AMQP_EXCHANGE_TYPE", _choice("direct", "topic", "fanout", "headers")
@@ -308,6 +344,10 @@ class AMQPConfig(_Section):
     delayed_queue: str = _opt(
         "paota_task_delayed_queue", "PAOTA_AMQP_DELAYED_QUEUE", _text(required=True)
     )
+    delay_queue_type: str = _opt(
+        "quorum", "PAOTA_AMQP_DELAY_QUEUE_TYPE", _choice("quorum", "classic")
+    )
+    delay_ladder: str = _opt("", "PAOTA_AMQP_DELAY_LADDER", _text())
     failed_queue: str = _opt(
         "paota_task_failed_queue", "PAOTA_AMQP_FAILED_QUEUE", _text(required=True)
     )
@@ -320,6 +360,11 @@ class AMQPConfig(_Section):
         10.0, "PAOTA_AMQP_CONNECTION_TIMEOUT", _seconds(positive=True)
     )
     publish_timeout_s: float = _opt(30.0, "PAOTA_AMQP_PUBLISH_TIMEOUT", _seconds(positive=True))
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every broker URL, ``url`` first, then ``urls`` (each once)."""
+        return tuple(dict.fromkeys(u for u in (self.url, *self.urls) if u))
 
 
 @dataclass(frozen=True, repr=False)
@@ -345,7 +390,8 @@ class MongoConfig(_Section):
 
 
 _AMQP_URL_EXPECTED = (
-    "required when broker is 'amqp'; expected a URL starting with amqp:// or amqps://"
+    "required when broker is 'amqp' (or amqp.urls); expected a URL starting with amqp:// or "
+    "amqps://"
 )
 
 
@@ -377,7 +423,7 @@ class Config(_Section):
         for name, cls in (("amqp", AMQPConfig), ("mongo", MongoConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise _error(name, getattr(self, name), f"expected an instance of {cls.__name__}")
-        if self.broker == "amqp" and not self.amqp.url:
+        if self.broker == "amqp" and not self.amqp.endpoints:
             raise _error("amqp.url", self.amqp.url, _AMQP_URL_EXPECTED)
 
     @classmethod
@@ -391,7 +437,9 @@ class Config(_Section):
         env = os.environ if env is None else env
         values = _read_env(cls, env)
         amqp = AMQPConfig(**_read_env(AMQPConfig, env))
-        if values.get("broker") == "amqp" and not amqp.url:
-            expected = _AMQP_URL_EXPECTED.replace("broker is", "PAOTA_BROKER is")
+        if values.get("broker") == "amqp" and not amqp.endpoints:
+            expected = _AMQP_URL_EXPECTED.replace("broker is", "PAOTA_BROKER is").replace(
+                "amqp.urls", "PAOTA_AMQP_URLS"
+            )
             raise _error("PAOTA_AMQP_URL", env.get("PAOTA_AMQP_URL", ""), expected)
         return cls(**values, amqp=amqp, mongo=MongoConfig(**_read_env(MongoConfig, env)))

@@ -1,10 +1,17 @@
 """Fixtures for the integration suites: real servers and an isolated topology per test.
 
-RabbitMQ: ``amqp_url`` is ``PAOTA_TEST_AMQP_URL`` when set; otherwise the local RabbitMQ at
-``127.0.0.1:5672`` (guest/guest) when it answers; otherwise a RabbitMQ container is started with
-testcontainers when a Docker engine answers; otherwise the test is skipped (and fails
-in CI, see :mod:`tests.integration._skip`). ``make_config`` gives each test its own exchange and
-queues and deletes them afterwards.
+RabbitMQ: ``amqp_url`` is ``PAOTA_TEST_AMQP_URL`` when set; otherwise a RabbitMQ container of the
+session's own, started with testcontainers (:mod:`tests.integration.containers`) when a Docker
+engine answers (``bash .ci/containers.sh up`` starts one); otherwise, outside CI, the local
+RabbitMQ at ``127.0.0.1:5672`` when it answers; otherwise the test is skipped (and fails in CI,
+see :mod:`tests.integration._skip`). Tests that kill or restart a broker start their own
+containers (``rabbit_node``) and never touch this one.
+
+``make_config`` gives each test its own exchange and queues and deletes them afterwards. The delay
+ladder is shared by the whole session (its routing keys name the target queue, so tests do not
+see each other's delays) and deleted once at the end, one queue at a time: deleting many
+at-least-once quorum queues at once can strand RabbitMQ's dead-letter workers
+(:func:`paota.brokers.amqp.topology.delete_ladder`).
 
 MongoDB: ``mongo_uri`` and ``mongoeco_servers`` live in :mod:`tests.integration.mongo_server` and
 are registered here.
@@ -14,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import os
 import time
 import uuid
@@ -23,36 +29,22 @@ from typing import Any
 
 import pytest
 
-from tests.integration._skip import skip_or_fail
+from tests.integration._skip import in_ci, skip_or_fail
+from tests.integration.containers import RabbitNode, docker_reason, rabbit_node_or_skip
 from tests.integration.mongo_server import mongo_uri, mongoeco_servers
 
 __all__ = [
     "amqp_url",
+    "delay_ladder",
     "delete_topology",
     "make_config",
     "mongo_uri",
     "mongoeco_servers",
+    "rabbit_node",
     "running",
 ]
 
-RABBITMQ_IMAGE = "rabbitmq:3.13-management"
 LOCAL_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-_AMQP_PORT = 5672
-
-
-def _docker_reason() -> str | None:
-    """None when a Docker engine answers, else why not."""
-    try:
-        docker = importlib.import_module("docker")  # untyped: used through its dynamic API
-    except ImportError as exc:
-        return f"the docker package is not installed ({exc})"
-    try:
-        client = docker.from_env(timeout=5)
-        client.ping()
-        client.close()
-    except Exception as exc:
-        return f"no Docker engine reachable ({type(exc).__name__}: {exc})"
-    return None
 
 
 def _wait_for_amqp(url: str, timeout_s: float) -> None:
@@ -76,37 +68,76 @@ def _wait_for_amqp(url: str, timeout_s: float) -> None:
 
 @pytest.fixture(scope="session")
 def amqp_url() -> Iterator[str]:
-    """The URL of a RabbitMQ for this test session."""
+    """The URL of a RabbitMQ for this test session (see the module docs)."""
     url = os.environ.get("PAOTA_TEST_AMQP_URL")
     if url:
         yield url
         return
-    try:
-        _wait_for_amqp(LOCAL_AMQP_URL, timeout_s=0)
-    except Exception:
-        pass  # no local RabbitMQ: try a container
-    else:
-        yield LOCAL_AMQP_URL
+    reason = docker_reason()
+    if reason is None:
+        node = RabbitNode()
+        try:
+            node.start()
+            yield node.url
+        finally:
+            node.remove()
         return
-    reason = _docker_reason()
-    if reason is not None:
-        skip_or_fail(f"no RabbitMQ: set PAOTA_TEST_AMQP_URL or start Docker ({reason})")
-    try:
-        from testcontainers.community.rabbitmq import RabbitMqContainer
-    except ImportError:  # its readiness probe needs pika; a generic container does without
-        from testcontainers.core.container import DockerContainer
+    if not in_ci():
+        try:
+            _wait_for_amqp(LOCAL_AMQP_URL, timeout_s=0)
+        except Exception:
+            pass
+        else:
+            yield LOCAL_AMQP_URL
+            return
+    skip_or_fail(f"no RabbitMQ: set PAOTA_TEST_AMQP_URL or start Docker ({reason})")
 
-        container: Any = DockerContainer(RABBITMQ_IMAGE).with_exposed_ports(_AMQP_PORT)
-        user = password = "guest"
-    else:
-        container = RabbitMqContainer(RABBITMQ_IMAGE)
-        user, password = container.username, container.password
-    with container:
-        host = container.get_container_host_ip()
-        port = container.get_exposed_port(_AMQP_PORT)
-        url = f"amqp://{user}:{password}@{host}:{port}/"
-        _wait_for_amqp(url, timeout_s=90)
-        yield url
+
+@pytest.fixture
+def rabbit_node() -> Iterator[Callable[..., RabbitNode]]:
+    """A factory of started :class:`RabbitNode` brokers of the test's own, removed afterwards."""
+    nodes: list[RabbitNode] = []
+
+    def start(**kwargs: Any) -> RabbitNode:
+        node = rabbit_node_or_skip(**kwargs)
+        nodes.append(node)
+        return node
+
+    try:
+        yield start
+    finally:
+        for node in nodes:
+            node.remove()
+
+
+@pytest.fixture(scope="session")
+def delay_ladder(amqp_url: str) -> Iterator[str]:
+    """The delay ladder's name prefix, one for the session; deleted (slowly) at the end."""
+    name = f"paota_test_ladder_{uuid.uuid4().hex[:8]}"
+    yield name
+    from paota.brokers.amqp.topology import Topology
+    from paota.core.config import AMQPConfig, Config
+
+    async def delete() -> None:
+        import aiormq
+
+        from paota.brokers.amqp.topology import delete_ladder
+
+        connection = await aiormq.connect(amqp_url)
+        try:
+            for kind in ("quorum", "classic"):
+                config = Config(
+                    broker="amqp",
+                    amqp=AMQPConfig(url=amqp_url, delay_ladder=name, delay_queue_type=kind),
+                )
+                await delete_ladder(await connection.channel(), Topology.from_config(config))
+            channel = await connection.channel()
+            await channel.exchange_delete(f"{name}.deliver")
+        finally:
+            await connection.close()
+
+    with contextlib.suppress(Exception):
+        asyncio.run(delete())
 
 
 async def delete_topology(url: str, queues: list[str], exchanges: list[str]) -> None:
@@ -131,7 +162,7 @@ async def delete_topology(url: str, queues: list[str], exchanges: list[str]) -> 
 
 
 @pytest.fixture
-async def make_config(amqp_url: str) -> AsyncIterator[Callable[..., Any]]:
+async def make_config(amqp_url: str, delay_ladder: str) -> AsyncIterator[Callable[..., Any]]:
     """A factory of :class:`~paota.Config` objects with names unique to this test.
 
     ``make_config(**amqp_fields)`` overrides AMQPConfig fields; ``task_queue_name=...`` and
@@ -149,6 +180,7 @@ async def make_config(amqp_url: str) -> AsyncIterator[Callable[..., Any]]:
             "url": amqp_url,
             "exchange": f"paota_test_exchange_{suffix}",
             "delayed_queue": f"paota_test_delayed_{suffix}",
+            "delay_ladder": delay_ladder,
             "failed_queue": f"paota_test_failed_{suffix}",
             "timeout_queue": f"paota_test_timeout_{suffix}",
             "connection_timeout_s": 5.0,
@@ -166,9 +198,11 @@ async def make_config(amqp_url: str) -> AsyncIterator[Callable[..., Any]]:
     queues: set[str] = set()
     exchanges: set[str] = set()
     for config in made:
-        q, e = Topology.from_config(config).names()
-        queues.update(q)
-        exchanges.update(e)
+        topology = Topology.from_config(config)
+        q, e = topology.names()
+        shared = {*topology.ladder_queues, topology.delivery_exchange}
+        queues.update(name for name in q if name not in shared)
+        exchanges.update(name for name in e if name not in shared)
     with contextlib.suppress(Exception):
         await delete_topology(amqp_url, sorted(queues), sorted(exchanges))
 

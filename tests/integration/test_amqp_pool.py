@@ -251,6 +251,7 @@ def _cli_env(config: Config) -> dict[str, str]:
         PAOTA_QUEUE_NAME=config.task_queue_name,
         PAOTA_AMQP_EXCHANGE=config.amqp.exchange,
         PAOTA_AMQP_DELAYED_QUEUE=config.amqp.delayed_queue,
+        PAOTA_AMQP_DELAY_LADDER=config.amqp.delay_ladder,
         PAOTA_AMQP_FAILED_QUEUE=config.amqp.failed_queue,
         PAOTA_AMQP_TIMEOUT_QUEUE=config.amqp.timeout_queue,
     )

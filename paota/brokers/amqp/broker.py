@@ -36,9 +36,16 @@ from paota.brokers.amqp.connection import (
     call_aiormq,
     close_quietly,
     describe,
+    is_blocked,
 )
 from paota.brokers.amqp.properties import message_properties
-from paota.brokers.amqp.topology import MAX_DELAY_S, Topology, declare, strip_ladder_deaths
+from paota.brokers.amqp.topology import (
+    DELAY_QUEUE_TYPES,
+    MAX_DELAY_S,
+    Topology,
+    declare,
+    strip_ladder_deaths,
+)
 from paota.core.errors import BrokerError, DecodeError, PublishError, TopologyError
 from paota.core.protocols import Delivery, ParkInfo, ParkQueue, replay_headers
 from paota.core.signature import decode_message, encode_message
@@ -305,19 +312,25 @@ class AMQPBroker:
 
     Immediate tasks go to the task exchange with ``sig.routing_key``, or the binding key when that
     is empty. Delayed tasks (``delay_s`` > 0, at most 7 days, millisecond resolution) go through the
-    delay ladder and always end in this broker's task queue. ``delay_queue_type`` chooses the
-    ladder's queue type, ``"classic"`` or ``"quorum"``; read the trade-off in
-    :mod:`paota.brokers.amqp.topology` before choosing ``"quorum"``.
+    delay ladder and always end in this broker's task queue. ``delay_queue_type`` overrides
+    ``config.amqp.delay_queue_type`` (``"quorum"``, the default, or ``"classic"``); read the
+    trade-off in :mod:`paota.brokers.amqp.topology` before choosing ``"classic"``.
     """
 
     def __init__(
-        self, config: Config, *, worker_name: str = "", delay_queue_type: str = "classic"
+        self, config: Config, *, worker_name: str = "", delay_queue_type: str | None = None
     ) -> None:
         self._config = config
         self._amqp = config.amqp
         self._worker_name = worker_name
         self._topology = Topology.from_config(config, delay_queue_type=delay_queue_type)
-        self._ladder = frozenset(self._topology.ladder_queues)
+        # Both ladders' queues: after a switch of delay_queue_type, messages still come from the
+        # other one for a while.
+        self._ladder = frozenset(
+            name
+            for kind in DELAY_QUEUE_TYPES
+            for name in Topology.from_config(config, delay_queue_type=kind).ladder_queues
+        )
         self._state = _State.NEW
         self._pool: ConnectionPool | None = None
         self._connect_lock = asyncio.Lock()
@@ -355,7 +368,7 @@ class AMQPBroker:
                 return
             name = f"paota {self._worker_name}".rstrip()
             pool = ConnectionPool(
-                self._amqp.url,
+                self._amqp.endpoints,
                 size=self._amqp.connection_pool_size,
                 heartbeat_s=self._amqp.heartbeat_interval_s,
                 connect_timeout_s=self._amqp.connection_timeout_s,
@@ -527,6 +540,12 @@ class AMQPBroker:
                 else:  # pragma: no cover - Python 3.10
                     confirmation = await call_aiormq(publishing, max(0.001, deadline - loop.time()))
             except asyncio.TimeoutError as exc:
+                if is_blocked(getattr(channel, "connection", None)):
+                    raise PublishError(
+                        f"{what} not confirmed within {timeout_s:g} s: RabbitMQ at "
+                        f"{pool.shown_url} is blocking publishers (a memory or disk alarm; "
+                        "see `rabbitmq-diagnostics alarms`)"
+                    ) from exc
                 raise PublishError(
                     f"{what} not confirmed by RabbitMQ within {timeout_s:g} s"
                 ) from exc

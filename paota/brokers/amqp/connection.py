@@ -30,7 +30,7 @@ import random
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
@@ -48,6 +48,7 @@ __all__ = [
     "call_aiormq",
     "close_quietly",
     "describe",
+    "is_blocked",
 ]
 
 logger = logging.getLogger("paota.brokers.amqp")
@@ -65,6 +66,13 @@ def describe(exc: BaseException | None) -> str:
         return "closed"
     text = " ".join(str(arg) for arg in exc.args if arg is not None) if exc.args else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def is_blocked(connection: AbstractConnection | None) -> bool:
+    """Whether RabbitMQ has blocked publishing on ``connection`` (``connection.blocked``: a memory
+    or disk alarm). aiormq keeps this in a private event; if that ever changes, this says False."""
+    event = getattr(connection, "_Connection__connection_unblocked", None)
+    return isinstance(event, asyncio.Event) and not event.is_set()
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -259,10 +267,11 @@ def _with_heartbeat(url: str, heartbeat_s: int) -> str:
 
 
 class _Slot:
-    __slots__ = ("channel", "connection", "index", "lock", "ready", "supervisor")
+    __slots__ = ("channel", "connection", "endpoint", "index", "lock", "ready", "supervisor")
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, endpoint: int) -> None:
         self.index = index
+        self.endpoint = endpoint  # index of the URL this slot connects to (or tries next)
         self.connection: AbstractConnection | None = None
         self.channel: AbstractChannel | None = None
         self.ready = False
@@ -274,10 +283,13 @@ class _Slot:
 
 
 class ConnectionPool:
-    """``size`` aiormq connections to ``url`` that reconnect by themselves.
+    """``size`` aiormq connections that reconnect by themselves.
 
-    ``on_connect(connection)`` runs after every (re)connection, before the slot is used; an error it
-    raises fails the attempt. ``on_lost()`` runs when a connection is lost.
+    ``url`` is one URL or a sequence of them (the nodes of a cluster): slot *i* first connects to
+    URL *i* modulo their number, so the connections spread over the nodes; a slot that cannot
+    connect, or loses its connection, tries the next URL in turn. ``on_connect(connection)`` runs
+    after every (re)connection, before the slot is used; an error it raises fails the attempt.
+    ``on_lost()`` runs when a connection is lost.
     """
 
     #: First reconnection delay and the cap of the exponential backoff, in seconds.
@@ -286,7 +298,7 @@ class ConnectionPool:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         size: int,
         heartbeat_s: int,
@@ -295,13 +307,18 @@ class ConnectionPool:
         on_connect: Callable[[AbstractConnection], Awaitable[None]],
         on_lost: Callable[[], None],
     ) -> None:
-        self._url = _with_heartbeat(url, heartbeat_s)
-        self.shown_url = redact_url(url)
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ValueError("ConnectionPool needs at least one URL")
+        self._urls = [_with_heartbeat(u, heartbeat_s) for u in urls]
+        self._shown = [redact_url(u) for u in urls]
+        #: The broker URL(s), passwords hidden, for messages.
+        self.shown_url = ", ".join(self._shown)
         self._connect_timeout_s = connect_timeout_s
         self._name = name
         self._on_connect = on_connect
         self._on_lost = on_lost
-        self._slots = [_Slot(i) for i in range(size)]
+        self._slots = [_Slot(i, i % len(urls)) for i in range(size)]
         self._next = 0
         self._publish_slot = self._slots[0]
         self._closed = False
@@ -492,11 +509,19 @@ class ConnectionPool:
         ceiling = min(self.reconnect_cap_s, self.reconnect_base_s * 2.0**attempt)
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
+    def shown_endpoint(self, slot: _Slot) -> str:
+        """The (redacted) URL ``slot`` is connected to, or tries next."""
+        return self._shown[slot.endpoint]
+
+    def _next_endpoint(self, slot: _Slot) -> None:
+        slot.endpoint = (slot.endpoint + 1) % len(self._urls)
+
     async def _connect(self, slot: _Slot, timeout_s: float) -> AbstractConnection:
         import aiormq
 
+        shown = self._shown[slot.endpoint]
         connection = aiormq.Connection(
-            self._url,
+            self._urls[slot.endpoint],
             client_properties={"connection_name": f"{self._name} #{slot.index}"},
         )
         try:
@@ -507,20 +532,26 @@ class ConnectionPool:
                 raise
             if isinstance(exc, asyncio.TimeoutError):
                 raise BrokerError(
-                    f"cannot connect to RabbitMQ at {self.shown_url}: "
-                    f"no answer within {timeout_s:.1f} s"
+                    f"cannot connect to RabbitMQ at {shown}: no answer within {timeout_s:.1f} s"
                 ) from exc
             if isinstance(exc, aiormq.AuthenticationError | aiormq.ProbableAuthenticationError):
                 raise BrokerError(
-                    f"RabbitMQ at {self.shown_url} refused the login: {describe(exc)}"
+                    f"RabbitMQ at {shown} refused the login: {describe(exc)}"
                 ) from exc
-            raise BrokerError(
-                f"cannot connect to RabbitMQ at {self.shown_url}: {describe(exc)}"
-            ) from exc
+            raise BrokerError(f"cannot connect to RabbitMQ at {shown}: {describe(exc)}") from exc
         return connection
 
     async def _open(self, slot: _Slot, timeout_s: float) -> None:
-        """One attempt to connect ``slot``, open its publishing channel and run ``on_connect``."""
+        """One attempt to connect ``slot``, open its publishing channel and run ``on_connect``.
+
+        A failed attempt moves the slot to the next URL, for the next attempt."""
+        try:
+            await self._open_once(slot, timeout_s)
+        except BaseException:
+            self._next_endpoint(slot)
+            raise
+
+    async def _open_once(self, slot: _Slot, timeout_s: float) -> None:
         import aiormq
 
         connection = await self._connect(slot, timeout_s)
@@ -533,8 +564,8 @@ class ConnectionPool:
                 raise
             if isinstance(exc, aiormq.AMQPError | ConnectionError | asyncio.TimeoutError):
                 raise BrokerError(
-                    f"RabbitMQ at {self.shown_url} closed the connection while it was being "
-                    f"set up: {describe(exc)}"
+                    f"RabbitMQ at {self.shown_endpoint(slot)} closed the connection while it "
+                    f"was being set up: {describe(exc)}"
                 ) from exc
             raise
         if self._closed:
@@ -561,9 +592,7 @@ class ConnectionPool:
                     raise BrokerError(
                         f"{exc} (gave up after {self._connect_timeout_s:g} s)"
                     ) from exc.__cause__
-                logger.debug(
-                    "connection #%d to %s failed (%s); retrying", slot.index, self.shown_url, exc
-                )
+                logger.debug("connection #%d failed (%s); retrying", slot.index, exc)
                 await asyncio.sleep(min(self._backoff_s(attempt), remaining))
                 attempt += 1
 
@@ -585,10 +614,13 @@ class ConnectionPool:
             )
             slot.ready = False
             self._on_lost()
+            lost_from = self.shown_endpoint(slot)
+            # Another node first: the lost one may be down (it is tried again in turn).
+            self._next_endpoint(slot)
             logger.warning(
                 "AMQP connection #%d to %s lost (%s); reconnecting",
                 slot.index,
-                self.shown_url,
+                lost_from,
                 reason,
             )
             lost_at = loop.time()
@@ -599,10 +631,7 @@ class ConnectionPool:
                     break
                 except TopologyError as exc:
                     logger.error(
-                        "AMQP connection #%d to %s: cannot declare the topology: %s",
-                        slot.index,
-                        self.shown_url,
-                        exc,
+                        "AMQP connection #%d: cannot declare the topology: %s", slot.index, exc
                     )
                 except BrokerError as exc:
                     # Attempts 1, 2, 4, 8, ... are logged loudly: a long outage stays visible
@@ -610,17 +639,14 @@ class ConnectionPool:
                     failures = attempt + 1
                     logger.log(
                         logging.WARNING if failures & (failures - 1) == 0 else logging.DEBUG,
-                        "AMQP connection #%d to %s: reconnection attempt %d failed: %s",
+                        "AMQP connection #%d: reconnection attempt %d failed: %s",
                         slot.index,
-                        self.shown_url,
                         failures,
                         exc,
                     )
                 except Exception:
                     logger.exception(
-                        "AMQP connection #%d to %s: unexpected error while reconnecting",
-                        slot.index,
-                        self.shown_url,
+                        "AMQP connection #%d: unexpected error while reconnecting", slot.index
                     )
                 await asyncio.sleep(self._backoff_s(attempt))
                 attempt += 1
@@ -629,7 +655,7 @@ class ConnectionPool:
             logger.warning(
                 "AMQP connection #%d to %s re-established after %.1f s",
                 slot.index,
-                self.shown_url,
+                self.shown_endpoint(slot),
                 loop.time() - lost_at,
             )
 

@@ -19,16 +19,18 @@ can declare the same topology in any order without a ``PRECONDITION_FAILED`` cla
   message waits behind a 60 s one).
 
 paota's own delays use a *delay ladder* (the "delay infrastructure" of NServiceBus): 30 durable
-queues ``{delayed_queue}.l00`` .. ``{delayed_queue}.l29``; level *k* has a queue-level
+queues ``{ladder}.q00`` .. ``{ladder}.q29``, where ``{ladder}`` is ``amqp.delay_ladder`` or, when
+that is empty, ``amqp.delayed_queue``; level *k* has a queue-level
 ``x-message-ttl`` of 2**k ms. Each level has a topic exchange of the same name. A delayed message is
 published with the routing key ``b29.b28. ... .b0.<task queue>`` (its delay in ms, one binary digit
 per word, most significant first) to the exchange of its highest set bit. The exchange of level *k*
 routes a key with ``1`` at bit *k* to its queue, and one with ``0`` there on to the exchange of level
 *k-1* (an exchange-to-exchange binding). When the message expires from the queue of level *k* it is
 dead-lettered, routing key unchanged, to the exchange of level *k-1*, which sends it on by the next
-bit. Below level 0 is the delivery exchange ``{delayed_queue}.deliver``, to which the task queue is
+bit. Below level 0 is the delivery exchange ``{ladder}.deliver``, to which the task queue is
 bound with the pattern ``*.*. ... .*.<task queue>`` (30 wildcards, then the queue name). A message
-thus waits exactly the sum of the TTLs of its set bits, its delay.
+thus waits exactly the sum of the TTLs of its set bits, its delay. The last word of the key names
+the target queue, so one ladder serves every task queue of a vhost.
 
 Every queue of the ladder has one TTL, so its FIFO order is its expiry order and nothing waits behind
 a longer delay: a 1 s message published after a 60 s one goes to other queues and arrives first.
@@ -36,19 +38,27 @@ Dead-lettering keeps the body and all properties (priority, headers, message id)
 ``x-death`` bookkeeping headers, which the consumer removes again (:func:`strip_ladder_deaths`).
 Delays go up to 2**30 - 1 ms; paota allows up to 7 days (:data:`MAX_DELAY_S`).
 
-Queue type of the ladder (``delay_queue_type``), a trade-off between two RabbitMQ limitations:
+Queue type of the ladder (``amqp.delay_queue_type``, :data:`DELAY_QUEUE_TYPES`):
 
-- ``"classic"`` (the default): classic queues dead-letter *at most once*. A message that expires
-  from a ladder queue while the node is shutting down can be dropped between two levels; stopping
-  RabbitMQ under load lost a few in-transit delayed messages that way (3 of ~16,000 delayed
-  messages over 6 stop/start cycles). Messages waiting in a queue survive restarts.
-- ``"quorum"``: quorum queues with ``x-dead-letter-strategy: at-least-once`` (and the
-  ``x-overflow: reject-publish`` it requires; RabbitMQ >= 3.10) keep each message until the next
-  level has it: no loss in the same test. But RabbitMQ runs the at-least-once dead-letter workers
-  under one supervisor, and a burst of worker crashes (deleting many such queues at once on 3.10,
-  quorum membership churn in a cluster on 4.x) exceeds its restart limit and leaves every
-  at-least-once queue on the node stranded until the node restarts (rabbitmq-server#16652, open).
-  Choose it only where that risk is acceptable.
+- ``"quorum"`` (the default, RabbitMQ >= 3.10): quorum queues with ``x-dead-letter-strategy:
+  at-least-once`` (and the ``x-overflow: reject-publish`` it requires). A quorum queue keeps a
+  dead-lettered message until the next level (or the task queue) has confirmed it, so a delayed
+  message survives a broker crash (SIGKILL) or restart at any point of its way, and a node loss in
+  a cluster. A redelivery may run it twice (at-least-once), never zero times.
+- ``"classic"`` (queues ``{ladder}.l00`` .. ``.l29``, the layout of paota before quorum
+  ladders): classic queues dead-letter *at most once*. A message dead-lettered while the broker
+  stops or crashes (in transit between two levels, or expired during recovery, when the next level
+  is not up yet) is dropped: a few per thousand in-flight delays per restart were lost that way.
+  Messages waiting in a queue survive restarts. Cheaper on the broker; use it only where a lost
+  retry or ETA is acceptable.
+
+The two ladders have different names, so a deployment switching to quorum leaves its classic ladder
+alone: what waits there still arrives (its delivery exchange is shared), and the idle queues can be
+deleted afterwards. Delete at-least-once ladder queues one at a time (:func:`delete_ladder`):
+RabbitMQ 3.10 to 4.x supervise their dead-letter workers together, and a burst of many worker
+exits within a second (deleting dozens of such queues at once) exceeds the supervisor's restart
+limit and leaves the node's at-least-once queues unable to dead-letter until it restarts
+(rabbitmq-server#16652).
 """
 
 from __future__ import annotations
@@ -76,13 +86,16 @@ __all__ = [
     "QueueSpec",
     "Topology",
     "declare",
+    "delete_ladder",
     "strip_ladder_deaths",
 ]
 
 #: Levels of the delay ladder; the longest representable delay is 2**DELAY_LEVELS - 1 ms.
 DELAY_LEVELS = 30
 #: Queue types the delay ladder can use (see the module docs for the trade-off).
-DELAY_QUEUE_TYPES = ("classic", "quorum")
+DELAY_QUEUE_TYPES = ("quorum", "classic")
+#: The ladder's queue-name infix per queue type: ``{ladder}.q07`` / ``{ladder}.l07``.
+_LADDER_INFIX = {"quorum": "q", "classic": "l"}
 _MAX_DELAY_MS = MAX_DELAY_S * 1000
 _ROUTING_KEY_MAX = 255
 # Exchange types whose bindings filter by routing key; on fanout/headers exchanges a binding keyed
@@ -161,13 +174,16 @@ class Topology:
     exchange_bindings: tuple[ExchangeBinding, ...]
 
     @classmethod
-    def from_config(cls, config: Config, *, delay_queue_type: str = "classic") -> Topology:
-        """The topology for ``config``, with a delay ladder of ``delay_queue_type`` queues.
+    def from_config(cls, config: Config, *, delay_queue_type: str | None = None) -> Topology:
+        """The topology for ``config``, with a delay ladder of ``delay_queue_type`` queues
+        (default: ``config.amqp.delay_queue_type``).
 
         Raises :class:`~paota.core.errors.TopologyError` when the task queue name cannot be the
         last part of a delay routing key (a word ``*`` or ``#``, or too long), and ValueError for
         a ``delay_queue_type`` not in :data:`DELAY_QUEUE_TYPES`.
         """
+        if delay_queue_type is None:
+            delay_queue_type = config.amqp.delay_queue_type
         if delay_queue_type not in DELAY_QUEUE_TYPES:
             raise ValueError(
                 f"delay_queue_type={delay_queue_type!r} is not valid: expected one of "
@@ -191,8 +207,10 @@ class Topology:
         go_routing_key = (
             amqp.binding_key if amqp.binding_key and amqp.exchange_type == "direct" else task_queue
         )
-        ladder = tuple(f"{amqp.delayed_queue}.l{k:02d}" for k in range(DELAY_LEVELS))
-        delivery = f"{amqp.delayed_queue}.deliver"
+        infix = _LADDER_INFIX[delay_queue_type]
+        prefix = amqp.delay_ladder or amqp.delayed_queue
+        ladder = tuple(f"{prefix}.{infix}{k:02d}" for k in range(DELAY_LEVELS))
+        delivery = f"{prefix}.deliver"
 
         exchanges = [ExchangeSpec(amqp.exchange, amqp.exchange_type)]
         exchanges += [ExchangeSpec(name, "topic") for name in ladder]
@@ -360,3 +378,31 @@ async def declare(channel: AbstractChannel, topology: Topology, *, timeout_s: fl
             else:
                 what = f"{kind} of {label}"
             raise TopologyError(f"RabbitMQ refused to declare {what}: {reply}") from exc
+
+
+async def delete_ladder(
+    channel: AbstractChannel, topology: Topology, *, pause_s: float = 0.2, timeout_s: float = 10.0
+) -> None:
+    """Delete the delay ladder of ``topology`` (its queues and exchanges), one queue at a time.
+
+    Each queue is deleted only after the previous delete was answered, ``pause_s`` apart, so an
+    at-least-once ladder never ends dozens of dead-letter workers within one second (see the
+    module docs). Messages still waiting in the ladder are lost: call it on a drained ladder.
+    Missing queues and exchanges are skipped.
+    """
+    import asyncio
+
+    import aiormq
+
+    for index, name in enumerate(reversed(topology.ladder_queues)):
+        if index:
+            await asyncio.sleep(pause_s)
+        try:
+            await channel.queue_delete(name, timeout=timeout_s)
+        except aiormq.ChannelNotFoundEntity:
+            channel = await channel.connection.channel()
+    for name in topology.ladder_queues:
+        try:
+            await channel.exchange_delete(name, timeout=timeout_s)
+        except aiormq.ChannelNotFoundEntity:
+            channel = await channel.connection.channel()
