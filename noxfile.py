@@ -1,4 +1,4 @@
-"""Sessions: tests (unit, every CPython 3.10-3.13 found), integration, lint, typecheck, bench.
+"""Sessions: tests (unit, every CPython 3.11-3.13 found), integration, lint, typecheck, bench.
 
 Interpreters are looked up on PATH and in pyenv (``$(pyenv root)/versions/``); missing ones are
 skipped locally and reported.
@@ -16,11 +16,11 @@ import nox
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
-PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+PYTHONS = ["3.11", "3.12", "3.13"]
 
 
 def _pyenv_paths() -> None:
-    """Put pyenv's interpreters on PATH so nox finds python3.10 ... python3.13."""
+    """Put pyenv's interpreters on PATH so nox finds python3.11 ... python3.13."""
     root = os.environ.get("PYENV_ROOT")
     if not root and shutil.which("pyenv"):
         root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip()

@@ -4,8 +4,10 @@ The public API is re-exported here. ``import paota`` imports no broker or store 
 pymongo are loaded only when the ``amqp`` broker or ``mongodb`` store is chosen.
 """
 
+from paota.core.client import Client
 from paota.core.clock import Clock, ManualClock, SystemClock
 from paota.core.config import AMQPConfig, Config, MongoConfig, redact_url
+from paota.core.context import NotInTaskError, TaskContext, TaskLogFilter, current_task
 from paota.core.errors import (
     BrokerError,
     ConfigError,
@@ -20,46 +22,103 @@ from paota.core.errors import (
     TaskTimeoutError,
     TopologyError,
 )
-from paota.core.pool import PoolStats, TaskHandle, WorkerPool
-from paota.core.protocols import Broker, Delivery, ParkInfo, ParkQueue, ParkReason, Store
+from paota.core.middleware import Middleware, PublishContext
+from paota.core.outcome import (
+    Cancelled,
+    Defer,
+    Drop,
+    Duplicate,
+    Outcome,
+    Park,
+    Retry,
+    Return,
+    Succeeded,
+)
+from paota.core.pool import WorkerPool
+from paota.core.protocols import (
+    Broker,
+    Delivery,
+    Message,
+    OutgoingMessage,
+    ParkInfo,
+    ParkQueue,
+    ParkReason,
+    Store,
+)
 from paota.core.signature import Arg, Signature
 from paota.core.state import ErrorInfo, TaskState, TaskStatus
+from paota.core.tasks import (
+    ArgumentError,
+    AsyncTask,
+    BindError,
+    SyncTask,
+    Task,
+    TaskHandle,
+    TaskOptions,
+    TaskSender,
+)
+from paota.middleware.stats import PoolStats
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AMQPConfig",
     "Arg",
+    "ArgumentError",
+    "AsyncTask",
+    "BindError",
     "Broker",
     "BrokerError",
+    "Cancelled",
+    "Client",
     "Clock",
     "Config",
     "ConfigError",
     "DecodeError",
+    "Defer",
     "Delivery",
+    "Drop",
+    "Duplicate",
     "ErrorInfo",
     "ManualClock",
+    "Message",
+    "Middleware",
     "MongoConfig",
+    "NotInTaskError",
+    "OutgoingMessage",
+    "Outcome",
     "PaotaError",
+    "Park",
     "ParkInfo",
     "ParkQueue",
     "ParkReason",
     "PoolStats",
+    "PublishContext",
     "PublishError",
     "RegistrationError",
     "ResultTimeoutError",
+    "Retry",
+    "Return",
     "Signature",
     "Store",
     "StoreError",
+    "Succeeded",
+    "SyncTask",
     "SystemClock",
+    "Task",
+    "TaskContext",
     "TaskError",
     "TaskFailedError",
     "TaskHandle",
+    "TaskLogFilter",
+    "TaskOptions",
+    "TaskSender",
     "TaskState",
-    "TaskTimeoutError",
     "TaskStatus",
+    "TaskTimeoutError",
     "TopologyError",
     "WorkerPool",
     "__version__",
+    "current_task",
     "redact_url",
 ]

@@ -107,6 +107,18 @@ def parse_arg(text: str) -> Arg:
     return Arg(name, type_, value)
 
 
+def parse_queues(text: str) -> dict[str, int | None]:
+    """``--queues``: ``a,b=5``: names, each optionally with its concurrency (None: the pool's)."""
+    named: dict[str, int | None] = {}
+    for part in text.split(","):
+        name, sep, count = part.strip().partition("=")
+        name = name.strip()
+        if not name:
+            raise argparse.ArgumentTypeError(f"{text!r}: an empty queue name")
+        named[name] = _int_in(1)(count.strip()) if sep else None
+    return named
+
+
 def _load_pool(target: str) -> WorkerPool:
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
@@ -142,6 +154,8 @@ async def _worker(args: argparse.Namespace) -> int:
     pool = _load_pool(args.target)
     if args.concurrency is not None:
         pool.concurrency = args.concurrency
+    if args.queues is not None:
+        pool.queues = args.queues
     if pool.config.broker == "memory":
         logger.warning(
             "worker %s runs on the in-memory broker: only tasks sent from this same process will "
@@ -183,10 +197,12 @@ async def _requeue(args: argparse.Namespace) -> int:
     config = Config.from_env()
     pool = WorkerPool(config, name="paota-requeue")
     async with pool:
-        moved = await pool.broker.requeue_parked(
+        moved = await pool.requeue_parked(
             ParkQueue(args.source), reason=args.reason, limit=args.limit
         )
-    print(f"moved {moved} message(s) from the {args.source} queue back to the task queue")
+    print(
+        f"moved {moved} message(s) from the {args.source} queue back to the queues they came from"
+    )
     return 0
 
 
@@ -277,6 +293,14 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("target", metavar="MODULE:POOL")
     worker.add_argument(
         "--concurrency", type=_int_in(1), default=None, help="override the pool's concurrency"
+    )
+    worker.add_argument(
+        "--queues",
+        type=parse_queues,
+        default=None,
+        metavar="QUEUE[=N],...",
+        help="consume these queues (comma-separated); a name alone takes the pool's concurrency, "
+        "NAME=N runs at most N of that queue at once (default: the pool's queues)",
     )
 
     send = sub.add_parser(

@@ -1,9 +1,11 @@
 """An in-process broker with the delivery semantics of the AMQP broker.
 
-It keeps the AMQP contract the pool relies on: a prefetch window per consumer, ack, reject with or
-without requeue, the redelivered flag, priorities, delays that run in ETA order, and named parking
-queues (failed, timeout) that tests and users can inspect. Messages go through the same wire codec
-as on RabbitMQ. It lives in one process: only tasks published from this process reach its workers.
+It keeps the AMQP contract the pool relies on: named queues, created on first use; a prefetch
+window per consumer; ack, reject with or without requeue; the redelivered flag; priorities; delays
+that run in ETA order and end in their target queue; the parking queues (failed, timeout), which
+tests and users can inspect. Like every broker it moves bytes: it stores what the core encoded and
+hands it back unchanged. It lives in one process: only tasks published from this process reach its
+workers.
 
 For tests, :meth:`MemoryBroker.run_until_idle` waits until everything due has been processed and,
 with a :class:`~paota.core.clock.ManualClock`, fast-forwards time to the next delayed message instead
@@ -20,35 +22,69 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from paota.core.clock import Clock, ManualClock, SystemClock
-from paota.core.errors import BrokerError, DecodeError
-from paota.core.protocols import Delivery, ParkInfo, ParkQueue, replay_headers
-from paota.core.signature import Signature, decode_message, encode_message
+from paota.core.errors import BrokerError
+from paota.core.protocols import Delivery, OutgoingMessage, ParkQueue, Rewrite
 
 __all__ = ["DelayRecord", "MemoryBroker", "MemoryDelivery", "MemoryMessage"]
+
+DEFAULT_QUEUE = "paota_tasks"
+DEFAULT_PARKING = {
+    ParkQueue.FAILED: "paota_task_failed_queue",
+    ParkQueue.TIMEOUT: "paota_task_timeout_queue",
+}
 
 
 @dataclass
 class MemoryMessage:
-    """A message held by the memory broker: body, headers, priority and AMQP-like flags."""
+    """A message held by the memory broker: body, headers, properties and AMQP-like flags."""
 
     body: bytes
     headers: dict[str, Any]
     priority: int = 0
     redelivered: bool = False
     seq: int = 0
+    content_type: str | None = None
+    message_id: str | None = None
 
 
 @dataclass(frozen=True)
 class DelayRecord:
-    """One delayed publish, as seen by the broker (for tests: retry backoff is observable)."""
+    """One delayed publish, as the broker saw it (for tests: retry backoff is observable).
+
+    ``retries_done`` is read from the message's body with the wire codec, for tests only: the
+    broker itself never decodes what it carries.
+    """
 
     task_id: str
-    retries_done: int
     delay_s: float
+    queue: str
+    body: bytes = field(repr=False)
+    headers: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def retries_done(self) -> int:
+        """The ``RetriesDone`` of the delayed task (decoded on demand)."""
+        from paota.core.signature import decode_message
+
+        return decode_message(self.body, self.headers).retries_done
+
+
+@dataclass(eq=False)
+class _Queue:
+    """One named queue: ready messages by (priority desc, publish order), and its consumers."""
+
+    name: str
+    ready: list[tuple[int, int, MemoryMessage]] = field(default_factory=list)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def push(self, message: MemoryMessage) -> None:
+        heapq.heappush(self.ready, (-message.priority, message.seq, message))
+        self.wakeup.set()
 
 
 @dataclass(eq=False)
 class _Consumer:
+    queue: _Queue
     cancelled: bool = False
     deliveries: set[MemoryDelivery] = field(default_factory=set)
 
@@ -73,6 +109,26 @@ class MemoryDelivery:
     def headers(self) -> Mapping[str, Any]:
         """The message headers."""
         return self.message.headers
+
+    @property
+    def content_type(self) -> str | None:
+        """The content type it was published with."""
+        return self.message.content_type
+
+    @property
+    def priority(self) -> int | None:
+        """The priority it was published with."""
+        return self.message.priority
+
+    @property
+    def message_id(self) -> str | None:
+        """The message id it was published with."""
+        return self.message.message_id
+
+    @property
+    def queue(self) -> str:
+        """The queue it was consumed from."""
+        return self._consumer.queue.name
 
     @property
     def redelivered(self) -> bool:
@@ -101,22 +157,40 @@ class MemoryBroker:
     """In-process :class:`~paota.core.protocols.Broker`.
 
     ``clock`` defaults to the system clock; pass a :class:`ManualClock` to let
-    :meth:`run_until_idle` skip over delays.
+    :meth:`run_until_idle` skip over delays. ``default_queue`` and ``parking`` name the task
+    queue and the parking queues (the AMQP defaults; :func:`paota.core.factory.make_broker`
+    passes the config's names).
     """
 
-    def __init__(self, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        default_queue: str = DEFAULT_QUEUE,
+        parking: Mapping[ParkQueue, str] | None = None,
+    ) -> None:
         self.clock: Clock = clock or SystemClock()
-        self._ready: list[tuple[int, int, MemoryMessage]] = []
-        self._delayed: list[tuple[float, int, MemoryMessage]] = []
-        self._parked: dict[ParkQueue, list[MemoryMessage]] = {q: [] for q in ParkQueue}
+        self._default_queue = default_queue
+        self._parking = {**DEFAULT_PARKING, **(parking or {})}
+        self._queues: dict[str, _Queue] = {}
+        self._delayed: list[tuple[float, int, str, MemoryMessage]] = []
         self._consumers: set[_Consumer] = set()
+        self._consumed: set[str] = set()  # queues that have had a consumer
         self._seq = itertools.count()
-        self._wakeup: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._open = False
         self._closed = False
         self.delays: list[DelayRecord] = []
-        """Every delayed publish (task id, retries done, delay), in publish order."""
+        """Every delayed publish (task id, delay, queue), in publish order."""
+
+    @property
+    def default_queue(self) -> str:
+        """The task queue used when a task names none."""
+        return self._default_queue
+
+    def parking_queue(self, queue: ParkQueue) -> str:
+        """The name of a parking queue."""
+        return self._parking[queue]
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -124,12 +198,10 @@ class MemoryBroker:
         """Open the broker. Idempotent; a closed broker cannot be reopened."""
         if self._closed:
             raise BrokerError("memory broker is closed; create a new one")
-        if not self._open:
-            self._wakeup = asyncio.Event()
-            self._open = True
+        self._open = True
 
     async def close(self) -> None:
-        """Close: consumers stop, unacked deliveries return to the queue. Idempotent."""
+        """Close: consumers stop, unacked deliveries return to their queue. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -140,8 +212,8 @@ class MemoryBroker:
         for consumer in list(self._consumers):
             self._return_unacked(consumer)
         self._consumers.clear()
-        if self._wakeup is not None:
-            self._wakeup.set()
+        for queue in self._queues.values():
+            queue.wakeup.set()
 
     async def __aenter__(self) -> MemoryBroker:
         await self.connect()
@@ -150,54 +222,65 @@ class MemoryBroker:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    def _check_open(self) -> asyncio.Event:
-        if not self._open or self._wakeup is None:
+    def _check_open(self) -> None:
+        if not self._open:
             state = "closed" if self._closed else "not connected (call connect() or use async with)"
             raise BrokerError(f"memory broker is {state}")
-        return self._wakeup
+
+    def _queue(self, name: str) -> _Queue:
+        queue = self._queues.get(name)
+        if queue is None:
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"a queue name must be a non-empty string, got {name!r}")
+            queue = self._queues[name] = _Queue(name)
+        return queue
 
     # publishing ------------------------------------------------------------------------------
 
-    async def publish(
-        self,
-        sig: Signature,
-        *,
-        delay_s: float = 0.0,
-        headers: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Encode ``sig`` with the wire codec and enqueue it, after ``delay_s`` seconds if > 0."""
-        self._check_open()
-        wire = encode_message(sig)
-        msg_headers = wire.headers
-        if headers:
-            msg_headers = {**msg_headers, **headers}
-        message = MemoryMessage(wire.body, msg_headers, sig.priority, False, next(self._seq))
-        if delay_s > 0:
-            self.delays.append(DelayRecord(sig.uuid, sig.retries_done, delay_s))
-            heapq.heappush(self._delayed, (self.clock.monotonic() + delay_s, message.seq, message))
+    async def publish(self, message: OutgoingMessage) -> None:
+        """Enqueue ``message`` (bytes and headers as given) in its queue, after its delay."""
+        if not self._open:
+            self._check_open()
+        stored = MemoryMessage(
+            message.body,
+            dict(message.headers),
+            message.priority,
+            False,
+            next(self._seq),
+            message.content_type,
+            message.message_id or None,
+        )
+        name = message.queue or self._default_queue
+        if message.delay_s > 0:
+            self.delays.append(
+                DelayRecord(message.message_id, message.delay_s, name, message.body, stored.headers)
+            )
+            due = self.clock.monotonic() + message.delay_s
+            heapq.heappush(self._delayed, (due, stored.seq, name, stored))
             self._schedule_timer()
         else:
-            self._enqueue(message)
+            self._queue(name).push(stored)
 
     async def publish_raw(
-        self, body: bytes, headers: Mapping[str, Any] | None = None, *, priority: int = 0
+        self,
+        body: bytes,
+        headers: Mapping[str, Any] | None = None,
+        *,
+        priority: int = 0,
+        queue: str | None = None,
     ) -> None:
-        """Enqueue a message as is, bypassing the codec (to feed a worker garbage, or a message
-        another producer encoded)."""
+        """Enqueue bytes as they are (to feed a worker garbage, or a message another producer
+        encoded), in ``queue`` (default: the task queue)."""
         self._check_open()
-        self._enqueue(MemoryMessage(body, dict(headers or {}), priority, False, next(self._seq)))
-
-    def _enqueue(self, message: MemoryMessage) -> None:
-        heapq.heappush(self._ready, (-message.priority, message.seq, message))
-        if self._wakeup is not None:
-            self._wakeup.set()
+        message = MemoryMessage(body, dict(headers or {}), priority, False, next(self._seq))
+        self._queue(queue or self._default_queue).push(message)
 
     def _release_due(self) -> int:
         now = self.clock.monotonic()
         released = 0
         while self._delayed and self._delayed[0][0] <= now:
-            _, _, message = heapq.heappop(self._delayed)
-            self._enqueue(message)
+            _, _, name, message = heapq.heappop(self._delayed)
+            self._queue(name).push(message)
             released += 1
         return released
 
@@ -217,14 +300,17 @@ class MemoryBroker:
 
     # consuming -------------------------------------------------------------------------------
 
-    async def consume(self, *, prefetch: int) -> AsyncIterator[Delivery]:
-        """Yield deliveries, at most ``prefetch`` unacked at a time, highest priority first."""
-        wakeup = self._check_open()
+    async def consume(self, queue: str, *, prefetch: int) -> AsyncIterator[Delivery]:
+        """Yield deliveries of ``queue``, at most ``prefetch`` unacked at a time, highest
+        priority first."""
+        self._check_open()
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch!r}")
-        consumer = _Consumer()
+        q = self._queue(queue)
+        consumer = _Consumer(q)
         self._consumers.add(consumer)
-        ready = self._ready
+        self._consumed.add(queue)
+        ready, wakeup = q.ready, q.wakeup
         try:
             while True:
                 if self._closed:
@@ -250,60 +336,54 @@ class MemoryBroker:
                 self._consumers.discard(consumer)
             if requeue and not self._closed:
                 delivery.message.redelivered = True
-                self._enqueue(delivery.message)
-            elif self._wakeup is not None:
-                self._wakeup.set()
+                consumer.queue.push(delivery.message)
+            else:
+                consumer.queue.wakeup.set()
 
     def _return_unacked(self, consumer: _Consumer) -> None:
         for delivery in list(consumer.deliveries):
             delivery._done = True
             delivery.message.redelivered = True
-            self._enqueue(delivery.message)
+            consumer.queue.push(delivery.message)
         consumer.deliveries.clear()
 
     # parking ---------------------------------------------------------------------------------
 
-    async def park(self, delivery: Delivery, queue: ParkQueue, info: ParkInfo) -> None:
-        """Copy the delivery (original body and headers plus ``x-paota-*``) to a parking queue."""
-        self._check_open()
-        headers = {**delivery.headers, **info.headers()}
-        self._parked[queue].append(MemoryMessage(delivery.body, headers, 0, False, next(self._seq)))
-
     def parked(self, queue: ParkQueue) -> list[MemoryMessage]:
-        """The messages in a parking queue, oldest first (a copy of the list)."""
-        return list(self._parked[queue])
+        """The messages in a parking queue, oldest first (a copy)."""
+        return self.messages(self._parking[queue])
 
-    async def requeue_parked(
-        self, queue: ParkQueue, *, reason: str | None = None, limit: int | None = None
+    def messages(self, queue: str) -> list[MemoryMessage]:
+        """The messages ready in ``queue``, oldest first (a copy; for tests and tools)."""
+        q = self._queues.get(queue)
+        return [] if q is None else [m for _, _, m in sorted(q.ready, key=lambda e: e[1])]
+
+    async def replay_parked(
+        self, queue: ParkQueue, rewrite: Rewrite, *, limit: int | None = None
     ) -> int:
-        """Move parked messages back to the task queue with retries reset; returns how many moved."""
+        """Publish what ``rewrite`` makes of each parked message and remove it; the others stay."""
         self._check_open()
+        parking = self._queue(self._parking[queue])
         keep: list[MemoryMessage] = []
         moved = 0
-        for message in self._parked[queue]:
-            matches = reason is None or message.headers.get("x-paota-reason") == reason
-            if not matches or (limit is not None and moved >= limit):
+        for message in self.messages(parking.name):
+            replacement = None if limit is not None and moved >= limit else rewrite(message)
+            if replacement is None:
                 keep.append(message)
                 continue
-            headers = replay_headers(message.headers)
-            try:
-                sig = decode_message(message.body, headers).replace(retries_done=0)
-            except DecodeError:
-                self._enqueue(MemoryMessage(message.body, headers, 0, False, next(self._seq)))
-            else:
-                wire_keys = encode_message(sig).headers.keys()
-                extra = {k: v for k, v in headers.items() if k not in wire_keys}
-                await self.publish(sig, headers=extra)
+            await self.publish(replacement)
             moved += 1
-        self._parked[queue] = keep
+        parking.ready = [(-m.priority, m.seq, m) for m in keep]
+        heapq.heapify(parking.ready)
         return moved
 
     # test support ----------------------------------------------------------------------------
 
     @property
     def ready_count(self) -> int:
-        """Messages waiting for a consumer."""
-        return len(self._ready)
+        """Messages waiting for a consumer in the task queues (parking queues not counted)."""
+        parking = set(self._parking.values())
+        return sum(len(q.ready) for q in self._queues.values() if q.name not in parking)
 
     @property
     def delayed_count(self) -> int:
@@ -315,11 +395,21 @@ class MemoryBroker:
         """Messages delivered and neither acked nor rejected."""
         return sum(len(c.deliveries) for c in self._consumers)
 
+    def depth(self, queue: str) -> int:
+        """Messages ready in ``queue``."""
+        q = self._queues.get(queue)
+        return 0 if q is None else len(q.ready)
+
     def _busy(self) -> bool:
-        return bool(self._ready) or any(c.deliveries for c in self._consumers)
+        for q in self._queues.values():
+            # Messages waiting in a queue nobody ever consumed (a parking queue, or a queue no
+            # worker of this process serves) leave the broker idle; the task queue always counts.
+            if q.ready and (q.name in self._consumed or q.name == self._default_queue):
+                return True
+        return any(c.deliveries for c in self._consumers)
 
     async def run_until_idle(self, *, advance_time: bool = True, timeout_s: float = 30.0) -> None:
-        """Wait until no message is ready or unacked.
+        """Wait until no message is ready in a consumed queue or unacked.
 
         With a :class:`ManualClock` and ``advance_time``, delayed messages are then released by
         moving the clock to the next one's due time, until none are left. With the system clock,
@@ -333,7 +423,7 @@ class MemoryBroker:
             while self._busy():
                 if loop.time() > deadline:
                     raise TimeoutError(
-                        f"memory broker not idle after {timeout_s}s: {len(self._ready)} ready, "
+                        f"memory broker not idle after {timeout_s}s: {self.ready_count} ready, "
                         f"{self.unacked_count} unacked, {len(self._delayed)} delayed"
                     )
                 await asyncio.sleep(0.001)

@@ -4,7 +4,7 @@ use a :class:`ManualClock` that the memory broker fast-forwards instead of sleep
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 __all__ = ["Clock", "ManualClock", "SystemClock"]
@@ -27,7 +27,7 @@ class SystemClock:
 
     def now(self) -> datetime:
         """``datetime.now(timezone.utc)``."""
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     def monotonic(self) -> float:
         """``time.monotonic()``."""
@@ -38,7 +38,7 @@ class ManualClock:
     """A clock that moves only when told to (:meth:`advance`); starts at the real time."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self._start = start or datetime.now(timezone.utc)
+        self._start = start or datetime.now(UTC)
         self._offset_s = 0.0
 
     def now(self) -> datetime:

@@ -26,8 +26,16 @@ def make_broker(config: Config, *, worker_name: str = "", clock: Clock | None = 
     """The broker ``config.broker`` names (not connected yet)."""
     if config.broker == "memory":
         from paota.brokers.memory import MemoryBroker
+        from paota.core.protocols import ParkQueue
 
-        return MemoryBroker(clock=clock)
+        return MemoryBroker(
+            clock=clock,
+            default_queue=config.task_queue_name,
+            parking={
+                ParkQueue.FAILED: config.amqp.failed_queue,
+                ParkQueue.TIMEOUT: config.amqp.timeout_queue,
+            },
+        )
     if config.broker == "amqp":
         try:
             from paota.brokers.amqp import AMQPBroker

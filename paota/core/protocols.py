@@ -1,37 +1,44 @@
-"""The three contracts the worker pool depends on: :class:`Broker`, :class:`Delivery`, :class:`Store`.
+"""The contracts the worker depends on: :class:`Broker`, :class:`Delivery`, :class:`Store`.
 
 The pool, the CLI and the tests know these Protocols only; every AMQP or MongoDB detail stays inside
-its own package. A broker encodes and decodes the wire format with :mod:`paota.core.signature`
-(``encode_message`` / ``decode_message``), so the memory broker exercises the same codec as AMQP.
+its own package. Brokers move bytes: a broker publishes an :class:`OutgoingMessage` (body, headers,
+content type, message id, priority, target queue, delay) and yields :class:`Delivery` objects from
+the queues it is asked to consume. It never sees a :class:`~paota.Signature`: the wire codec lives
+in the core (:mod:`paota.core.signature`), so every broker carries exactly the same bytes.
 
 Lifecycle, for every implementation: the constructor does no I/O; ``connect()`` (or ``async with``)
-opens; ``close()`` is idempotent; using a closed or unopened object raises the library's error.
+opens; ``close()`` is idempotent and final: a closed object cannot be opened again, and using a
+closed or unopened object raises the library's error (:class:`~paota.BrokerError` /
+:class:`~paota.StoreError`).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Mapping
+import math
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from paota.core.signature import Signature
 from paota.core.state import TaskState, TaskStatus
 
 __all__ = [
     "MAX_DELAY_S",
+    "ORIGIN_HEADER",
     "PARKING_HEADERS",
     "REPLAYS_HEADER",
     "RETURNS_HEADER",
-    "header_int",
-    "replay_headers",
     "Broker",
     "Delivery",
+    "Message",
+    "OutgoingMessage",
     "ParkInfo",
     "ParkQueue",
     "ParkReason",
+    "Rewrite",
     "Store",
+    "header_int",
 ]
 
 
@@ -41,17 +48,20 @@ again when a message arrives before its ETA."""
 
 
 RETURNS_HEADER = "x-paota-returns"
-"""How many times workers that did not know the task returned it (see the pool's unknown-task rule)."""
+"""How many times workers that did not know the task returned it (see the unknown-task rule)."""
 REPLAYS_HEADER = "x-paota-replays"
-"""How many times the message was moved back from a parking queue (``requeue_parked``)."""
+"""How many times the message was moved back from a parking queue (a replay starts a new run)."""
+ORIGIN_HEADER = "x-paota-origin-queue"
+"""The queue a parked message was consumed from; a replay returns it there."""
 PARKING_HEADERS = (
     "x-paota-reason",
     "x-paota-error",
     "x-paota-traceback",
     "x-paota-worker",
     "x-paota-parked-at",
+    ORIGIN_HEADER,
 )
-"""The headers a parked copy carries to say why it was parked."""
+"""The headers a parked copy carries to say why it was parked and where from."""
 
 
 def header_int(value: Any) -> int:
@@ -68,14 +78,6 @@ def header_int(value: Any) -> int:
     return 0
 
 
-def replay_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
-    """The headers of a parked message moved back for replay: the parking and return headers
-    dropped, :data:`REPLAYS_HEADER` one higher (so the store records the replay as a new run)."""
-    clean = {k: v for k, v in headers.items() if k not in PARKING_HEADERS and k != RETURNS_HEADER}
-    clean[REPLAYS_HEADER] = header_int(headers.get(REPLAYS_HEADER)) + 1
-    return clean
-
-
 class ParkQueue(str, enum.Enum):
     """The named queues where messages that cannot run end up."""
 
@@ -88,6 +90,7 @@ class ParkReason(str, enum.Enum):
 
     UNDECODABLE = "undecodable"
     UNKNOWN_TASK = "unknown-task"
+    BAD_ARGUMENTS = "bad-arguments"
     RETRIES_EXHAUSTED = "retries-exhausted"
     START_DEADLINE = "start-deadline"
     EXEC_TIMEOUT = "exec-timeout"
@@ -95,11 +98,11 @@ class ParkReason(str, enum.Enum):
 
 @dataclass(frozen=True)
 class ParkInfo:
-    """Why and when a message was parked, and by which worker.
+    """Why and when a message was parked, by which worker, and which queue it came from.
 
-    Brokers attach it to the parked copy as headers: ``x-paota-reason``, ``x-paota-error``
+    The core adds it to the parked copy as headers: ``x-paota-reason``, ``x-paota-error``
     (``"Type: message"``), ``x-paota-traceback`` (truncated), ``x-paota-worker``,
-    ``x-paota-parked-at`` (RFC 3339).
+    ``x-paota-parked-at`` (RFC 3339) and ``x-paota-origin-queue``.
     """
 
     reason: ParkReason
@@ -108,25 +111,94 @@ class ParkInfo:
     worker: str
     parked_at: datetime
     traceback: str = ""
+    origin_queue: str = ""
 
     def headers(self) -> dict[str, Any]:
         """The ``x-paota-*`` headers for the parked copy."""
-        return {
+        headers = {
             "x-paota-reason": self.reason.value,
             "x-paota-error": f"{self.error_type}: {self.error_message}",
             "x-paota-traceback": self.traceback[-4000:],
             "x-paota-worker": self.worker,
             "x-paota-parked-at": self.parked_at.isoformat(),
         }
+        if self.origin_queue:
+            headers[ORIGIN_HEADER] = self.origin_queue
+        return headers
+
+
+class OutgoingMessage:
+    """One message for a broker to publish: bytes and where they go.
+
+    ``queue`` is the target queue's name (a task queue, or a parking queue of
+    :meth:`Broker.parking_queue`). ``routing_key``, when not empty, is an explicit AMQP routing key
+    on the task exchange (Go's ``Signature.RoutingKey``); otherwise the broker routes to ``queue``.
+    ``delay_s`` > 0 makes the message deliverable only after that many seconds (at most
+    :data:`MAX_DELAY_S`). Construction validates the delay and the priority (ValueError / TypeError
+    naming the field); instances are not to be changed afterwards.
+    """
+
+    __slots__ = (
+        "body",
+        "content_type",
+        "delay_s",
+        "headers",
+        "message_id",
+        "priority",
+        "queue",
+        "routing_key",
+    )
+
+    def __init__(
+        self,
+        body: bytes,
+        queue: str,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        content_type: str | None = None,
+        message_id: str = "",
+        priority: int = 0,
+        delay_s: float = 0.0,
+        routing_key: str = "",
+    ) -> None:
+        if type(delay_s) is not float or not 0.0 <= delay_s <= MAX_DELAY_S:
+            delay_s = _check_delay(delay_s)
+        if type(priority) is not int or not 0 <= priority <= 255:
+            if isinstance(priority, bool) or not isinstance(priority, int):
+                raise TypeError(f"priority must be an int, not {type(priority).__name__}")
+            raise ValueError(f"priority must be in 0..255, got {priority}")
+        self.body = body
+        self.queue = queue
+        self.headers: Mapping[str, Any] = headers if headers is not None else {}
+        self.content_type = content_type
+        self.message_id = message_id
+        self.priority = priority
+        self.delay_s = delay_s
+        self.routing_key = routing_key
+
+    def __repr__(self) -> str:
+        return (
+            f"<OutgoingMessage id={self.message_id!r} queue={self.queue!r} "
+            f"delay_s={self.delay_s:g} {len(self.body)} bytes>"
+        )
+
+
+def _check_delay(delay_s: Any) -> float:
+    if isinstance(delay_s, bool) or not isinstance(delay_s, int | float):
+        raise TypeError(f"delay_s must be a number of seconds, not {type(delay_s).__name__}")
+    if not math.isfinite(delay_s) or delay_s < 0:
+        raise ValueError(f"delay_s must be a finite number >= 0, got {delay_s!r}")
+    if delay_s > MAX_DELAY_S:
+        raise ValueError(
+            f"delay_s={delay_s:g} is longer than the longest supported delay, {MAX_DELAY_S} s "
+            "(7 days); the pool defers later ETAs in steps"
+        )
+    return float(delay_s)
 
 
 @runtime_checkable
-class Delivery(Protocol):
-    """One message handed to a consumer. Exactly one of ``ack`` / ``reject`` must be called.
-
-    ``ack`` and ``reject`` on a delivery whose connection is gone do not raise: the broker will
-    redeliver the message (at-least-once), which is the correct outcome.
-    """
+class Message(Protocol):
+    """A message as it sits in a queue: body, headers and the AMQP properties paota uses."""
 
     @property
     def body(self) -> bytes:
@@ -135,7 +207,37 @@ class Delivery(Protocol):
 
     @property
     def headers(self) -> Mapping[str, Any]:
-        """The message headers (AMQP table), possibly empty."""
+        """The message headers (AMQP table), possibly empty; broker bookkeeping removed."""
+        ...
+
+    @property
+    def content_type(self) -> str | None:
+        """The content type it was published with."""
+        ...
+
+    @property
+    def priority(self) -> int | None:
+        """The priority it was published with."""
+        ...
+
+    @property
+    def message_id(self) -> str | None:
+        """The message id it was published with (paota: the task id)."""
+        ...
+
+
+@runtime_checkable
+class Delivery(Message, Protocol):
+    """One message handed to a consumer. Exactly one of ``ack`` / ``reject`` must be called.
+
+    ``ack`` and ``reject`` on a delivery whose connection is gone do not raise: the broker will
+    redeliver the message (at-least-once), which is the correct outcome. Settling a delivery twice
+    raises :class:`~paota.BrokerError` and sends nothing.
+    """
+
+    @property
+    def queue(self) -> str:
+        """The queue it was consumed from."""
         ...
 
     @property
@@ -148,13 +250,27 @@ class Delivery(Protocol):
         ...
 
     async def reject(self, *, requeue: bool) -> None:
-        """Reject: back to its queue (``requeue=True``, redelivered later) or dropped / dead-lettered."""
+        """Reject: back to its queue (``requeue=True``, redelivered later) or dropped."""
         ...
+
+
+Rewrite = Callable[[Message], "OutgoingMessage | None"]
+"""What :meth:`Broker.replay_parked` asks of the core for each parked message: the message to
+publish in its place, or None to leave it parked."""
 
 
 @runtime_checkable
 class Broker(Protocol):
-    """Holds task messages between producers and worker pools."""
+    """Holds task messages between producers and workers, in named queues."""
+
+    @property
+    def default_queue(self) -> str:
+        """The task queue used when a task names none (``Config.task_queue_name``)."""
+        ...
+
+    def parking_queue(self, queue: ParkQueue) -> str:
+        """The name of the failed or timeout parking queue."""
+        ...
 
     async def connect(self) -> None:
         """Open connections and declare the topology. Idempotent."""
@@ -168,43 +284,30 @@ class Broker(Protocol):
 
     async def __aexit__(self, *exc_info: object) -> None: ...
 
-    async def publish(
-        self,
-        sig: Signature,
-        *,
-        delay_s: float = 0.0,
-        headers: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Publish ``sig`` to the task queue, durably (returns once the broker has it).
+    async def publish(self, message: OutgoingMessage) -> None:
+        """Publish ``message`` durably: returns once the broker has it (confirmed).
 
-        ``delay_s > 0`` (up to :data:`MAX_DELAY_S`) makes it deliverable only after that many
-        seconds; delays keep their own order (a 1 s delay published after a 60 s one is
-        delivered first). ``headers`` are extra message headers carried alongside the encoded
-        signature.
+        Delays keep their own order (a 1 s delay published after a 60 s one is delivered first) and
+        always end in ``message.queue``. Headers are sent exactly as given. A queue that does not
+        exist yet is created (with the task queue's arguments).
         """
         ...
 
-    def consume(self, *, prefetch: int) -> AsyncIterator[Delivery]:
-        """Deliveries from the task queue, at most ``prefetch`` unacked at a time.
+    def consume(self, queue: str, *, prefetch: int) -> AsyncIterator[Delivery]:
+        """Deliveries from ``queue``, at most ``prefetch`` unacked at a time.
 
-        Closing the iterator (``aclose()``) cancels the consumer; deliveries it received and did not
-        yield go back to the queue.
+        The iterator survives reconnections and ends when the broker is closed. Closing it
+        (``aclose()``) cancels the consumer; deliveries it received and did not yield go back to
+        the queue.
         """
         ...
 
-    async def park(self, delivery: Delivery, queue: ParkQueue, info: ParkInfo) -> None:
-        """Copy ``delivery`` (original body and headers, plus ``info.headers()``) to a parking queue.
-
-        Returns once the copy is durable; the caller then acks the delivery.
-        """
-        ...
-
-    async def requeue_parked(
-        self, queue: ParkQueue, *, reason: str | None = None, limit: int | None = None
+    async def replay_parked(
+        self, queue: ParkQueue, rewrite: Rewrite, *, limit: int | None = None
     ) -> int:
-        """Move parked messages (optionally only those with ``x-paota-reason == reason``) back to the
-        task queue with their retries reset and headers from :func:`replay_headers`; returns how
-        many moved."""
+        """Move parked messages back: for each message of the parking queue, publish what
+        ``rewrite`` returns (confirmed), then remove the parked original; a message for which
+        ``rewrite`` returns None stays parked. At most ``limit`` moves; returns how many moved."""
         ...
 
 
@@ -213,11 +316,12 @@ class Store(Protocol):
     """Records every task's state and result."""
 
     async def connect(self) -> None:
-        """Open the store (and create indexes). Idempotent. Raises ``StoreError`` when unreachable."""
+        """Open the store (and create indexes). Idempotent. Raises ``StoreError`` when unreachable
+        or closed."""
         ...
 
     async def close(self) -> None:
-        """Close the store. Idempotent."""
+        """Close the store. Idempotent and final."""
         ...
 
     async def __aenter__(self) -> Store: ...

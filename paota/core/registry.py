@@ -1,85 +1,63 @@
-"""Task registration and lookup. A registry belongs to one pool; there is no global registry."""
+"""Task registration and lookup, and routing (task -> queue). A registry belongs to one client or
+pool; there is no global registry."""
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from paota.core.errors import RegistrationError
 from paota.core.signature import Signature
+from paota.core.tasks import Task
 
-__all__ = ["RegisteredTask", "TaskFunc", "TaskRegistry"]
+__all__ = ["TaskFunc", "TaskRegistry"]
 
 TaskFunc = Callable[[Signature], Any]
-"""A task: ``fn(sig)``, sync or async. Raising means failure; the return value is the result."""
-
-
-@dataclass(frozen=True)
-class RegisteredTask:
-    """A registered task function and whether calling it gives a coroutine."""
-
-    name: str
-    func: TaskFunc
-    is_async: bool
-
-
-def _is_async(func: Callable[..., Any]) -> bool:
-    while isinstance(func, functools.partial):
-        func = func.func
-    if inspect.iscoroutinefunction(func):
-        return True
-    call = getattr(func, "__call__", None)  # noqa: B004 - callable objects with async __call__
-    return call is not None and inspect.iscoroutinefunction(call)
+"""A Go-style task: ``fn(sig)``, sync or async. Raising means failure; the return value is the
+result."""
 
 
 class TaskRegistry:
-    """Maps task names to functions for one pool."""
+    """Maps task names to :class:`~paota.core.tasks.Task` objects."""
 
     def __init__(self) -> None:
-        self._tasks: dict[str, RegisteredTask] = {}
+        self._tasks: dict[str, Task[Any, Any]] = {}
 
-    def register(self, name: str, func: TaskFunc) -> RegisteredTask:
-        """Register ``func`` under ``name``.
+    def add(self, task: Task[Any, Any]) -> Task[Any, Any]:
+        """Register ``task`` under its name and return the registered one.
 
-        Raises :class:`RegistrationError` when the name is empty, ``func`` is not callable, or the
-        name is already taken by a different function (registering the same function twice is fine).
+        Raises :class:`RegistrationError` when the name is empty or already taken by a different
+        function (registering the same function twice under one name returns the first task).
         """
+        name = task.name
         if not isinstance(name, str) or not name:
             raise RegistrationError(f"task name must be a non-empty string, got {name!r}")
-        if not callable(func):
-            raise RegistrationError(
-                f"task {name!r}: expected a callable fn(sig), got {type(func).__name__} {func!r}"
-            )
         existing = self._tasks.get(name)
         if existing is not None:
-            if existing.func is func or existing.func == func:
+            if existing.fn is task.fn or existing.fn == task.fn:
                 return existing
             raise RegistrationError(
-                f"task {name!r} is already registered to {_describe(existing.func)}; "
-                f"refusing to replace it with {_describe(func)}"
+                f"task {name!r} is already registered to {describe(existing.fn)}; "
+                f"refusing to replace it with {describe(task.fn)}"
             )
-        task = RegisteredTask(name, func, _is_async(func))
         self._tasks[name] = task
         return task
 
-    def register_many(self, tasks: Mapping[str, TaskFunc]) -> None:
-        """Register every ``name: func`` pair; nothing is registered if one of them is invalid."""
-        if not isinstance(tasks, Mapping):
-            raise RegistrationError(
-                f"register_tasks expects a mapping of name to function, got {type(tasks).__name__}"
-            )
+    def add_all(self, tasks: list[Task[Any, Any]]) -> None:
+        """Register every task; nothing is registered if one of them cannot be."""
         staged = TaskRegistry()
         staged._tasks = dict(self._tasks)
-        for name, func in tasks.items():
-            staged.register(name, func)
+        for task in tasks:
+            staged.add(task)
         self._tasks = staged._tasks
 
-    def get(self, name: str) -> RegisteredTask | None:
+    def get(self, name: str) -> Task[Any, Any] | None:
         """The task registered under ``name``, or None."""
         return self._tasks.get(name)
+
+    def queues(self) -> set[str]:
+        """The queues the registered tasks name as their default (not the pool's default)."""
+        return {t.defaults.queue for t in self._tasks.values() if t.defaults.queue}
 
     def __contains__(self, name: object) -> bool:
         return name in self._tasks
@@ -91,7 +69,8 @@ class TaskRegistry:
         return len(self._tasks)
 
 
-def _describe(func: Callable[..., Any]) -> str:
+def describe(func: Callable[..., Any]) -> str:
+    """``module.qualname`` of a function, for messages."""
     module = getattr(func, "__module__", None) or "?"
     qualname = getattr(func, "__qualname__", None) or repr(func)
     return f"{module}.{qualname}"

@@ -40,7 +40,7 @@ import math
 from base64 import b64decode, b64encode
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from paota.core.errors import DecodeError
@@ -62,7 +62,7 @@ __all__ = [
 CONTENT_TYPE_JSON: Final = "application/json"
 CONTENT_TYPE_HEADERS: Final = "application/octet-stream"
 
-_UTC: Final = timezone.utc
+_UTC: Final = UTC
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=_UTC)
 _ONE_SECOND: Final = timedelta(seconds=1)
 _INT64_MIN: Final = -(2**63)

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-__all__ = ["ErrorInfo", "TaskState", "TaskStatus", "may_replace"]
+__all__ = ["ErrorInfo", "TaskState", "TaskStatus", "may_replace", "task_state"]
 
 
 class TaskStatus(str, enum.Enum):
-    """Where a task is in its life. SUCCEEDED, FAILED and TIMED_OUT are final."""
+    """Where a task is in its life. SUCCEEDED, FAILED, TIMED_OUT and CANCELLED are final."""
 
     PENDING = "PENDING"
     STARTED = "STARTED"
@@ -20,10 +20,11 @@ class TaskStatus(str, enum.Enum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     TIMED_OUT = "TIMED_OUT"
+    CANCELLED = "CANCELLED"
 
     @property
     def is_final(self) -> bool:
-        """True for SUCCEEDED, FAILED and TIMED_OUT."""
+        """True for SUCCEEDED, FAILED, TIMED_OUT and CANCELLED."""
         return self in _FINAL
 
     @property
@@ -32,7 +33,9 @@ class TaskStatus(str, enum.Enum):
         return _RANK[self]
 
 
-_FINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.TIMED_OUT})
+_FINAL = frozenset(
+    {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED}
+)
 _RANK = {
     TaskStatus.PENDING: 0,
     TaskStatus.STARTED: 1,
@@ -40,6 +43,7 @@ _RANK = {
     TaskStatus.SUCCEEDED: 3,
     TaskStatus.FAILED: 3,
     TaskStatus.TIMED_OUT: 3,
+    TaskStatus.CANCELLED: 3,
 }
 
 
@@ -96,3 +100,44 @@ class TaskState:
     def replace(self, **changes: Any) -> TaskState:
         """A copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
+
+
+def task_state(
+    task_id: str,
+    name: str,
+    status: TaskStatus,
+    *,
+    args: list[dict[str, Any]],
+    attempts: int,
+    replays: int,
+    worker: str,
+    created_at: datetime | None,
+    updated_at: datetime,
+    result: Any = None,
+    error: ErrorInfo | None = None,
+    started_at: datetime | None = None,
+    finished_at: datetime | None = None,
+) -> TaskState:
+    """A :class:`TaskState` built without ``dataclasses`` overhead (the hot path writes two or three
+    per task); the same as calling the constructor with these fields."""
+    state = object.__new__(TaskState)
+    object.__setattr__(
+        state,
+        "__dict__",
+        {
+            "task_id": task_id,
+            "name": name,
+            "status": status,
+            "args": args,
+            "attempts": attempts,
+            "replays": replays,
+            "result": result,
+            "error": error,
+            "worker": worker,
+            "created_at": created_at,
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "updated_at": updated_at,
+        },
+    )
+    return state

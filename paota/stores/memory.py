@@ -8,7 +8,7 @@ process.
 from __future__ import annotations
 
 import builtins
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from paota.core.errors import StoreError
 from paota.core.state import ErrorInfo, TaskState, TaskStatus, may_replace
@@ -106,4 +106,4 @@ def _newest_first(state: TaskState) -> tuple[bool, datetime]:
     return (True, created) if created is not None else (False, _EPOCH)
 
 
-_EPOCH = datetime.min.replace(tzinfo=timezone.utc)
+_EPOCH = datetime.min.replace(tzinfo=UTC)

@@ -1,16 +1,20 @@
 """The broker contract: every Broker implementation passes these tests.
 
 Subclass :class:`BrokerContract` and provide a ``broker`` fixture yielding a connected broker on a
-fresh, empty task queue (see tests/unit/test_broker_memory.py and tests/integration/).
+fresh, empty task queue, where the queue ``{default_queue}.extra`` is free to use too (see
+tests/unit/test_broker_memory.py and tests/integration/). Brokers move bytes: the messages here are
+encoded by the core's codec (:func:`message`), as the pool does, and parked copies are built by the
+core (:func:`paota.core.settle.parked_copy`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -21,11 +25,15 @@ from paota.core.protocols import (
     REPLAYS_HEADER,
     Broker,
     Delivery,
+    Message,
+    OutgoingMessage,
     ParkInfo,
     ParkQueue,
     ParkReason,
 )
-from paota.core.signature import Arg, Signature, decode_message
+from paota.core.replay import replay_rewrite
+from paota.core.settle import parked_copy
+from paota.core.signature import Arg, Signature, decode_message, encode_message
 
 
 class Receiver:
@@ -73,9 +81,35 @@ def sig(name: str = "Add", **kw: Any) -> Signature:
     import uuid
 
     kw.setdefault("uuid", f"task_{uuid.uuid4()}")
-    kw.setdefault("created_at", datetime.now(timezone.utc))
+    kw.setdefault("created_at", datetime.now(UTC))
     kw.setdefault("args", [Arg("a", "int", 1), Arg("b", "int", 2)])
     return Signature(name, **kw)
+
+
+def message(
+    signature: Signature,
+    queue: str,
+    *,
+    delay_s: float = 0.0,
+    headers: dict[str, Any] | None = None,
+) -> OutgoingMessage:
+    """``signature`` encoded as the core publishes it, for ``queue``."""
+    wire = encode_message(signature)
+    return OutgoingMessage(
+        wire.body,
+        queue,
+        headers={**(headers or {}), **wire.headers},
+        content_type=wire.content_type,
+        message_id=signature.uuid,
+        priority=signature.priority,
+        delay_s=delay_s,
+    )
+
+
+async def publish(broker: Broker, signature: Signature, **kw: Any) -> None:
+    """Publish ``signature`` to the broker's task queue (``queue=`` for another)."""
+    queue = kw.pop("queue", None) or broker.default_queue
+    await broker.publish(message(signature, queue, **kw))
 
 
 def park_info(reason: ParkReason = ParkReason.RETRIES_EXHAUSTED) -> ParkInfo:
@@ -85,9 +119,33 @@ def park_info(reason: ParkReason = ParkReason.RETRIES_EXHAUSTED) -> ParkInfo:
         error_type="ValueError",
         error_message="boom",
         worker="contract-worker",
-        parked_at=datetime.now(timezone.utc),
+        parked_at=datetime.now(UTC),
         traceback="Traceback (most recent call last): ...",
     )
+
+
+async def park(broker: Broker, delivery: Delivery, queue: ParkQueue, info: ParkInfo) -> None:
+    """Park ``delivery`` as the pool does: publish the core's parked copy."""
+    await broker.publish(parked_copy(delivery, broker.parking_queue(queue), info))
+
+
+async def requeue(
+    broker: Broker, queue: ParkQueue, *, reason: str | None = None, limit: int | None = None
+) -> int:
+    """``requeue_parked`` as the client does it."""
+    rewrite = replay_rewrite(broker.default_queue, reason=reason, now=lambda: datetime.now(UTC))
+    return await broker.replay_parked(queue, rewrite, limit=limit)
+
+
+async def peek_parked(broker: Broker, queue: ParkQueue) -> list[Message]:
+    """The parked messages, left where they are."""
+    seen: list[Message] = []
+
+    def look(msg: Message) -> None:
+        seen.append(msg)
+
+    await broker.replay_parked(queue, look)  # type: ignore[arg-type]
+    return seen
 
 
 class BrokerContract:
@@ -96,14 +154,17 @@ class BrokerContract:
     async def test_publish_consume_ack(self, broker: Broker) -> None:
         # given a published task
         sent = sig()
-        await broker.publish(sent)
+        await publish(broker, sent)
         # when it is consumed and acked
-        rx = Receiver(broker.consume(prefetch=10))
+        rx = Receiver(broker.consume(broker.default_queue, prefetch=10))
         try:
             delivery = await rx.next()
-            # then it decodes to the same signature, first delivery
+            # then it decodes to the same signature, first delivery, from its queue
             assert decode_message(delivery.body, delivery.headers) == sent
             assert delivery.redelivered is False
+            assert delivery.queue == broker.default_queue
+            assert delivery.message_id == sent.uuid
+            assert delivery.content_type == "application/json"
             await delivery.ack()
             # and it is gone
             await rx.nothing()
@@ -112,8 +173,8 @@ class BrokerContract:
 
     async def test_reject_with_requeue_redelivers(self, broker: Broker) -> None:
         sent = sig()
-        await broker.publish(sent)
-        rx = Receiver(broker.consume(prefetch=10))
+        await publish(broker, sent)
+        rx = Receiver(broker.consume(broker.default_queue, prefetch=10))
         try:
             first = await rx.next()
             await first.reject(requeue=True)
@@ -125,8 +186,8 @@ class BrokerContract:
             await rx.close()
 
     async def test_reject_without_requeue_drops(self, broker: Broker) -> None:
-        await broker.publish(sig())
-        rx = Receiver(broker.consume(prefetch=10))
+        await publish(broker, sig())
+        rx = Receiver(broker.consume(broker.default_queue, prefetch=10))
         try:
             first = await rx.next()
             await first.reject(requeue=False)
@@ -134,10 +195,23 @@ class BrokerContract:
         finally:
             await rx.close()
 
+    async def test_a_second_ack_raises_and_sends_nothing(self, broker: Broker) -> None:
+        await publish(broker, sig())
+        rx = Receiver(broker.consume(broker.default_queue, prefetch=10))
+        try:
+            delivery = await rx.next()
+            await delivery.ack()
+            with pytest.raises(BrokerError, match="already"):
+                await delivery.ack()
+            with pytest.raises(BrokerError, match="already"):
+                await delivery.reject(requeue=True)
+        finally:
+            await rx.close()
+
     async def test_prefetch_bounds_unacked_deliveries(self, broker: Broker) -> None:
         for _ in range(3):
-            await broker.publish(sig())
-        rx = Receiver(broker.consume(prefetch=2))
+            await publish(broker, sig())
+        rx = Receiver(broker.consume(broker.default_queue, prefetch=2))
         try:
             first = await rx.next()
             second = await rx.next()
@@ -149,13 +223,34 @@ class BrokerContract:
         finally:
             await rx.close()
 
+    async def test_several_queues_keep_their_messages_apart(self, broker: Broker) -> None:
+        other = f"{broker.default_queue}.extra"
+        here, there = sig(), sig()
+        await publish(broker, here)
+        await publish(broker, there, queue=other)
+        rx_default = Receiver(broker.consume(broker.default_queue, prefetch=10))
+        rx_other = Receiver(broker.consume(other, prefetch=10))
+        try:
+            got = await rx_other.next()
+            assert decode_message(got.body, got.headers).uuid == there.uuid
+            assert got.queue == other
+            await got.ack()
+            got = await rx_default.next()
+            assert decode_message(got.body, got.headers).uuid == here.uuid
+            await got.ack()
+            await rx_default.nothing()
+            await rx_other.nothing()
+        finally:
+            await rx_default.close()
+            await rx_other.close()
+
     async def test_delays_run_in_eta_order(self, broker: Broker) -> None:
         # given a long delay published before a short one
         slow, fast = sig(), sig()
-        await broker.publish(slow, delay_s=30.0)
+        await publish(broker, slow, delay_s=30.0)
         t0 = time.monotonic()
-        await broker.publish(fast, delay_s=0.3)
-        rx = Receiver(broker.consume(prefetch=10))
+        await publish(broker, fast, delay_s=0.3)
+        rx = Receiver(broker.consume(broker.default_queue, prefetch=10))
         try:
             # then the short one arrives first, after its delay, not behind the long one
             delivery = await rx.next(timeout=5.0)
@@ -167,22 +262,64 @@ class BrokerContract:
         finally:
             await rx.close()
 
-    async def test_extra_headers_survive_a_delay(self, broker: Broker) -> None:
+    async def test_a_delay_ends_in_its_own_queue(self, broker: Broker) -> None:
+        other = f"{broker.default_queue}.extra"
+        sent = sig()
+        await publish(broker, sent, queue=other, delay_s=0.1)
+        rx_other = Receiver(broker.consume(other, prefetch=10))
+        rx_default = Receiver(broker.consume(broker.default_queue, prefetch=10))
+        try:
+            got = await rx_other.next()
+            assert decode_message(got.body, got.headers).uuid == sent.uuid
+            await got.ack()
+            await rx_default.nothing()
+        finally:
+            await rx_other.close()
+            await rx_default.close()
+
+    async def test_headers_and_properties_arrive_as_sent_after_a_delay(
+        self, broker: Broker
+    ) -> None:
         sent = sig(priority=3)
-        await broker.publish(sent, delay_s=0.05, headers={"x-paota-returns": 2})
-        rx = Receiver(broker.consume(prefetch=10))
+        await publish(
+            broker, sent, delay_s=0.05, headers={"x-paota-returns": 2, "traceparent": "t"}
+        )
+        rx = Receiver(broker.consume(broker.default_queue, prefetch=10))
         try:
             delivery = await rx.next()
             assert delivery.headers.get("x-paota-returns") == 2
+            assert delivery.headers.get("traceparent") == "t"
+            assert delivery.priority == 3
             assert decode_message(delivery.body, delivery.headers) == sent
             await delivery.ack()
         finally:
             await rx.close()
 
+    async def test_headers_are_published_exactly_as_given(self, broker: Broker) -> None:
+        # the broker neither merges nor drops: what the core built is what arrives
+        sent = sig(args=[], raw_args=b'{"id":"1"}', retry_count=3)
+        msg = message(sent, broker.default_queue, headers={"uuid": "overridden by the codec"})
+        assert msg.headers["uuid"] == sent.uuid
+        await broker.publish(msg)
+        rx = Receiver(broker.consume(broker.default_queue, prefetch=10))
+        try:
+            delivery = await rx.next()
+            assert dict(delivery.headers) == dict(msg.headers)
+            await delivery.ack()
+        finally:
+            await rx.close()
+
+    def test_delays_out_of_range_are_refused(self) -> None:
+        for bad in (math.nan, math.inf, -1.0, 30 * 365 * 86400.0):
+            with pytest.raises(ValueError, match="delay_s"):
+                OutgoingMessage(b"{}", "q", delay_s=bad)
+        with pytest.raises(TypeError, match="delay_s"):
+            OutgoingMessage(b"{}", "q", delay_s="1")  # type: ignore[arg-type]
+
     async def test_header_mode_round_trip(self, broker: Broker) -> None:
         sent = sig(args=[], raw_args=b'{"id":"1"}', retry_count=3)
-        await broker.publish(sent)
-        rx = Receiver(broker.consume(prefetch=10))
+        await publish(broker, sent)
+        rx = Receiver(broker.consume(broker.default_queue, prefetch=10))
         try:
             delivery = await rx.next()
             assert delivery.body == b'{"id":"1"}'
@@ -197,12 +334,33 @@ class BrokerContract:
         finally:
             await rx.close()
 
+    async def test_parked_copies_keep_body_headers_and_properties(self, broker: Broker) -> None:
+        sent = sig(priority=7)
+        await publish(broker, sent, headers={"traceparent": "t"})
+        rx = Receiver(broker.consume(broker.default_queue, prefetch=10))
+        try:
+            delivery = await rx.next()
+            await park(broker, delivery, ParkQueue.FAILED, park_info())
+            await delivery.ack()
+        finally:
+            await rx.close()
+        [parked] = await peek_parked(broker, ParkQueue.FAILED)
+        assert parked.body == delivery.body
+        assert parked.priority == 7
+        assert parked.content_type == "application/json"
+        assert parked.message_id == sent.uuid
+        assert parked.headers["traceparent"] == "t"
+        assert parked.headers["x-paota-reason"] == "retries-exhausted"
+        assert parked.headers["x-paota-error"] == "ValueError: boom"
+        assert parked.headers["x-paota-worker"] == "contract-worker"
+        assert "x-paota-parked-at" in parked.headers
+
     async def test_park_then_requeue_by_reason(self, broker: Broker) -> None:
         # given two parked messages with different reasons
         exhausted, unknown = sig(retries_done=3, retry_count=3), sig(name="Nope")
-        await broker.publish(exhausted)
-        await broker.publish(unknown)
-        rx = Receiver(broker.consume(prefetch=10))
+        await publish(broker, exhausted)
+        await publish(broker, unknown)
+        rx = Receiver(broker.consume(broker.default_queue, prefetch=10))
         try:
             for _ in range(2):
                 delivery = await rx.next()
@@ -210,10 +368,10 @@ class BrokerContract:
                 reason = (
                     ParkReason.UNKNOWN_TASK if got.name == "Nope" else ParkReason.RETRIES_EXHAUSTED
                 )
-                await broker.park(delivery, ParkQueue.FAILED, park_info(reason))
+                await park(broker, delivery, ParkQueue.FAILED, park_info(reason))
                 await delivery.ack()
             # when only the retries-exhausted one is requeued
-            moved = await broker.requeue_parked(ParkQueue.FAILED, reason="retries-exhausted")
+            moved = await requeue(broker, ParkQueue.FAILED, reason="retries-exhausted")
             assert moved == 1
             # then it is back with its retries reset and without the parking headers
             delivery = await rx.next()
@@ -224,23 +382,23 @@ class BrokerContract:
             assert delivery.headers[REPLAYS_HEADER] == 1
             await delivery.ack()
             # and the other one stays parked until asked for
-            assert await broker.requeue_parked(ParkQueue.FAILED, limit=5) == 1
+            assert await requeue(broker, ParkQueue.FAILED, limit=5) == 1
             delivery = await rx.next()
             assert decode_message(delivery.body, delivery.headers).uuid == unknown.uuid
             await delivery.ack()
-            assert await broker.requeue_parked(ParkQueue.FAILED) == 0
+            assert await requeue(broker, ParkQueue.FAILED) == 0
         finally:
             await rx.close()
 
     async def test_park_keeps_undecodable_body(self, broker: Broker) -> None:
-        await broker.publish(sig())
-        rx = Receiver(broker.consume(prefetch=10))
+        await publish(broker, sig())
+        rx = Receiver(broker.consume(broker.default_queue, prefetch=10))
         try:
             delivery = await rx.next()
-            await broker.park(delivery, ParkQueue.TIMEOUT, park_info(ParkReason.START_DEADLINE))
+            await park(broker, delivery, ParkQueue.TIMEOUT, park_info(ParkReason.START_DEADLINE))
             await delivery.ack()
-            assert await broker.requeue_parked(ParkQueue.TIMEOUT, reason="exec-timeout") == 0
-            assert await broker.requeue_parked(ParkQueue.TIMEOUT, reason="start-deadline") == 1
+            assert await requeue(broker, ParkQueue.TIMEOUT, reason="exec-timeout") == 0
+            assert await requeue(broker, ParkQueue.TIMEOUT, reason="start-deadline") == 1
             delivery = await rx.next()
             await delivery.ack()
         finally:
@@ -250,4 +408,6 @@ class BrokerContract:
         await broker.close()
         await broker.close()
         with pytest.raises(BrokerError):
-            await broker.publish(sig())
+            await publish(broker, sig())
+        with pytest.raises(BrokerError):
+            await broker.connect()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["StoreContract", "make_state"]
 
-T0 = datetime(2026, 3, 4, 5, 6, 7, 891000, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
 
 P, S, R = TaskStatus.PENDING, TaskStatus.STARTED, TaskStatus.RETRYING
 OK, FAIL, TIMEOUT = TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.TIMED_OUT

@@ -13,7 +13,7 @@ import struct
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import aiormq
@@ -150,8 +150,8 @@ def test_header_mode_integers_have_the_widths_go_reads() -> None:
         sig(
             raw_args=b"{}",
             retry_count=3,
-            created_at=datetime(2026, 1, 1, tzinfo=timezone.utc),
-            eta=datetime(2026, 1, 2, tzinfo=timezone.utc),
+            created_at=datetime(2026, 1, 1, tzinfo=UTC),
+            eta=datetime(2026, 1, 2, tzinfo=UTC),
         )
     )
     types = _field_types(encode_headers(wire.headers))
@@ -217,7 +217,7 @@ async def test_delayed_messages_keep_headers_priority_and_body(
         raw_args=b'{"order": 42}',
         retry_count=4,
         priority=7,
-        created_at=datetime(2026, 1, 1, tzinfo=timezone.utc),
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
     extra = {"x-paota-returns": 2, "x-trace": "abc"}
     sent_at = time.monotonic()

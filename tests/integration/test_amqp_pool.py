@@ -14,7 +14,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -140,7 +140,7 @@ async def test_expired_task_parks_in_the_timeout_queue(
         ran = True
 
     await running(pool)
-    created = datetime.now(timezone.utc) - timedelta(seconds=120)
+    created = datetime.now(UTC) - timedelta(seconds=120)
     await pool.send_task(Signature("late", task_timeout=30, created_at=created))
     [parked] = await get_parked(config, config.amqp.timeout_queue, count=1)
     assert header(parked, "x-paota-reason") == "start-deadline"
@@ -234,7 +234,7 @@ async def test_go_encoded_messages_in_both_modes_run_in_a_python_pool(
     header_mode = got["task_go_header_mode"]
     assert header_mode.raw_args == b'{"id":"1","name":"John Doe"}'
     assert header_mode.retry_count == 2
-    assert header_mode.created_at == datetime.fromtimestamp(now, timezone.utc)
+    assert header_mode.created_at == datetime.fromtimestamp(now, UTC)
     [expired] = await get_parked(config, config.amqp.timeout_queue, count=1)
     assert header(expired, "x-paota-reason") == "start-deadline"
     assert expired.body == (VECTORS / "full.json").read_bytes()

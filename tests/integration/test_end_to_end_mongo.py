@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,7 @@ async def mongo(mongo_uri: str) -> AsyncIterator[Mongo]:
     """A fresh database name and a raw view of its collection; the database is dropped after."""
     name = f"paota_e2e_{uuid.uuid4().hex[:12]}"
     client: AsyncMongoClient[Document] = AsyncMongoClient(
-        mongo_uri, serverSelectionTimeoutMS=5000, tz_aware=True, tzinfo=timezone.utc
+        mongo_uri, serverSelectionTimeoutMS=5000, tz_aware=True, tzinfo=UTC
     )
     try:
         yield Mongo(mongo_uri, name, client[name]["paota_tasks"])
@@ -136,7 +136,7 @@ class Calls:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def note(self, sig: Signature) -> Call:
-        call = Call(sig.retries_done, datetime.now(timezone.utc), time.monotonic())
+        call = Call(sig.retries_done, datetime.now(UTC), time.monotonic())
         with self.lock:
             self.by_task.setdefault(sig.uuid, []).append(call)
         return call
@@ -200,7 +200,7 @@ class Sent:
 
 
 async def send(pool: WorkerPool, outcome: str) -> Sent:
-    sent_at = datetime.now(timezone.utc)
+    sent_at = datetime.now(UTC)
     sig = {
         "succeeds": Signature("e2e.add", args=ARGS),
         "succeeds-on-retry": Signature("e2e.flaky", args=ARGS, retry_count=2),
@@ -233,12 +233,12 @@ def check_pending(doc: Document, sent: Sent) -> None:
     assert doc["created_at"] == ms(sent.sig.created_at)
     assert doc["started_at"] is None
     assert doc["finished_at"] is None
-    assert ms(sent.sent_at) <= doc["updated_at"] <= datetime.now(timezone.utc)
+    assert ms(sent.sent_at) <= doc["updated_at"] <= datetime.now(UTC)
 
 
 def check_final_common(doc: Document, sent: Sent) -> None:
     """What every final record holds, whatever the outcome."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert doc["_id"] == sent.id
     assert doc["name"] == sent.sig.name
     assert doc["status"] in FINAL

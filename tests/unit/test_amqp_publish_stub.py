@@ -10,9 +10,15 @@ import pytest
 from pamqp import commands as spec
 
 from paota.brokers.amqp.broker import AMQPBroker, _State
+from paota.brokers.amqp.publisher import Publisher
 from paota.core.config import AMQPConfig, Config
 from paota.core.errors import PublishError
-from paota.core.signature import Signature
+from paota.core.protocols import OutgoingMessage
+
+
+def message(task_id: str) -> OutgoingMessage:
+    """A message as the core publishes one for task ``task_id``."""
+    return OutgoingMessage(b"{}", "paota_tasks", message_id=task_id)
 
 
 class StubChannel:
@@ -53,6 +59,11 @@ def make(behaviour: list[str], timeout_s: float = 0.2) -> tuple[AMQPBroker, Stub
     broker = AMQPBroker(config)
     channel = StubChannel(behaviour)
     broker._pool = StubPool(channel)  # type: ignore[assignment]
+    broker._publisher = Publisher(
+        broker._pool,  # type: ignore[arg-type]
+        timeout_s=timeout_s,
+        redeclare=broker._redeclare,
+    )
     broker._state = _State.OPEN
     return broker, channel
 
@@ -61,7 +72,7 @@ async def test_a_confirm_that_never_comes_fails_within_the_publish_timeout() -> 
     broker, _ = make(["hang"])
     started = time.monotonic()
     with pytest.raises(PublishError, match=r"not confirmed by RabbitMQ within 0\.2 s"):
-        await broker.publish(Signature("T", uuid="t1"))
+        await broker.publish(message("t1"))
     assert 0.15 < time.monotonic() - started < 1.0
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0
@@ -69,7 +80,7 @@ async def test_a_confirm_that_never_comes_fails_within_the_publish_timeout() -> 
 
 async def test_a_publish_interrupted_by_a_closed_channel_is_retried() -> None:
     broker, channel = make(["gone", "ack"], timeout_s=5)
-    await broker.publish(Signature("T", uuid="t2"))
+    await broker.publish(message("t2"))
     assert channel.calls == 2
 
 
@@ -77,7 +88,7 @@ async def test_many_concurrent_publishes_with_some_hanging() -> None:
     broker, channel = make(["ack"], timeout_s=0.3)
     channel.behaviour = ["ack", "hang"] * 500
     results = await asyncio.gather(
-        *(broker.publish(Signature("T", uuid=f"t{i}")) for i in range(1000)),
+        *(broker.publish(message(f"t{i}")) for i in range(1000)),
         return_exceptions=True,
     )
     failed = [r for r in results if isinstance(r, PublishError)]
@@ -86,7 +97,7 @@ async def test_many_concurrent_publishes_with_some_hanging() -> None:
 
 async def test_cancelling_a_publish_cancels_it() -> None:
     broker, _ = make(["hang"], timeout_s=5)
-    task = asyncio.ensure_future(broker.publish(Signature("T", uuid="t3")))
+    task = asyncio.ensure_future(broker.publish(message("t3")))
     await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

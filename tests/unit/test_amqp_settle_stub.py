@@ -1,4 +1,4 @@
-"""_ConsumerSession.settle against a stub channel: no wait with room, bounded wait without."""
+"""ConsumerSession.settle against a stub channel: no wait with room, bounded wait without."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-import paota.brokers.amqp.broker as broker_module
-from paota.brokers.amqp.broker import AMQPBroker, _ConsumerSession
+import paota.brokers.amqp.consumer as consumer_module
+from paota.brokers.amqp.broker import AMQPBroker
+from paota.brokers.amqp.consumer import ConsumerSession
 from paota.core.config import AMQPConfig, Config
 
 
@@ -40,10 +41,10 @@ class StubChannel:
         self.sent.append(("reject", tag))
 
 
-def session(size: int) -> tuple[_ConsumerSession, StubChannel]:
+def session(size: int) -> tuple[ConsumerSession, StubChannel]:
     broker = AMQPBroker(Config(broker="amqp", amqp=AMQPConfig(url="amqp://x@127.0.0.1/")))
     channel = StubChannel(size)
-    return _ConsumerSession(broker, channel, "tag"), channel  # type: ignore[arg-type]
+    return ConsumerSession(broker, channel, "q", "tag"), channel  # type: ignore[arg-type]
 
 
 async def test_with_room_in_the_frame_queue_settling_does_not_wait() -> None:
@@ -56,7 +57,7 @@ async def test_with_room_in_the_frame_queue_settling_does_not_wait() -> None:
 async def test_a_full_frame_queue_that_never_drains_is_given_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(broker_module, "_SETTLE_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(consumer_module, "SETTLE_TIMEOUT_S", 0.2)
     s, channel = session(1)
     channel.connection.write_queue.put_nowait("stuck")
     started = time.monotonic()

@@ -12,7 +12,7 @@ from paota.core.clock import ManualClock
 from paota.core.errors import BrokerError
 from paota.core.protocols import ParkQueue, ParkReason
 from paota.core.signature import decode_message
-from tests.contracts.broker_contract import BrokerContract, Receiver, park_info, sig
+from tests.contracts.broker_contract import BrokerContract, Receiver, park, park_info, publish, sig
 
 
 class TestMemoryBroker(BrokerContract):
@@ -25,9 +25,9 @@ class TestMemoryBroker(BrokerContract):
 async def test_priority_first() -> None:
     async with MemoryBroker() as broker:
         low, high = sig(priority=1), sig(priority=9)
-        await broker.publish(low)
-        await broker.publish(high)
-        rx = Receiver(broker.consume(prefetch=10))
+        await publish(broker, low)
+        await publish(broker, high)
+        rx = Receiver(broker.consume(broker.default_queue, prefetch=10))
         first = await rx.next()
         assert decode_message(first.body, first.headers).uuid == high.uuid
         await rx.close()
@@ -36,10 +36,10 @@ async def test_priority_first() -> None:
 async def test_manual_clock_fast_forwards_delays_in_order() -> None:
     clock = ManualClock()
     async with MemoryBroker(clock=clock) as broker:
-        await broker.publish(sig(uuid="slow"), delay_s=60.0)
-        await broker.publish(sig(uuid="fast"), delay_s=1.0)
+        await publish(broker, sig(uuid="slow"), delay_s=60.0)
+        await publish(broker, sig(uuid="fast"), delay_s=1.0)
         assert broker.delayed_count == 2
-        rx = Receiver(broker.consume(prefetch=10))
+        rx = Receiver(broker.consume(broker.default_queue, prefetch=10))
         seen: list[tuple[str, float]] = []
 
         async def consume() -> None:
@@ -58,10 +58,10 @@ async def test_manual_clock_fast_forwards_delays_in_order() -> None:
 
 async def test_parked_messages_are_inspectable() -> None:
     async with MemoryBroker() as broker:
-        await broker.publish(sig())
-        rx = Receiver(broker.consume(prefetch=1))
+        await publish(broker, sig())
+        rx = Receiver(broker.consume(broker.default_queue, prefetch=1))
         delivery = await rx.next()
-        await broker.park(delivery, ParkQueue.FAILED, park_info(ParkReason.UNDECODABLE))
+        await park(broker, delivery, ParkQueue.FAILED, park_info(ParkReason.UNDECODABLE))
         await delivery.ack()
         [parked] = broker.parked(ParkQueue.FAILED)
         assert parked.body == delivery.body
@@ -74,8 +74,8 @@ async def test_parked_messages_are_inspectable() -> None:
 
 async def test_double_ack_is_an_error() -> None:
     async with MemoryBroker() as broker:
-        await broker.publish(sig())
-        rx = Receiver(broker.consume(prefetch=1))
+        await publish(broker, sig())
+        rx = Receiver(broker.consume(broker.default_queue, prefetch=1))
         delivery = await rx.next()
         await delivery.ack()
         with pytest.raises(BrokerError, match="already"):
@@ -86,8 +86,8 @@ async def test_double_ack_is_an_error() -> None:
 async def test_close_returns_unacked_deliveries() -> None:
     broker = MemoryBroker()
     await broker.connect()
-    await broker.publish(sig())
-    rx = Receiver(broker.consume(prefetch=1))
+    await publish(broker, sig())
+    rx = Receiver(broker.consume(broker.default_queue, prefetch=1))
     await rx.next()
     assert broker.unacked_count == 1
     await broker.close()
@@ -97,4 +97,4 @@ async def test_close_returns_unacked_deliveries() -> None:
 
 async def test_unopened_broker_says_so() -> None:
     with pytest.raises(BrokerError, match="not connected"):
-        await MemoryBroker().publish(sig())
+        await publish(MemoryBroker(), sig())

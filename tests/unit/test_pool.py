@@ -28,10 +28,11 @@ from paota import (
     WorkerPool,
 )
 from paota.brokers.memory import MemoryBroker
-from paota.core.pool import fibonacci_backoff_s
-from paota.core.protocols import ParkQueue
+from paota.core.outcome import fibonacci_backoff_s
+from paota.core.protocols import OutgoingMessage, ParkQueue
 from paota.core.signature import decode_message
 from paota.stores.memory import MemoryStore
+from tests.contracts.broker_contract import publish
 
 
 @dataclass
@@ -377,7 +378,7 @@ async def test_eta_reached_early_is_deferred_again(make_rig: Any) -> None:
     ran_at: list[Any] = []
     rig = await make_rig(tasks={"Later": lambda sig: ran_at.append(rig.clock.now())})
     eta = rig.clock.now() + timedelta(seconds=30)
-    await rig.broker.publish(Signature("Later", uuid="t1", eta=eta))
+    await publish(rig.broker, Signature("Later", uuid="t1", eta=eta))
     await rig.broker.run_until_idle()
     assert rig.pool.stats.deferred == 1
     assert ran_at and ran_at[0] >= eta
@@ -535,7 +536,7 @@ async def test_a_duplicate_of_a_finished_task_is_acked_without_running(make_rig:
     rig = await make_rig(tasks={"Once": lambda sig: runs.append(sig.uuid)})
     [task_id] = await rig.run(Signature("Once"))
     # the same message again, as after a redelivery
-    await rig.broker.publish(Signature("Once", uuid=task_id, created_at=rig.clock.now()))
+    await publish(rig.broker, Signature("Once", uuid=task_id, created_at=rig.clock.now()))
     await rig.broker.run_until_idle()
     assert runs == [task_id]
     assert rig.pool.stats.duplicates == 1
@@ -562,11 +563,12 @@ async def test_a_failed_retry_publish_returns_the_task_instead_of_losing_it() ->
     class FlakyBroker(MemoryBroker):
         fail_next_retry = True
 
-        async def publish(self, sig: Signature, **kw: Any) -> None:
-            if sig.retries_done > 0 and self.fail_next_retry:
+        async def publish(self, message: OutgoingMessage) -> None:
+            retries_done = decode_message(message.body, message.headers).retries_done
+            if retries_done > 0 and self.fail_next_retry:
                 self.fail_next_retry = False
                 raise PublishError("RabbitMQ did not confirm")
-            await super().publish(sig, **kw)
+            await super().publish(message)
 
     clock = ManualClock()
     broker, store = FlakyBroker(clock=clock), MemoryStore()

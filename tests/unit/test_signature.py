@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from paota.core.signature import (
     parse_time,
 )
 
-UTC = timezone.utc
+UTC = UTC
 
 # The wire contract lives in the repo; /work/shared (when present beside the repo) is the source.
 VECTORS = Path(__file__).resolve().parent / "vectors" / "go-paota"

@@ -27,15 +27,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from paota.core.config import redact_url
+from paota.brokers.amqp.errors import ChannelGoneError, describe
 from paota.core.errors import BrokerError, TopologyError
+from paota.core.settings import redact_url
 
 if TYPE_CHECKING:
     from aiormq.abc import AbstractChannel, AbstractConnection
@@ -56,18 +56,6 @@ logger = logging.getLogger("paota.brokers.amqp")
 T = TypeVar("T")
 
 
-class ChannelGoneError(ConnectionError):
-    """The channel or connection an operation ran on closed under it."""
-
-
-def describe(exc: BaseException | None) -> str:
-    """A short, password-free description of ``exc`` for messages and logs."""
-    if exc is None:
-        return "closed"
-    text = " ".join(str(arg) for arg in exc.args if arg is not None) if exc.args else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def is_blocked(connection: AbstractConnection | None) -> bool:
     """Whether RabbitMQ has blocked publishing on ``connection`` (``connection.blocked``: a memory
     or disk alarm). aiormq keeps this in a private event; if that ever changes, this says False."""
@@ -80,58 +68,31 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-if sys.version_info >= (3, 11):
+async def call_aiormq(aw: Awaitable[T], timeout_s: float | None) -> T:
+    """Await an aiormq call, at most ``timeout_s`` seconds (None: no limit).
 
-    async def call_aiormq(aw: Awaitable[T], timeout_s: float | None) -> T:
-        """Await an aiormq call, at most ``timeout_s`` seconds (None: no limit).
-
-        Raises TimeoutError when time is up, :class:`ChannelGoneError` when aiormq failed the call
-        with ``CancelledError`` because its channel or connection closed, the call's own exception
-        otherwise; ``CancelledError`` only when the calling task itself is being cancelled.
-        """
-        try:
-            async with asyncio.timeout(timeout_s):
-                return await aw
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is None or task.cancelling():
-                raise
-            raise ChannelGoneError("the AMQP channel closed during the operation") from None
-
-else:  # pragma: no cover - Python 3.10 has no Task.cancelling(): tell them apart with a task
-
-    async def call_aiormq(aw: Awaitable[T], timeout_s: float | None) -> T:
-        """Await an aiormq call, at most ``timeout_s`` seconds (see the 3.11+ variant)."""
-        task = asyncio.ensure_future(aw)
-        task.add_done_callback(_retrieve)
-        try:
-            done, _ = await asyncio.wait({task}, timeout=timeout_s)
-        except asyncio.CancelledError:
-            task.cancel()
+    Raises TimeoutError when time is up, :class:`ChannelGoneError` when aiormq failed the call
+    with ``CancelledError`` because its channel or connection closed, the call's own exception
+    otherwise; ``CancelledError`` only when the calling task itself is being cancelled.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await aw
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
             raise
-        if not done:
-            task.cancel()
-            raise asyncio.TimeoutError
-        if task.cancelled():
-            raise ChannelGoneError("the AMQP channel closed during the operation")
-        return task.result()
+        raise ChannelGoneError("the AMQP channel closed during the operation") from None
 
 
-class _Task(Protocol):
-    """What :class:`Deadlines` uses of an ``asyncio.Task``: ``cancelling``/``uncancel`` are 3.11+."""
-
-    def cancel(self, msg: Any | None = None) -> bool: ...
-
-    def cancelling(self) -> int: ...
-
-    def uncancel(self) -> int: ...
+_Task = asyncio.Task[Any]
 
 
 def being_cancelled() -> bool:
     """True when the current task is being cancelled, as opposed to merely seeing aiormq's
-    ``CancelledError`` for a future of a closed channel or connection (Python 3.11+)."""
+    ``CancelledError`` for a future of a closed channel or connection."""
     task = asyncio.current_task()
-    return task is None or cast(_Task, task).cancelling() > 0
+    return task is None or task.cancelling() > 0
 
 
 _ACTIVE, _DONE, _EXPIRED = 0, 1, 2
@@ -212,7 +173,7 @@ class Deadlines:
         current = asyncio.current_task(loop)
         if current is None:  # pragma: no cover - always called from a coroutine
             raise RuntimeError("Deadlines.at() needs a running task")
-        task = cast(_Task, current)
+        task = current
         if loop is not self._loop:  # first use, or a new event loop: start afresh
             self._loop, self._queue, self._timer = loop, deque(), None
         queue = self._queue
@@ -416,7 +377,7 @@ class ConnectionPool:
                     continue
                 try:
                     channel = await call_aiormq(connection.channel(), self._remaining(deadline))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise
                 except ConnectionError as exc:
                     logger.debug("could not reopen a publishing channel: %s", describe(exc))
@@ -447,7 +408,7 @@ class ConnectionPool:
                     connection.channel(publisher_confirms=publisher_confirms),
                     self._remaining(deadline),
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise
             except ConnectionError as exc:
                 logger.debug("could not open a channel: %s", describe(exc))
@@ -499,10 +460,10 @@ class ConnectionPool:
                     return slot
                 remaining = self._remaining(deadline)
                 if remaining is not None and remaining <= 0:
-                    raise asyncio.TimeoutError
+                    raise TimeoutError
                 try:
                     await asyncio.wait_for(changed.wait(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
 
     def _backoff_s(self, attempt: int) -> float:

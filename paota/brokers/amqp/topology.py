@@ -85,6 +85,7 @@ __all__ = [
     "QueueBinding",
     "QueueSpec",
     "Topology",
+    "check_queue_name",
     "declare",
     "delete_ladder",
     "strip_ladder_deaths",
@@ -145,6 +146,29 @@ class ExchangeBinding:
     routing_key: str
 
 
+def check_queue_name(name: str) -> str:
+    """``name`` if it can be a task queue (the last word of a delay routing key), else
+    :class:`~paota.core.errors.TopologyError` saying why."""
+    if not isinstance(name, str) or not name:
+        raise TopologyError(f"queue name {name!r} is not valid: expected a non-empty string")
+    words = name.split(".")
+    if "*" in words or "#" in words:
+        raise TopologyError(
+            f"queue name {name!r} cannot route delayed messages: a dot-separated word '*' or "
+            "'#' is a topic wildcard"
+        )
+    if len(name.encode()) + 2 * DELAY_LEVELS > _ROUTING_KEY_MAX:
+        raise TopologyError(
+            f"queue name {name!r} is too long to route delayed messages: at most "
+            f"{_ROUTING_KEY_MAX - 2 * DELAY_LEVELS} bytes"
+        )
+    return name
+
+
+def _delivery_pattern(queue: str) -> str:
+    return ".".join(["*"] * DELAY_LEVELS + [queue])
+
+
 def _bit_pattern(level: int, digit: str) -> str:
     """The topic pattern that matches a delay key with ``digit`` at bit ``level``."""
     words = ["*"] * DELAY_LEVELS
@@ -172,6 +196,8 @@ class Topology:
     queues: tuple[QueueSpec, ...]
     queue_bindings: tuple[QueueBinding, ...]
     exchange_bindings: tuple[ExchangeBinding, ...]
+    keyed: bool = True
+    queue_arguments: Mapping[str, Any] = field(default_factory=_frozen)
 
     @classmethod
     def from_config(cls, config: Config, *, delay_queue_type: str | None = None) -> Topology:
@@ -190,18 +216,7 @@ class Topology:
                 + ", ".join(map(repr, DELAY_QUEUE_TYPES))
             )
         amqp = config.amqp
-        task_queue = config.task_queue_name
-        words = task_queue.split(".")
-        if "*" in words or "#" in words:
-            raise TopologyError(
-                f"task queue name {task_queue!r} cannot route delayed messages: a dot-separated "
-                "word '*' or '#' is a topic wildcard"
-            )
-        if len(task_queue.encode()) + 2 * DELAY_LEVELS > _ROUTING_KEY_MAX:
-            raise TopologyError(
-                f"task queue name {task_queue!r} is too long to route delayed messages: at most "
-                f"{_ROUTING_KEY_MAX - 2 * DELAY_LEVELS} bytes"
-            )
+        task_queue = check_queue_name(config.task_queue_name)
         keyed = amqp.exchange_type in _KEYED_EXCHANGE_TYPES
         # Go: the binding key on a direct exchange, the task queue name otherwise.
         go_routing_key = (
@@ -217,7 +232,9 @@ class Topology:
         exchanges.append(ExchangeSpec(delivery, "topic"))
 
         queues = [
-            QueueSpec(task_queue, _frozen(amqp.queue_declare_args), amqp.auto_delete),
+            # Go declares its task queue with auto_delete=false whatever its config says; a
+            # declaration that differs would fail (PRECONDITION_FAILED) on a shared queue.
+            QueueSpec(task_queue, _frozen(amqp.queue_declare_args)),
             QueueSpec(amqp.failed_queue, _frozen(amqp.queue_declare_args)),
             QueueSpec(amqp.timeout_queue, _frozen(amqp.queue_declare_args)),
             QueueSpec(
@@ -248,7 +265,7 @@ class Topology:
             QueueBinding(
                 task_queue, amqp.exchange, amqp.binding_key, _frozen(amqp.queue_binding_args)
             ),
-            QueueBinding(task_queue, delivery, ".".join(["*"] * DELAY_LEVELS + [task_queue])),
+            QueueBinding(task_queue, delivery, _delivery_pattern(task_queue)),
         ]
         if keyed:
             queue_bindings += [
@@ -277,17 +294,56 @@ class Topology:
             queues=tuple(queues),
             queue_bindings=tuple(queue_bindings),
             exchange_bindings=tuple(exchange_bindings),
+            keyed=keyed,
+            queue_arguments=_frozen(amqp.queue_declare_args),
         )
 
-    def delay_route(self, delay_ms: int) -> tuple[str, str]:
-        """``(exchange, routing_key)`` that delivers to the task queue after ``delay_ms`` ms.
+    def extra_queue(self, name: str) -> Topology:
+        """What declaring another task queue ``name`` takes: the queue (with the task queue's
+        arguments), bound to the task exchange with its own name as routing key (on direct and
+        topic exchanges, so Go producers can reach it with ``RoutingKey``) and to the delay
+        ladder's delivery exchange. A topology of just those items, for :func:`declare`."""
+        check_queue_name(name)
+        bindings = [QueueBinding(name, self.delivery_exchange, _delivery_pattern(name))]
+        if self.keyed:
+            bindings.insert(0, QueueBinding(name, self.exchange, name))
+        return Topology(
+            exchange=self.exchange,
+            routing_key=name,
+            task_queue=name,
+            failed_queue=self.failed_queue,
+            timeout_queue=self.timeout_queue,
+            ladder_queues=self.ladder_queues,
+            delivery_exchange=self.delivery_exchange,
+            exchanges=(),
+            queues=(QueueSpec(name, self.queue_arguments),),
+            queue_bindings=tuple(bindings),
+            exchange_bindings=(),
+            keyed=self.keyed,
+            queue_arguments=self.queue_arguments,
+        )
+
+    def route(self, queue: str) -> tuple[str, str]:
+        """``(exchange, routing_key)`` that reaches ``queue`` at once: the task queue through the
+        task exchange with the binding key (as Go publishes), a parking queue through the default
+        exchange, another task queue through the task exchange by its name (the default exchange
+        on fanout and headers exchanges)."""
+        if queue == self.task_queue:
+            return self.exchange, self.routing_key
+        if queue in (self.failed_queue, self.timeout_queue) or not self.keyed:
+            return "", queue
+        return self.exchange, queue
+
+    def delay_route(self, delay_ms: int, queue: str | None = None) -> tuple[str, str]:
+        """``(exchange, routing_key)`` that delivers to ``queue`` (default: the task queue) after
+        ``delay_ms`` ms.
 
         Raises ValueError unless 1 <= ``delay_ms`` <= 7 days.
         """
         if not 1 <= delay_ms <= _MAX_DELAY_MS:
             raise ValueError(f"delay of {delay_ms} ms is out of range: 1 ms .. {MAX_DELAY_S} s")
         bits = format(delay_ms, f"0{DELAY_LEVELS}b")
-        key = ".".join([*bits, self.task_queue])
+        key = ".".join([*bits, queue or self.task_queue])
         return self.ladder_queues[delay_ms.bit_length() - 1], key
 
     def names(self) -> tuple[list[str], list[str]]:

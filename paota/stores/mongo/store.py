@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import builtins
 import logging
-from datetime import timezone
+from datetime import UTC
 from typing import Any
 
 import bson
@@ -98,7 +98,7 @@ class MongoStore:
                 connectTimeoutMS=timeout_ms,
                 timeoutMS=timeout_ms,
                 tz_aware=True,
-                tzinfo=timezone.utc,
+                tzinfo=UTC,
                 appname="paota",
             )
         except (PyMongoError, ValueError, TypeError) as exc:

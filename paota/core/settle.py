@@ -1,0 +1,332 @@
+"""Carrying out an outcome: the one publish-record-ack sequence of the worker.
+
+:meth:`Settler.settle` is the only place that acknowledges a delivery. For every
+:data:`~paota.core.outcome.Outcome` it does, in this order:
+
+1. publish what must be published, with confirms: the retry copy, the deferred or returned copy,
+   the parked copy (each keeps every header the message carried);
+2. record the state in the store (retrying through a store outage, the delivery unacked);
+3. run the middleware's ``after_outcome`` hooks (last middleware first);
+4. acknowledge the delivery.
+
+A failure of step 1 or 2 (:class:`~paota.BrokerError`, :class:`~paota.StoreError`) leaves the
+delivery unacked: the caller returns it to the broker, which redelivers it (at-least-once). Nothing
+is acked before its outcome is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+from paota.core.clock import Clock
+from paota.core.context import TaskContext
+from paota.core.errors import StoreError
+from paota.core.middleware import MiddlewareChain
+from paota.core.outcome import (
+    Cancelled,
+    Defer,
+    Drop,
+    Duplicate,
+    Outcome,
+    Park,
+    Retry,
+    Return,
+    Succeeded,
+)
+from paota.core.protocols import (
+    REPLAYS_HEADER,
+    RETURNS_HEADER,
+    Broker,
+    Delivery,
+    Message,
+    OutgoingMessage,
+    ParkInfo,
+    Store,
+    header_int,
+)
+from paota.core.signature import Signature, encode_message
+from paota.core.state import ErrorInfo, TaskState, TaskStatus, task_state
+
+__all__ = ["Settler", "parked_copy", "resend", "wire_args"]
+
+logger = logging.getLogger("paota.core.pool")
+
+
+def wire_args(sig: Signature) -> list[dict[str, Any]]:
+    """The signature's args as the store records them (as on the wire)."""
+    return [{"Name": a.name, "Type": a.type, "Value": a.value} for a in sig.args]
+
+
+def resend(
+    message: Message, queue: str, *, headers: Mapping[str, Any], delay_s: float = 0.0
+) -> OutgoingMessage:
+    """``message`` (a delivery, say), body and properties unchanged, for ``queue`` with
+    ``headers``: what a deferral, a return or a parked copy publishes."""
+    return OutgoingMessage(
+        message.body,
+        queue,
+        headers=headers,
+        content_type=message.content_type,
+        message_id=message.message_id or "",
+        priority=message.priority or 0,
+        delay_s=delay_s,
+    )
+
+
+def parked_copy(delivery: Delivery, queue: str, info: ParkInfo) -> OutgoingMessage:
+    """The copy of ``delivery`` for parking queue ``queue``: every header it had, plus ``info``'s."""
+    return resend(delivery, queue, headers={**delivery.headers, **info.headers()})
+
+
+class Settler:
+    """Settles deliveries for one worker pool (see the module docs)."""
+
+    def __init__(
+        self,
+        *,
+        broker: Broker,
+        store: Store | None,
+        clock: Clock,
+        worker: str,
+        middleware: MiddlewareChain,
+        stopping: Callable[[], bool],
+    ) -> None:
+        self._broker = broker
+        self._store = store
+        self._clock = clock
+        self._worker = worker
+        self._middleware = middleware
+        self._stopping = stopping
+
+    # --- the sequence ----------------------------------------------------------------------------
+
+    async def settle(
+        self,
+        delivery: Delivery,
+        sig: Signature | None,
+        outcome: Outcome,
+        ctx: TaskContext,
+    ) -> None:
+        """Publish, record, run the hooks, ack (see the module docs)."""
+        copy = self._copy(delivery, sig, outcome)
+        if copy is not None:
+            await self._broker.publish(copy)
+        if sig is not None and self._store is not None:
+            state = self._state_after(delivery, sig, outcome, ctx)
+            if state is not None:
+                await self.record(state)
+        _log(outcome, sig, delivery, ctx)
+        if self._middleware:
+            await self._middleware.after_outcome(ctx, outcome)
+        await delivery.ack()
+
+    # --- step 1: what to publish -----------------------------------------------------------------
+
+    def _copy(
+        self, delivery: Delivery, sig: Signature | None, outcome: Outcome
+    ) -> OutgoingMessage | None:
+        if isinstance(outcome, Succeeded | Duplicate | Drop | Cancelled):
+            return None
+        if isinstance(outcome, Retry):
+            assert sig is not None
+            retry = sig.replace(
+                retries_done=outcome.attempt,
+                retry_timeout=int(outcome.delay_s),
+                eta=self._clock.now() + timedelta(seconds=outcome.delay_s),
+            )
+            wire = encode_message(retry)
+            headers = delivery.headers
+            return OutgoingMessage(
+                wire.body,
+                delivery.queue,
+                headers={**headers, **wire.headers} if headers else wire.headers,
+                content_type=wire.content_type,
+                message_id=retry.uuid,
+                priority=retry.priority,
+                delay_s=outcome.delay_s,
+            )
+        if isinstance(outcome, Defer):
+            return resend(
+                delivery, delivery.queue, headers=delivery.headers, delay_s=outcome.delay_s
+            )
+        if isinstance(outcome, Return):
+            headers = {**delivery.headers, RETURNS_HEADER: outcome.returns}
+            return resend(delivery, delivery.queue, headers=headers, delay_s=outcome.delay_s)
+        error = outcome.error
+        info = ParkInfo(
+            reason=outcome.reason,
+            error_type=error.type,
+            error_message=error.message,
+            worker=self._worker,
+            parked_at=self._clock.now(),
+            traceback=error.traceback,
+            origin_queue=delivery.queue,
+        )
+        return parked_copy(delivery, self._broker.parking_queue(outcome.queue), info)
+
+    # --- step 2: what to record ------------------------------------------------------------------
+
+    def _state_after(
+        self, delivery: Delivery, sig: Signature, outcome: Outcome, ctx: TaskContext
+    ) -> TaskState | None:
+        if isinstance(outcome, Succeeded):
+            return self.state(
+                sig,
+                TaskStatus.SUCCEEDED,
+                delivery,
+                result=outcome.result,
+                started_at=ctx.started_at,
+                finished_at=self._clock.now(),
+            )
+        if isinstance(outcome, Retry):
+            return self.state(
+                sig, TaskStatus.RETRYING, delivery, error=outcome.error, started_at=ctx.started_at
+            )
+        if isinstance(outcome, Park):
+            return self.state(
+                sig,
+                outcome.status,
+                delivery,
+                error=outcome.error,
+                started_at=ctx.started_at,
+                finished_at=self._clock.now(),
+            )
+        if isinstance(outcome, Cancelled):
+            return self.state(
+                sig,
+                TaskStatus.CANCELLED,
+                delivery,
+                error=ErrorInfo("Cancelled", outcome.reason),
+                started_at=ctx.started_at,
+                finished_at=self._clock.now(),
+            )
+        return None
+
+    def state(
+        self,
+        sig: Signature,
+        status: TaskStatus,
+        delivery: Delivery | None,
+        *,
+        result: Any = None,
+        error: ErrorInfo | None = None,
+        started_at: Any = None,
+        finished_at: Any = None,
+    ) -> TaskState:
+        """The record of ``sig`` in ``status``, written by this worker."""
+        replays = 0 if delivery is None else header_int(delivery.headers.get(REPLAYS_HEADER))
+        return task_state(
+            sig.uuid,
+            sig.name,
+            status,
+            args=wire_args(sig),
+            attempts=sig.retries_done,
+            replays=replays,
+            worker=self._worker,
+            created_at=sig.created_at,
+            updated_at=self._clock.now(),
+            result=result,
+            error=error,
+            started_at=started_at,
+            finished_at=finished_at,
+        )
+
+    async def record(self, state: TaskState) -> bool:
+        """Write a state, waiting out a store outage (the delivery stays unacked meanwhile).
+
+        Returns whether the store applied it (False: its record is final or further along). Raises
+        :class:`~paota.StoreError` once the pool is stopping.
+        """
+        store = self._store
+        assert store is not None
+        delay_s = 0.1
+        while True:
+            try:
+                return await store.record(state)
+            except StoreError as exc:
+                if self._stopping():
+                    raise
+                logger.warning(
+                    "task %s: store write (%s) failed: %s; retrying in %.1fs",
+                    state.task_id,
+                    state.status.value,
+                    exc,
+                    delay_s,
+                    extra={"task_id": state.task_id, "task_name": state.name},
+                )
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
+
+
+def _log(outcome: Outcome, sig: Signature | None, delivery: Delivery, ctx: TaskContext) -> None:
+    """One line per outcome worth a line (successes are DEBUG, for speed)."""
+    if isinstance(outcome, Succeeded):
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("task %s (%s) succeeded", ctx.id, ctx.name, extra=ctx.log_extra)
+        return
+    extra = ctx.log_extra
+    if isinstance(outcome, Retry):
+        assert sig is not None
+        logger.warning(
+            "task %s (%s) failed (%s: %s); retry %d of %d in %gs",
+            ctx.id,
+            ctx.name,
+            outcome.error.type,
+            outcome.error.message,
+            outcome.attempt,
+            sig.retry_count,
+            outcome.delay_s,
+            extra=extra,
+        )
+    elif isinstance(outcome, Park):
+        logger.error(
+            "task %s (%s) parked in the %s queue (%s): %s: %s",
+            ctx.id or "(undecodable)",
+            ctx.name,
+            outcome.queue.value,
+            outcome.reason.value,
+            outcome.error.type,
+            outcome.error.message,
+            extra=extra,
+        )
+    elif isinstance(outcome, Return):
+        logger.warning(
+            "task %s: no task %r registered in pool %s; returned for another worker (%d)",
+            ctx.id,
+            ctx.name,
+            ctx.worker,
+            outcome.returns,
+            extra=extra,
+        )
+    elif isinstance(outcome, Drop):
+        logger.warning(
+            "task %s: no task %r registered in pool %s; dropped (%s)",
+            ctx.id,
+            ctx.name,
+            ctx.worker,
+            outcome.reason,
+            extra=extra,
+        )
+    elif isinstance(outcome, Duplicate):
+        logger.info(
+            "task %s (%s) attempt %d already finished or moved on; duplicate skipped",
+            ctx.id,
+            ctx.name,
+            ctx.attempt,
+            extra=extra,
+        )
+    elif isinstance(outcome, Cancelled):
+        logger.info("task %s (%s) cancelled: %s", ctx.id, ctx.name, outcome.reason, extra=extra)
+    elif isinstance(outcome, Defer) and logger.isEnabledFor(logging.DEBUG):
+        logger.debug(
+            "task %s (%s) deferred %.3fs (%s)",
+            ctx.id,
+            ctx.name,
+            outcome.delay_s,
+            outcome.reason,
+            extra=extra,
+        )

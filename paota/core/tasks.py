@@ -1,0 +1,505 @@
+"""Tasks as typed Python functions: :class:`Task` ``[P, R]``, per-send options, :class:`TaskHandle`.
+
+``@pool.task`` (or ``@client.task``) on ``async def add(a: int, b: int) -> int`` gives an
+:class:`AsyncTask` ``[(a: int, b: int), int]``: ``await add.send(2, 3)`` publishes and returns a
+:class:`TaskHandle` ``[int]`` whose ``await handle.result()`` is an ``int`` to the type checker;
+``add.with_options(queue="emails", delay_s=5).send(2, 3)`` sets per-send options through a builder,
+so option names never collide with the task's own parameters; ``add(2, 3)`` still calls the
+function itself (for unit tests).
+
+Arguments travel as Go ``Args``: one ``{Name, Type, Value}`` per parameter, named after it, with the
+Go type of the annotation where it is a plain one (``int`` → ``int``, ``float`` → ``float64``,
+``str`` → ``string``, ``bool`` → ``bool``, ``list[str]`` → ``[]string`` ...) and otherwise the type
+:meth:`paota.Arg.of` infers from the value. Defaults are sent too, so the worker runs exactly what
+the producer meant. A worker binds by name when the message's args have names and by position when
+they have none (Go's example producer sends unnamed args), so a message produced by Go's encoder
+runs a typed Python task.
+
+Wrong arguments fail before anything is published: a missing, extra or wrongly named argument
+raises :class:`TypeError` (as calling the function would), a value that cannot travel as JSON
+raises :class:`ArgumentError`. On a worker, args that cannot be bound (missing, extra, or a value
+of the wrong plain type) raise :class:`BindError`, and the delivery is parked with reason
+``bad-arguments`` without retries.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+import typing
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Union, cast
+
+from paota.core.errors import PaotaError
+from paota.core.signature import Arg, Signature
+
+if TYPE_CHECKING:
+    from paota.core.client import Client
+    from paota.core.context import TaskContext
+    from paota.core.state import ErrorInfo, TaskState
+
+__all__ = [
+    "ArgumentError",
+    "AsyncTask",
+    "BindError",
+    "Binder",
+    "FailureCallback",
+    "SuccessCallback",
+    "SyncTask",
+    "Task",
+    "TaskHandle",
+    "TaskOptions",
+    "TaskSender",
+    "is_go_style",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+SuccessCallback = Callable[["TaskContext", Any], Any]
+"""``on_success(task, result)``, sync or async: called once when a run succeeded."""
+FailureCallback = Callable[["TaskContext", "ErrorInfo"], Any]
+"""``on_failure(task, error)``, sync or async: called once when a run ended failed, timed out or
+cancelled (after its last retry)."""
+
+
+class ArgumentError(PaotaError, TypeError):
+    """A task argument's value cannot travel in a message (not a JSON value, NaN, ...)."""
+
+
+class BindError(PaotaError, TypeError):
+    """A message's args do not fit the task's parameters (on a worker: parked ``bad-arguments``)."""
+
+
+# --- per-send options ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """How one send publishes a task. ``None`` means "the task's default".
+
+    ``queue`` is the target queue's name, ``priority`` 0..255, ``eta`` an aware datetime or
+    ``delay_s`` seconds from now (not both), ``retry_count`` the retries allowed after a failure,
+    ``task_timeout`` Go's ``TaskTimeOut``: a start deadline in seconds, counted from when the task
+    was due; ``headers`` extra message headers.
+    """
+
+    queue: str | None = None
+    priority: int | None = None
+    eta: datetime | None = None
+    delay_s: float | None = None
+    retry_count: int | None = None
+    task_timeout: int | None = None
+    headers: Mapping[str, Any] = field(default_factory=dict)
+
+    def merged(self, other: TaskOptions) -> TaskOptions:
+        """These options with ``other``'s set values on top."""
+        changes = {
+            f: getattr(other, f)
+            for f in ("queue", "priority", "eta", "delay_s", "retry_count", "task_timeout")
+            if getattr(other, f) is not None
+        }
+        if other.eta is not None:
+            changes["delay_s"] = None
+        elif other.delay_s is not None:
+            changes["eta"] = None
+        if other.headers:
+            changes["headers"] = {**self.headers, **other.headers}
+        return replace(self, **changes)
+
+
+# --- handles -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskHandle(Generic[R_co]):
+    """A sent task: its ``id``, the ``signature`` published and the ``queue``; a way to its state
+    and result (both need a store)."""
+
+    id: str
+    signature: Signature
+    queue: str
+    _client: Client = field(repr=False, compare=False)
+
+    async def result(self, timeout: float | None = 30.0) -> R_co:
+        """The task's result; raises :class:`~paota.TaskFailedError` (failed, timed out or
+        cancelled) or :class:`~paota.ResultTimeoutError`."""
+        return cast(R_co, await self._client.result(self.id, timeout=timeout))
+
+    async def state(self) -> TaskState | None:
+        """The task's current record in the store (None when the store has none yet)."""
+        return await self._client.require_store().get(self.id)
+
+
+# --- binding Python parameters <-> Go args -------------------------------------------------------
+
+_GO_SCALARS: dict[Any, str] = {bool: "bool", int: "int", float: "float64", str: "string"}
+_GO_LISTS: dict[Any, str] = {bool: "[]bool", int: "[]int", float: "[]float64", str: "[]string"}
+
+
+def _strip_optional(annotation: Any) -> tuple[Any, bool]:
+    """``X | None`` -> (X, True); anything else -> (annotation, False)."""
+    origin = typing.get_origin(annotation)
+    if origin is Union or origin is types.UnionType:
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(members) == 1 and len(typing.get_args(annotation)) == 2:
+            return members[0], True
+    return annotation, False
+
+
+def _go_type(annotation: Any) -> str | None:
+    annotation, _ = _strip_optional(annotation)
+    if annotation in _GO_SCALARS:
+        return _GO_SCALARS[annotation]
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple) and origin is not None:
+        item = typing.get_args(annotation)
+        if origin is list and len(item) == 1 and item[0] in _GO_LISTS:
+            return _GO_LISTS[item[0]]
+        return "[]interface{}"
+    if origin is dict or annotation is dict:
+        return "map[string]interface{}"
+    return None
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` is acceptable for a plain annotation (others are not checked)."""
+    base, optional = _strip_optional(annotation)
+    if value is None:
+        return optional or base is Any or base is inspect.Parameter.empty or base is type(None)
+    if base is bool:
+        return type(value) is bool
+    if base is int:
+        return type(value) is int
+    if base is float:
+        return type(value) in (int, float)
+    if base is str:
+        return type(value) is str
+    origin = typing.get_origin(base)
+    if base is list or origin is list:
+        return type(value) is list
+    if base is dict or origin is dict:
+        return type(value) is dict
+    return True
+
+
+class Binder:
+    """Binds a function's parameters to Go args and back (built once per task)."""
+
+    __slots__ = ("_annotations", "_go_types", "_has_var_keyword", "_sig", "task_name")
+
+    def __init__(self, fn: Callable[..., Any], task_name: str) -> None:
+        self.task_name = task_name
+        self._sig = inspect.signature(fn)
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:  # unresolvable forward references: check nothing, infer from values
+            hints = {}
+        self._annotations = {
+            name: hints.get(name, inspect.Parameter.empty) for name in self._sig.parameters
+        }
+        self._go_types = {name: _go_type(a) for name, a in self._annotations.items()}
+        self._has_var_keyword = any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in self._sig.parameters.values()
+        )
+
+    def to_args(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[Arg, ...]:
+        """The Go args for a call with ``args`` and ``kwargs`` (defaults filled in).
+
+        Raises TypeError (as the call would) for missing, extra or unknown arguments and
+        :class:`ArgumentError` for a value that cannot travel.
+        """
+        try:
+            bound = self._sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"task {self.task_name!r}: {exc}") from None
+        bound.apply_defaults()
+        out: list[Arg] = []
+        for name, value in bound.arguments.items():
+            kind = self._sig.parameters[name].kind
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                out.extend(self._arg("", item, None, f"*{name}") for item in value)
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                out.extend(self._arg(k, v, None, k) for k, v in value.items())
+            else:
+                out.append(self._arg(name, value, self._go_types[name], name))
+        return tuple(out)
+
+    def _arg(self, name: str, value: Any, go_type: str | None, label: str) -> Arg:
+        try:
+            if go_type == "float64" and type(value) is int:
+                return Arg(name, go_type, float(value))
+            if go_type is not None and go_type in ("bool", "int", "string", "float64"):
+                if value is None:
+                    return Arg(name, "interface{}", None)
+                if _fits(
+                    value, {"bool": bool, "int": int, "string": str, "float64": float}[go_type]
+                ):
+                    return Arg(name, go_type, value)
+            arg = Arg.of(value, name)
+        except (TypeError, ValueError) as exc:
+            raise ArgumentError(
+                f"task {self.task_name!r}: argument {label!r} cannot be sent: {exc}"
+            ) from None
+        if go_type is not None and go_type != arg.type:
+            # The annotation says more than the value: an empty list, or whole numbers for floats.
+            if arg.type == "[]interface{}" and not arg.value and go_type.startswith("[]"):
+                return Arg(name, go_type, arg.value)
+            if (go_type, arg.type) == ("[]float64", "[]int"):
+                return Arg(name, go_type, [float(v) for v in arg.value])
+        return arg
+
+    def from_args(self, sig: Signature) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """``(args, kwargs)`` to call the function with for ``sig``'s args.
+
+        Named args bind by name, unnamed ones by position. Raises :class:`BindError` naming what
+        does not fit.
+        """
+        positional: list[Any] = []
+        named: dict[str, Any] = {}
+        for arg in sig.args:
+            if arg.name:
+                if arg.name in named:
+                    raise BindError(f"task {sig.name!r}: argument {arg.name!r} is given twice")
+                named[arg.name] = arg.value
+            else:
+                positional.append(arg.value)
+        try:
+            bound = self._sig.bind(*positional, **named)
+        except TypeError as exc:
+            given = [a.name or f"#{i}" for i, a in enumerate(sig.args)]
+            raise BindError(
+                f"task {sig.name!r} cannot take the message's args {given}: {exc} "
+                f"(parameters: {list(self._sig.parameters)})"
+            ) from None
+        for name, value in bound.arguments.items():
+            annotation = self._annotations.get(name, inspect.Parameter.empty)
+            kind = self._sig.parameters[name].kind
+            if kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+                continue
+            if annotation is not inspect.Parameter.empty and not _fits(value, annotation):
+                raise BindError(
+                    f"task {sig.name!r}: argument {name!r} should be {_show_type(annotation)}, "
+                    f"got {type(value).__name__} {value!r:.60}"
+                )
+            if annotation is float and type(value) is int:
+                bound.arguments[name] = float(value)
+        return bound.args, bound.kwargs
+
+
+def _show_type(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation)
+
+
+def is_go_style(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` is a Go-style task ``fn(sig: Signature)``: one parameter, annotated
+    :class:`~paota.Signature` (or unannotated and named ``sig``)."""
+    target = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return True  # a builtin or C callable: it can only take what it is given
+    positional = [
+        p
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    if len(positional) != 1 or len(params) != 1:
+        return False
+    param = positional[0]
+    annotation = param.annotation
+    if annotation is param.empty:
+        return param.name in ("sig", "signature")
+    if annotation is Signature or annotation in ("Signature", "paota.Signature"):
+        return True
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:
+        return False
+    return hints.get(param.name) is Signature
+
+
+# --- the task objects ----------------------------------------------------------------------------
+
+
+class TaskSender(Generic[P, R]):
+    """A task with per-send options (from :meth:`Task.with_options`)."""
+
+    __slots__ = ("_options", "_task")
+
+    def __init__(self, task: Task[P, R], options: TaskOptions) -> None:
+        self._task = task
+        self._options = options
+
+    def with_options(
+        self,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        eta: datetime | None = None,
+        delay_s: float | None = None,
+        retry_count: int | None = None,
+        task_timeout: int | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> TaskSender[P, R]:
+        """More options on top of these."""
+        more = _options(queue, priority, eta, delay_s, retry_count, task_timeout, headers)
+        return TaskSender(self._task, self._options.merged(more))
+
+    async def send(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        """Publish the task with these options; returns once the broker has it."""
+        return await self._task._send(args, kwargs, self._options)
+
+    def signature(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+        """The :class:`~paota.Signature` :meth:`send` would publish (without an id)."""
+        return self._task._signature(args, kwargs, self._options)
+
+
+def _options(
+    queue: str | None,
+    priority: int | None,
+    eta: datetime | None,
+    delay_s: float | None,
+    retry_count: int | None,
+    task_timeout: int | None,
+    headers: Mapping[str, Any] | None,
+) -> TaskOptions:
+    if eta is not None and delay_s is not None:
+        raise TypeError("give eta or delay_s, not both")
+    if queue is not None and (not isinstance(queue, str) or not queue):
+        raise TypeError(f"queue must be a non-empty string, got {queue!r}")
+    return TaskOptions(
+        queue, priority, eta, delay_s, retry_count, task_timeout, dict(headers or {})
+    )
+
+
+class Task(Generic[P, R]):
+    """A registered task: a function, its name and its default options.
+
+    Calling it calls the function (``R`` for a plain function, a coroutine of ``R`` for an
+    ``async def``: see :class:`SyncTask` and :class:`AsyncTask`). :meth:`send` publishes it.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[P, Any],
+        *,
+        name: str,
+        client: Client,
+        defaults: TaskOptions | None = None,
+        on_success: SuccessCallback | None = None,
+        on_failure: FailureCallback | None = None,
+        time_limit_s: float | None = None,
+        go_style: bool | None = None,
+        is_async: bool = False,
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self._client = client
+        self.defaults = defaults or TaskOptions()
+        self.on_success = on_success
+        self.on_failure = on_failure
+        self.time_limit_s = time_limit_s
+        self.go_style = is_go_style(fn) if go_style is None else go_style
+        self.is_async = is_async
+        self._binder = None if self.go_style else Binder(fn, name)
+        functools.update_wrapper(self, fn)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} of {self.fn!r}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Call the function directly (no broker involved)."""
+        return self.fn(*args, **kwargs)
+
+    def with_options(
+        self,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        eta: datetime | None = None,
+        delay_s: float | None = None,
+        retry_count: int | None = None,
+        task_timeout: int | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> TaskSender[P, R]:
+        """A sender with per-send options: ``task.with_options(queue="emails").send(...)``."""
+        more = _options(queue, priority, eta, delay_s, retry_count, task_timeout, headers)
+        return TaskSender(self, self.defaults.merged(more))
+
+    async def send(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        """Publish the task with these arguments; returns once the broker has it.
+
+        Raises TypeError (missing, extra or unknown arguments) or :class:`ArgumentError` (a value
+        that cannot travel) before anything is published.
+        """
+        return await self._send(args, kwargs, self.defaults)
+
+    def signature(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+        """The :class:`~paota.Signature` :meth:`send` would publish (without an id)."""
+        return self._signature(args, kwargs, self.defaults)
+
+    def bind(self, sig: Signature) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The call arguments for a received ``sig`` (raises :class:`BindError`)."""
+        if self._binder is None:
+            return (sig,), {}
+        return self._binder.from_args(sig)
+
+    def _signature(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TaskOptions
+    ) -> Signature:
+        if self._binder is None:
+            raise TypeError(
+                f"task {self.name!r} takes a Signature (Go style): send it with "
+                "send_task(Signature(...))"
+            )
+        return Signature(
+            self.name,
+            args=self._binder.to_args(args, kwargs),
+            priority=options.priority or 0,
+            retry_count=options.retry_count or 0,
+            task_timeout=options.task_timeout or 0,
+            eta=options.eta,
+        )
+
+    async def _send(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TaskOptions
+    ) -> TaskHandle[R]:
+        sig = self._signature(args, kwargs, options)
+        handle = await self._client.send_task(
+            sig, queue=options.queue, delay_s=options.delay_s, headers=options.headers or None
+        )
+        return cast(TaskHandle[R], handle)
+
+
+class SyncTask(Task[P, R]):
+    """A task whose function is a plain function: calling it returns ``R``."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call the function directly (no broker involved)."""
+        return cast(R, self.fn(*args, **kwargs))
+
+
+class AsyncTask(Task[P, R]):
+    """A task whose function is an ``async def``: calling it returns a coroutine of ``R``."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        """Call the function directly (no broker involved): a coroutine to await."""
+        return cast(Coroutine[Any, Any, R], self.fn(*args, **kwargs))
+
+
+def is_async_callable(func: Callable[..., Any]) -> bool:
+    """Whether calling ``func`` gives a coroutine (async functions, partials of them, callable
+    objects with an ``async def __call__``)."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    if inspect.iscoroutinefunction(func):
+        return True
+    call = getattr(func, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
