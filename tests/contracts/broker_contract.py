@@ -103,6 +103,7 @@ def message(
         message_id=signature.uuid,
         priority=signature.priority,
         delay_s=delay_s,
+        routing_key=signature.routing_key,
     )
 
 

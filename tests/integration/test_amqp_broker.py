@@ -31,7 +31,15 @@ from paota.core.protocols import (
     ParkReason,
 )
 from paota.core.signature import decode_message
-from tests.contracts.broker_contract import BrokerContract, Receiver, park_info, sig
+from tests.contracts.broker_contract import (
+    BrokerContract,
+    Receiver,
+    park,
+    park_info,
+    publish,
+    requeue,
+    sig,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -121,7 +129,7 @@ async def test_a_burst_of_concurrent_publishes_is_confirmed_together(
     # given 1,000 publishes started at once
     started = time.monotonic()
     await asyncio.wait_for(
-        asyncio.gather(*(broker.publish(sig(uuid=f"burst-{i}")) for i in range(1000))), 30
+        asyncio.gather(*(publish(broker, sig(uuid=f"burst-{i}")) for i in range(1000))), 30
     )
     elapsed = time.monotonic() - started
     # then every one is in the queue, and they did not wait one round trip each
@@ -132,14 +140,14 @@ async def test_a_burst_of_concurrent_publishes_is_confirmed_together(
 async def test_an_unroutable_publish_raises_publish_error(broker: AMQPBroker) -> None:
     # given a routing key nothing is bound to
     with pytest.raises(PublishError, match="unroutable"):
-        await broker.publish(sig(routing_key="nobody-listens-here"))
+        await publish(broker, sig(routing_key="nobody-listens-here"))
 
 
 async def test_delays_out_of_range_are_refused(broker: AMQPBroker) -> None:
     with pytest.raises(ValueError, match="7 days"):
-        await broker.publish(sig(), delay_s=MAX_DELAY_S + 1)
+        await publish(broker, sig(), delay_s=MAX_DELAY_S + 1)
     with pytest.raises(ValueError, match=">= 0"):
-        await broker.publish(sig(), delay_s=-1.0)
+        await publish(broker, sig(), delay_s=-1.0)
 
 
 def test_header_mode_integers_have_the_widths_go_reads() -> None:
@@ -191,10 +199,10 @@ async def test_a_short_delay_published_after_a_long_one_arrives_first(
 ) -> None:
     # given a 60 s delay, then a 1 s delay
     slow, fast = sig(uuid="slow"), sig(uuid="fast")
-    await broker.publish(slow, delay_s=60.0)
+    await publish(broker, slow, delay_s=60.0)
     sent_at = time.monotonic()
-    await broker.publish(fast, delay_s=1.0)
-    rx = Receiver(broker.consume(prefetch=10))
+    await publish(broker, fast, delay_s=1.0)
+    rx = Receiver(broker.consume(broker.default_queue, prefetch=10))
     try:
         # then the 1 s one arrives after about a second, not behind the 60 s one
         delivery = await rx.next(timeout=5.0)
@@ -221,8 +229,8 @@ async def test_delayed_messages_keep_headers_priority_and_body(
     )
     extra = {"x-paota-returns": 2, "x-trace": "abc"}
     sent_at = time.monotonic()
-    await broker.publish(sent, delay_s=delay_s, headers=extra)
-    rx = Receiver(broker.consume(prefetch=10))
+    await publish(broker, sent, delay_s=delay_s, headers=extra)
+    rx = Receiver(broker.consume(broker.default_queue, prefetch=10))
     try:
         delivery = await rx.next(timeout=delay_s + 3.0)
         elapsed = time.monotonic() - sent_at
@@ -252,10 +260,10 @@ async def test_higher_priority_is_delivered_first(make_config: ConfigFactory) ->
     config = make_config(queue_declare_args={"x-max-priority": 10})
     async with AMQPBroker(config) as broker:
         low, high = sig(priority=1), sig(priority=9)
-        await broker.publish(low)
-        await broker.publish(high)
+        await publish(broker, low)
+        await publish(broker, high)
         # when a consumer starts
-        rx = Receiver(broker.consume(prefetch=10))
+        rx = Receiver(broker.consume(broker.default_queue, prefetch=10))
         try:
             first, second = await rx.next(), await rx.next()
             # then the high one comes first
@@ -272,8 +280,8 @@ async def test_closing_the_iterator_returns_prefetched_deliveries(
 ) -> None:
     # given five tasks, all prefetched, one of them yielded
     for _ in range(5):
-        await broker.publish(sig())
-    deliveries = broker.consume(prefetch=5)
+        await publish(broker, sig())
+    deliveries = broker.consume(broker.default_queue, prefetch=5)
     held = await asyncio.wait_for(deliveries.__anext__(), 5)
     await asyncio.sleep(0.2)  # let the other four arrive in the local buffer
     # when the iterator is closed
@@ -286,9 +294,9 @@ async def test_closing_the_iterator_returns_prefetched_deliveries(
 
 
 async def test_a_second_ack_raises_and_sends_nothing(broker: AMQPBroker) -> None:
-    await broker.publish(sig())
-    await broker.publish(sig())
-    rx = Receiver(broker.consume(prefetch=10))
+    await publish(broker, sig())
+    await publish(broker, sig())
+    rx = Receiver(broker.consume(broker.default_queue, prefetch=10))
     try:
         first = await rx.next()
         await first.ack()
@@ -310,13 +318,13 @@ async def test_park_copies_body_headers_and_reason(
 ) -> None:
     # given a consumed header-mode task with an extra header
     sent = sig(args=[], raw_args=b"\x00raw\xff", priority=4)
-    await broker.publish(sent, headers={"x-trace": "t-1"})
-    rx = Receiver(broker.consume(prefetch=1))
+    await publish(broker, sent, headers={"x-trace": "t-1"})
+    rx = Receiver(broker.consume(broker.default_queue, prefetch=1))
     try:
         delivery = await rx.next()
         # when it is parked
         info = park_info(ParkReason.EXEC_TIMEOUT)
-        await broker.park(delivery, queue, info)
+        await park(broker, delivery, queue, info)
         await delivery.ack()
     finally:
         await rx.close()
@@ -342,17 +350,17 @@ async def test_requeue_parked_filters_by_reason_and_stops_at_the_limit(
     # given three parked for exhausted retries and two for an unknown task
     sent = {sig().uuid: "retries-exhausted" for _ in range(3)}
     sent.update({sig().uuid: "unknown-task" for _ in range(2)})
-    rx = Receiver(broker.consume(prefetch=10))
+    rx = Receiver(broker.consume(broker.default_queue, prefetch=10))
     try:
         for task_id, _ in sent.items():
-            await broker.publish(sig(uuid=task_id, retries_done=3, retry_count=3))
+            await publish(broker, sig(uuid=task_id, retries_done=3, retry_count=3))
         for _ in sent:
             delivery = await rx.next()
             task_id = decode_message(delivery.body, delivery.headers).uuid
-            await broker.park(delivery, ParkQueue.FAILED, park_info(ParkReason(sent[task_id])))
+            await park(broker, delivery, ParkQueue.FAILED, park_info(ParkReason(sent[task_id])))
             await delivery.ack()
         # when two of the exhausted ones are requeued
-        moved = await broker.requeue_parked(ParkQueue.FAILED, reason="retries-exhausted", limit=2)
+        moved = await requeue(broker, ParkQueue.FAILED, reason="retries-exhausted", limit=2)
         # then exactly two come back, retries reset, without parking headers
         assert moved == 2
         for _ in range(2):
@@ -366,8 +374,8 @@ async def test_requeue_parked_filters_by_reason_and_stops_at_the_limit(
         await rx.nothing()
         # and the other three are still parked
         await wait_for_depth(config.amqp.url, config.amqp.failed_queue, 3)
-        assert await broker.requeue_parked(ParkQueue.FAILED, reason="unknown-task") == 2
-        assert await broker.requeue_parked(ParkQueue.FAILED) == 1
+        assert await requeue(broker, ParkQueue.FAILED, reason="unknown-task") == 2
+        assert await requeue(broker, ParkQueue.FAILED) == 1
         assert await queue_depth(config.amqp.url, config.amqp.failed_queue) == 0
     finally:
         await rx.close()
@@ -409,7 +417,7 @@ async def test_an_unreachable_broker_raises_broker_error_in_time(
 
 async def test_an_unconnected_broker_says_so(config: Config) -> None:
     with pytest.raises(BrokerError, match="not connected"):
-        await AMQPBroker(config).publish(sig())
+        await publish(AMQPBroker(config), sig())
 
 
 # --- RabbitMQ restart ---------------------------------------------------------------------------
@@ -451,8 +459,8 @@ async def test_consumer_and_publisher_survive_a_rabbitmq_restart(
         # given 20 tasks, 5 of them consumed and acked, one more received and not yet acked
         sent = [sig(uuid=f"before-{i}") for i in range(20)]
         for task in sent:
-            await broker.publish(task)
-        rx = Receiver(broker.consume(prefetch=5))
+            await publish(broker, task)
+        rx = Receiver(broker.consume(broker.default_queue, prefetch=5))
         try:
             for _ in range(5):
                 delivery = await rx.next()
@@ -464,7 +472,7 @@ async def test_consumer_and_publisher_survive_a_rabbitmq_restart(
             try:
                 await asyncio.to_thread(_rabbitmqctl, ctl, "stop_app")
                 during = sig(uuid="during-outage")
-                publishing = asyncio.create_task(broker.publish(during))
+                publishing = asyncio.create_task(publish(broker, during))
                 await asyncio.sleep(3.0)  # long enough for a few reconnection attempts
                 assert not publishing.done()  # it waits for the reconnection
             finally:
@@ -485,7 +493,7 @@ async def test_consumer_and_publisher_survive_a_rabbitmq_restart(
                 await delivery.ack()
             # and publishing works on the new connections
             after = sig(uuid="after-restart")
-            await broker.publish(after)
+            await publish(broker, after)
             delivery = await rx.next(timeout=10)
             assert decode_message(delivery.body).uuid == after.uuid
             await delivery.ack()
@@ -509,7 +517,7 @@ async def test_publish_during_an_outage_raises_when_the_timeout_passes(
             await asyncio.to_thread(_rabbitmqctl, ctl, "stop_app")
             started = time.monotonic()
             with pytest.raises(PublishError, match="no connection"):
-                await broker.publish(sig())
+                await publish(broker, sig())
             assert time.monotonic() - started < 4.0
         finally:
             await asyncio.to_thread(_rabbitmqctl, ctl, "start_app")

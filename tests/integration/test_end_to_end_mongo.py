@@ -29,6 +29,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from paota import Arg, Config, MongoConfig, Signature, TaskHandle, WorkerPool
 from paota.core.signature import encode_json
+from tests.contracts.broker_contract import publish
 
 pytestmark = pytest.mark.integration
 
@@ -527,7 +528,7 @@ async def test_a_redelivered_duplicate_of_a_finished_task_is_skipped(
     assert first["finished_at"] is not None
     # when the same message (same uuid, same attempt) is delivered again, as after a redelivery
     await asyncio.sleep(0.01)  # so that any new timestamp would differ from the first ones
-    await pool.broker.publish(handle.signature)
+    await publish(pool.broker, handle.signature)
     deadline = time.monotonic() + 20
     while pool.stats.duplicates < 1:
         assert time.monotonic() < deadline, "the duplicate was not seen"
