@@ -4,8 +4,10 @@ Runs, in one process and one event loop:
   raw      an asyncio.Queue of 20-byte payloads, a consumer loop with ``concurrency`` slots: the
            ceiling of what asyncio itself does per message;
   paota    ``send_task`` of N no-op tasks, drained by a WorkerPool (no store);
-  +store   the same with the memory store recording PENDING, STARTED and SUCCEEDED per task.
-Prints tasks/s for each and paota's ratio to raw.
+  +store   the same with the memory store recording PENDING, STARTED and SUCCEEDED per task;
+  +3 mw    paota (no store) with three middlewares that override no hook (they cost nothing);
+  +3 hooks paota (no store) with three middlewares overriding every hook with a pass-through.
+Prints tasks/s for each, paota's ratio to raw, and the middleware runs' ratio to plain paota.
 
     python bench/memory.py [--tasks 20000] [--concurrency 100] [--repeat 3]
 """
@@ -17,7 +19,10 @@ import asyncio
 import platform
 import time
 
-from paota import Config, Signature, WorkerPool
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from paota import Config, Middleware, Outcome, PublishContext, Signature, TaskContext, WorkerPool
 from paota.brokers.memory import MemoryBroker
 from paota.stores.memory import MemoryStore
 
@@ -55,10 +60,36 @@ async def raw_ceiling(n: int, concurrency: int) -> float:
     return n / elapsed
 
 
-async def paota_run(n: int, concurrency: int, *, with_store: bool) -> float:
+class NoHooks(Middleware):
+    """A middleware that overrides nothing."""
+
+
+class PassThrough(Middleware):
+    """A middleware whose every hook does the least it can."""
+
+    async def publish(
+        self, message: PublishContext, call_next: Callable[[], Awaitable[None]]
+    ) -> None:
+        await call_next()
+
+    async def admit(self, task: TaskContext) -> Outcome | None:
+        return None
+
+    async def execute(self, task: TaskContext, call_next: Callable[[], Awaitable[Any]]) -> Any:
+        return await call_next()
+
+    async def after_outcome(self, task: TaskContext, outcome: Outcome) -> None:
+        return None
+
+
+async def paota_run(
+    n: int, concurrency: int, *, with_store: bool, middleware: list[Middleware] | None = None
+) -> float:
     broker = MemoryBroker()
     store = MemoryStore() if with_store else None
-    pool = WorkerPool(Config(), concurrency, "bench", broker=broker, store=store)
+    pool = WorkerPool(
+        Config(), concurrency, "bench", broker=broker, store=store, middleware=middleware or []
+    )
     done = asyncio.Event()
     count = 0
 
@@ -95,12 +126,25 @@ async def main() -> None:
     print(
         f"python {platform.python_version()} on {platform.machine()}, {platform.processor() or '?'}"
     )
-    raw = max([await raw_ceiling(n, c) for _ in range(args.repeat)])
-    plain = max([await paota_run(n, c, with_store=False) for _ in range(args.repeat)])
-    stored = max([await paota_run(n, c, with_store=True) for _ in range(args.repeat)])
+    runs: dict[str, list[float]] = {"raw": [], "plain": [], "stored": [], "mw": [], "hooks": []}
+    for _ in range(args.repeat):  # interleaved, so a slow spell of the machine hits every run
+        runs["raw"].append(await raw_ceiling(n, c))
+        runs["plain"].append(await paota_run(n, c, with_store=False))
+        runs["stored"].append(await paota_run(n, c, with_store=True))
+        runs["mw"].append(
+            await paota_run(n, c, with_store=False, middleware=[NoHooks() for _ in range(3)])
+        )
+        runs["hooks"].append(
+            await paota_run(n, c, with_store=False, middleware=[PassThrough() for _ in range(3)])
+        )
+    raw, plain, stored, mw, hooks = (
+        max(runs[k]) for k in ("raw", "plain", "stored", "mw", "hooks")
+    )
     print(f"  raw asyncio.Queue     {raw:>10,.0f} msgs/s")
     print(f"  paota (no store)      {plain:>10,.0f} tasks/s   ratio to raw {plain / raw:.2f}")
     print(f"  paota + memory store  {stored:>10,.0f} tasks/s   ratio to raw {stored / raw:.2f}")
+    print(f"  paota + 3 middlewares {mw:>10,.0f} tasks/s   ratio to paota {mw / plain:.2f}")
+    print(f"  paota + 3 with hooks  {hooks:>10,.0f} tasks/s   ratio to paota {hooks / plain:.2f}")
 
 
 if __name__ == "__main__":
