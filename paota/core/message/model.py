@@ -10,13 +10,16 @@ with :class:`ValueError` (guessing a zone for them silently shifts ETAs). Decode
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass
 from datetime import datetime
-from typing import Any, Final
+from string import Template
+from typing import TYPE_CHECKING, Any, Final
 
-from paota.core.message._common import show
+from paota.core.message._common import compile_function, show
+from paota.core.message.fields import FIELDS, FIELDS_BY_NAME, Field, Kind
 
 __all__ = ["Arg", "Signature", "WireMessage"]
 
@@ -129,16 +132,6 @@ class Arg:
 # Signature
 
 
-_INT_FIELDS: Final = (
-    "priority",
-    "retry_count",
-    "retry_timeout",
-    "wait_time",
-    "retries_done",
-    "task_timeout",
-)
-
-
 def _check_time(field: str, value: Any) -> None:
     if value is None:
         return
@@ -149,6 +142,95 @@ def _check_time(field: str, value: Any) -> None:
             f"Signature.{field} must be timezone-aware, got naive {value.isoformat()}; "
             "use e.g. datetime.now(timezone.utc)"
         )
+
+
+# Signature.__post_init__ is generated from the table, one check per field in Go's order (so when
+# several fields are wrong, the first in that order is reported), as a hand-written method would
+# be. In the templates, $attr is the attribute and $lo/$hi the range of the integer kinds;
+# print(_POST_INIT_SOURCE) shows the result.
+
+# Every integer is a Go int first (an int subclass such as an IntEnum is stored as a plain int).
+_GO_INT_CHECK: Final = """\
+    value = fields["$attr"]
+    if type(value) is not int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"Signature.$attr must be an int, not {type(value).__name__}")
+        fields["$attr"] = value = int(value)
+    if not -9223372036854775808 <= value <= 9223372036854775807:
+        raise ValueError(f"Signature.$attr must fit a 64-bit Go int, got {value}")
+"""
+_CHECK: Final = {
+    Kind.STR: """\
+    value = fields["$attr"]
+    if type(value) is not str:
+        raise TypeError(f"Signature.$attr must be a str, not {type(value).__name__}")
+""",
+    Kind.ARGS: """\
+    value = fields["$attr"]
+    if type(value) is not tuple:
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+            raise TypeError(
+                f"Signature.$attr must be an iterable of Arg, not {type(value).__name__}"
+            )
+        fields["$attr"] = value = tuple(value)
+    for i, arg in enumerate(value):
+        if type(arg) is not Arg and not isinstance(arg, Arg):
+            raise TypeError(
+                f"Signature.$attr[{i}] must be an Arg, not {type(arg).__name__}; "
+                "use Arg(name, type, value) or Arg.of(value, name)"
+            )
+""",
+    Kind.RAW: """\
+    value = fields["$attr"]
+    if value is not None and type(value) is not bytes:
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError(f"Signature.$attr must be bytes or None, not {type(value).__name__}")
+        fields["$attr"] = bytes(value)
+""",
+    Kind.UINT8: _GO_INT_CHECK
+    + """\
+    if not $lo <= value <= $hi:
+        raise ValueError(f"Signature.$attr must be in $lo..$hi (Go $go_type), got {value}")
+""",
+    Kind.INT64: _GO_INT_CHECK,
+    Kind.BOOL: """\
+    value = fields["$attr"]
+    if type(value) is not bool:
+        raise TypeError(f"Signature.$attr must be a bool, not {type(value).__name__}")
+""",
+    Kind.TIME: """\
+    value = fields["$attr"]
+    if value is not None:
+        _check_time("$attr", value)
+""",
+}
+
+
+def _post_init_source() -> str:
+    lines = [
+        "def __post_init__(self):",
+        '    """Check every field; store ``args`` as a tuple and ``raw_args`` as bytes."""',
+        "    fields = self.__dict__",
+    ]
+    for field in FIELDS:
+        if not field.name.isidentifier():  # pragma: no cover - the table is wrong
+            raise ValueError(f"cannot generate code for field {field}: rename it")
+        lo, hi = field.kind.int_range or (0, 0)
+        template = Template(_CHECK[field.kind])
+        lines.append(
+            template.substitute(attr=field.name, lo=lo, hi=hi, go_type=field.kind.value).rstrip()
+        )
+    return "\n".join(lines) + "\n"
+
+
+_POST_INIT_SOURCE: Final = _post_init_source()
+_POST_INIT_NAMESPACE: Final = {
+    "__name__": __name__,
+    "Arg": Arg,
+    "Iterable": Iterable,
+    "Mapping": Mapping,
+    "_check_time": _check_time,
+}
 
 
 @dataclass(frozen=True, init=False)
@@ -220,55 +302,15 @@ class Signature:
         )
         self.__post_init__()
 
-    def __post_init__(self) -> None:
-        fields = self.__dict__
-        if type(self.name) is not str:
-            raise TypeError(f"Signature.name must be a str, not {type(self.name).__name__}")
-        args: Any = self.args
-        if type(args) is not tuple:
-            if isinstance(args, (str, bytes, Mapping)) or not isinstance(args, Iterable):
-                raise TypeError(
-                    f"Signature.args must be an iterable of Arg, not {type(args).__name__}"
-                )
-            fields["args"] = args = tuple(args)
-        for i, arg in enumerate(args):
-            if type(arg) is not Arg and not isinstance(arg, Arg):
-                raise TypeError(
-                    f"Signature.args[{i}] must be an Arg, not {type(arg).__name__}; "
-                    "use Arg(name, type, value) or Arg.of(value, name)"
-                )
-        if type(self.uuid) is not str:
-            raise TypeError(f"Signature.uuid must be a str, not {type(self.uuid).__name__}")
-        if type(self.routing_key) is not str:
-            raise TypeError(
-                f"Signature.routing_key must be a str, not {type(self.routing_key).__name__}"
-            )
-        raw: Any = self.raw_args
-        if raw is not None and type(raw) is not bytes:
-            if not isinstance(raw, (bytes, bytearray, memoryview)):
-                raise TypeError(
-                    f"Signature.raw_args must be bytes or None, not {type(raw).__name__}"
-                )
-            fields["raw_args"] = bytes(raw)
-        for field in _INT_FIELDS:
-            value = fields[field]
-            if type(value) is not int:
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise TypeError(f"Signature.{field} must be an int, not {type(value).__name__}")
-                fields[field] = value = int(value)  # e.g. an IntEnum
-            if not -9223372036854775808 <= value <= 9223372036854775807:
-                raise ValueError(f"Signature.{field} must fit a 64-bit Go int, got {value}")
-        if not 0 <= self.priority <= 255:
-            raise ValueError(
-                f"Signature.priority must be in 0..255 (Go uint8), got {self.priority}"
-            )
-        if type(self.ignore_when_task_not_registered) is not bool:
-            raise TypeError(
-                "Signature.ignore_when_task_not_registered must be a bool, not "
-                f"{type(self.ignore_when_task_not_registered).__name__}"
-            )
-        _check_time("created_at", self.created_at)
-        _check_time("eta", self.eta)
+    if TYPE_CHECKING:  # what the type checker sees of the generated method
+
+        def __post_init__(self) -> None:
+            """Check every field; store ``args`` as a tuple and ``raw_args`` as bytes."""
+
+    else:
+        __post_init__ = compile_function(
+            "__post_init__", _POST_INIT_SOURCE, dict(_POST_INIT_NAMESPACE), "Signature"
+        )
 
     def replace(self, **changes: Any) -> Signature:
         """A copy with ``changes`` applied (validated like the constructor)."""
@@ -300,6 +342,22 @@ class Signature:
     def kwargs(self) -> dict[str, Any]:
         """``{arg.name: arg.value}`` for the named args (a new dict each time)."""
         return {a.name: a.value for a in self.args if a.name}
+
+
+def _attribute_order() -> tuple[Field, ...]:
+    # The class spells its fields out for the type checker; they must be the table's, or every
+    # codec built from the table would be wrong.
+    names = [f.name for f in dataclasses.fields(Signature)]
+    if sorted(names) != sorted(FIELDS_BY_NAME):
+        raise TypeError(
+            f"Signature's fields {names} are not the ones paota.core.message.fields.FIELDS lists "
+            f"{list(FIELDS_BY_NAME)}"
+        )
+    return tuple(FIELDS_BY_NAME[name] for name in names)
+
+
+#: The table's fields in Signature's attribute order (``name`` first), the order of ``__dict__``.
+ATTRIBUTE_ORDER: Final = _attribute_order()
 
 
 def make_signature(fields: dict[str, Any]) -> Signature:
