@@ -17,40 +17,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from paota.core.message._common import DIGITS, invalid
-from paota.core.message.model import Signature, WireMessage, make_signature
+from paota.core.message._common import DIGITS, compile_function, invalid
+from paota.core.message.fields import FIELDS_BY_NAME, HEADER_WRITES, INT64_MAX, INT64_MIN, Kind
+from paota.core.message.model import ATTRIBUTE_ORDER, Signature, WireMessage, make_signature
 from paota.core.message.times import EPOCH, UTC, unix_seconds
 
 __all__ = ["CONTENT_TYPE_HEADERS", "HEADER_MODE_KEY", "decode_headers", "encode_headers"]
 
 CONTENT_TYPE_HEADERS: Final = "application/octet-stream"
 
-#: A message whose headers hold this key is in header mode.
-HEADER_MODE_KEY: Final = "task_name"
-
-_INT64_MIN: Final = -(2**63)
-_INT64_MAX: Final = 2**63 - 1
-
-
-def encode_headers(sig: Signature, raw: bytes) -> WireMessage:
-    """The header-mode message for ``sig``: ``raw`` (its raw args) as the body, metadata in headers."""
-    headers: dict[str, Any] = {
-        "uuid": sig.uuid,
-        "task_name": sig.name,
-        "retry_count": sig.retry_count,
-        "retry_timeout": sig.retry_timeout,
-        "timeout": sig.task_timeout,
-        "wait_time": sig.wait_time,
-        "retries_done": sig.retries_done,
-        "ignore_if_unregistered": sig.ignore_when_task_not_registered,
-    }
-    if sig.created_at is not None:
-        headers["created_at"] = unix_seconds(sig.created_at)
-    if sig.eta is not None:
-        headers["eta"] = unix_seconds(sig.eta)
-    return WireMessage(raw, headers, CONTENT_TYPE_HEADERS)
+#: A message whose headers name the task is in header mode.
+HEADER_MODE_KEY: Final = FIELDS_BY_NAME["name"].header_key
 
 
 def _text_of(value: Any) -> str | None:
@@ -92,7 +71,7 @@ def _int_of(value: Any) -> int | None:
 
 
 def _header_int(
-    headers: Mapping[str, Any], key: str, lo: int = _INT64_MIN, hi: int = _INT64_MAX
+    headers: Mapping[str, Any], key: str, lo: int = INT64_MIN, hi: int = INT64_MAX
 ) -> int:
     value = headers.get(key)
     if value is None:
@@ -141,23 +120,86 @@ def _header_time(headers: Mapping[str, Any], key: str) -> datetime | None:
     raise invalid(f"header {key}", value, "want Unix seconds")
 
 
-def decode_headers(body: bytes, headers: Mapping[str, Any]) -> Signature:
-    """The Signature of a header-mode message; raises ``Invalid`` naming the bad header."""
-    return make_signature(
-        {
-            "name": _header_str(headers, "task_name"),
-            "args": (),
-            "uuid": _header_str(headers, "uuid"),
-            "raw_args": bytes(body),
-            "routing_key": _header_str(headers, "routing_key"),
-            "priority": _header_int(headers, "priority", 0, 255),
-            "retry_count": _header_int(headers, "retry_count"),
-            "retry_timeout": _header_int(headers, "retry_timeout"),
-            "wait_time": _header_int(headers, "wait_time"),
-            "retries_done": _header_int(headers, "retries_done"),
-            "task_timeout": _header_int(headers, "timeout"),
-            "ignore_when_task_not_registered": _header_bool(headers, "ignore_if_unregistered"),
-            "created_at": _header_time(headers, "created_at"),
-            "eta": _header_time(headers, "eta"),
-        }
-    )
+# --------------------------------------------------------------------------------------------------
+# The two functions, generated from the field table (print _ENCODE_SOURCE or _DECODE_SOURCE to read
+# them); they are what a hand-written dict literal per direction would be.
+
+# What the decoder reads each kind with (a field with no header key gets its zero value).
+_READERS: Final = {
+    Kind.STR: "_header_str(headers, {key!r})",
+    Kind.UINT8: "_header_int(headers, {key!r}, {lo}, {hi})",
+    Kind.INT64: "_header_int(headers, {key!r}, {lo}, {hi})",
+    Kind.BOOL: "_header_bool(headers, {key!r})",
+    Kind.TIME: "_header_time(headers, {key!r})",
+}
+
+
+def _encode_source() -> str:
+    lines = [
+        "def encode_headers(sig, raw):",
+        '    """The header-mode message for ``sig``: ``raw`` (its raw args) as the body."""',
+        "    headers = {",
+    ]
+    literal = True  # inside the leading dict literal, until the first header that may be left out
+    for field in HEADER_WRITES:
+        key, value = repr(field.header_key), f"sig.{field.name}"
+        if field.kind is Kind.TIME:  # written when set, as Unix seconds
+            if literal:
+                lines.append("    }")
+                literal = False
+            lines.append(f"    if {value} is not None:")
+            lines.append(f"        headers[{key}] = unix_seconds({value})")
+        elif literal:
+            lines.append(f"        {key}: {value},")
+        else:
+            lines.append(f"    headers[{key}] = {value}")
+    if literal:
+        lines.append("    }")
+    lines.append("    return WireMessage(raw, headers, CONTENT_TYPE_HEADERS)")
+    return "\n".join(lines) + "\n"
+
+
+def _decode_source() -> str:
+    lines = [
+        "def decode_headers(body, headers):",
+        '    """The Signature of a header-mode message; raises ``Invalid`` naming the bad header."""',
+        "    return make_signature({",
+    ]
+    for field in ATTRIBUTE_ORDER:
+        if field.kind is Kind.RAW:
+            value = "bytes(body)"  # the body is the raw args
+        elif field.header_key is None:
+            value = repr(field.kind.zero)
+        else:
+            lo, hi = field.kind.int_range or (0, 0)
+            value = _READERS[field.kind].format(key=field.header_key, lo=lo, hi=hi)
+        lines.append(f"        {field.name!r}: {value},")
+    lines.append("    })")
+    return "\n".join(lines) + "\n"
+
+
+_ENCODE_SOURCE: Final = _encode_source()
+_DECODE_SOURCE: Final = _decode_source()
+_NAMESPACE: Final = {
+    "__name__": __name__,
+    "CONTENT_TYPE_HEADERS": CONTENT_TYPE_HEADERS,
+    "WireMessage": WireMessage,
+    "unix_seconds": unix_seconds,
+    "make_signature": make_signature,
+    "_header_str": _header_str,
+    "_header_int": _header_int,
+    "_header_bool": _header_bool,
+    "_header_time": _header_time,
+}
+
+if TYPE_CHECKING:  # what the type checker sees of the generated functions
+
+    def encode_headers(sig: Signature, raw: bytes) -> WireMessage:
+        """The header-mode message for ``sig``: ``raw`` (its raw args) as the body."""
+
+    def decode_headers(body: bytes, headers: Mapping[str, Any]) -> Signature:
+        """The Signature of a header-mode message; raises ``Invalid`` naming the bad header."""
+
+else:
+    encode_headers = compile_function("encode_headers", _ENCODE_SOURCE, dict(_NAMESPACE))
+    decode_headers = compile_function("decode_headers", _DECODE_SOURCE, dict(_NAMESPACE))
