@@ -8,7 +8,10 @@ from __future__ import annotations
 from paota.core.message import (
     CONTENT_TYPE_HEADERS,
     CONTENT_TYPE_JSON,
+    FIELDS,
     Arg,
+    Field,
+    Kind,
     Signature,
     WireMessage,
     decode_json,
@@ -22,7 +25,10 @@ from paota.core.message import (
 __all__ = [
     "CONTENT_TYPE_HEADERS",
     "CONTENT_TYPE_JSON",
+    "FIELDS",
     "Arg",
+    "Field",
+    "Kind",
     "Signature",
     "WireMessage",
     "decode_json",

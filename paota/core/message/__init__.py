@@ -10,6 +10,7 @@ metadata rides in AMQP headers.
 
 :func:`encode_message` and :func:`decode_message` pick the form. The modules:
 
+``fields``        :data:`FIELDS`, the one table of Signature fields every codec is built from
 ``model``         :class:`Arg`, :class:`Signature`, :class:`WireMessage`
 ``times``         RFC 3339 as Go writes it (:func:`format_time`, :func:`parse_time`), Unix seconds
 ``json_codec``    JSON mode
@@ -20,6 +21,7 @@ metadata rides in AMQP headers.
 from __future__ import annotations
 
 from paota.core.message.codec import decode_message, encode_message
+from paota.core.message.fields import FIELDS, Field, Kind
 from paota.core.message.header_codec import CONTENT_TYPE_HEADERS
 from paota.core.message.json_codec import CONTENT_TYPE_JSON, decode_json, encode_json
 from paota.core.message.model import Arg, Signature, WireMessage
@@ -28,7 +30,10 @@ from paota.core.message.times import format_time, parse_time
 __all__ = [
     "CONTENT_TYPE_HEADERS",
     "CONTENT_TYPE_JSON",
+    "FIELDS",
     "Arg",
+    "Field",
+    "Kind",
     "Signature",
     "WireMessage",
     "decode_json",

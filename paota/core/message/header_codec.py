@@ -28,8 +28,16 @@ __all__ = ["CONTENT_TYPE_HEADERS", "HEADER_MODE_KEY", "decode_headers", "encode_
 
 CONTENT_TYPE_HEADERS: Final = "application/octet-stream"
 
+
+def _header_mode_key() -> str:
+    key = FIELDS_BY_NAME["name"].header_key
+    if key is None:  # pragma: no cover - the table is wrong
+        raise TypeError("header mode needs a header for the task name")
+    return key
+
+
 #: A message whose headers name the task is in header mode.
-HEADER_MODE_KEY: Final = FIELDS_BY_NAME["name"].header_key
+HEADER_MODE_KEY: Final = _header_mode_key()
 
 
 def _text_of(value: Any) -> str | None:
