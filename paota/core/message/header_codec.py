@@ -150,6 +150,8 @@ def _encode_source() -> str:
     ]
     literal = True  # inside the leading dict literal, until the first header that may be left out
     for field in HEADER_WRITES:
+        if field.kind not in _READERS or not field.name.isidentifier():  # pragma: no cover
+            raise ValueError(f"header mode cannot write field {field}")
         key, value = repr(field.header_key), f"sig.{field.name}"
         if field.kind is Kind.TIME:  # written when set, as Unix seconds
             if literal:

@@ -53,6 +53,7 @@ _MAX_EXACT_FLOAT_INT: Final = 2**53
 # --------------------------------------------------------------------------------------------------
 # Encoding
 
+# Go's encoding/json escapes these inside strings (HTML safety, JS line separators).
 _GO_ESCAPES: Final = {
     ord("<"): "\\u003c",
     ord(">"): "\\u003e",
@@ -363,7 +364,7 @@ def _json_int(doc: dict[str, Any], field: Field) -> int:
     value = doc.get(key)
     if value is None:
         return 0
-    lo, hi = field.kind.int_range or (0, -1)
+    lo, hi = field.kind.int_range or (0, -1)  # only integer kinds come here
     if type(value) is not int or not lo <= value <= hi:
         raise invalid(key, value, f"want a JSON integer {lo}..{hi}")
     return value
