@@ -26,7 +26,7 @@ def invalid(field: str, value: Any, want: str) -> Invalid:
 def compile_function(
     name: str, source: str, namespace: dict[str, Any], class_name: str | None = None
 ) -> Any:
-    """Compile ``source``, the text of one ``def name(...)``, and return that function.
+    """Compile ``source``, which defines ``name`` (and any helper it calls), and return ``name``.
 
     The codecs generate their per-field code from the field table once at import, as
     :mod:`dataclasses` generates ``__init__``: the result runs as fast as code written out by hand,

@@ -349,8 +349,7 @@ def _decode_raw_args(value: Any, key: str) -> bytes | None:
 # ignores dropped), and a missing key gives the zero value.
 
 
-def _json_str(doc: dict[str, Any], field: Field) -> str:
-    key = field.go_key
+def _json_str(doc: dict[str, Any], key: str) -> str:
     value = doc.get(key)
     if value is None:
         return ""
@@ -359,27 +358,23 @@ def _json_str(doc: dict[str, Any], field: Field) -> str:
     return value
 
 
-def _json_int(doc: dict[str, Any], field: Field) -> int:
-    key = field.go_key
+def _json_int(doc: dict[str, Any], key: str, lo: int, hi: int) -> int:
     value = doc.get(key)
     if value is None:
         return 0
-    lo, hi = field.kind.int_range or (0, -1)  # only integer kinds come here
     if type(value) is not int or not lo <= value <= hi:
         raise invalid(key, value, f"want a JSON integer {lo}..{hi}")
     return value
 
 
-def _json_bool(doc: dict[str, Any], field: Field) -> bool:
-    key = field.go_key
+def _json_bool(doc: dict[str, Any], key: str) -> bool:
     value = doc.get(key, False)
     if type(value) is not bool:
         raise invalid(key, value, "want true or false")
     return value
 
 
-def _json_time(doc: dict[str, Any], field: Field) -> datetime | None:
-    key = field.go_key
+def _json_time(doc: dict[str, Any], key: str) -> datetime | None:
     value = doc.get(key)
     if value is None:
         return None
@@ -391,29 +386,40 @@ def _json_time(doc: dict[str, Any], field: Field) -> datetime | None:
     raise invalid(key, value, "want an RFC 3339 time string or null")
 
 
-_JSON_READERS: Final[dict[Kind, Callable[[dict[str, Any], Field], Any]]] = {
-    Kind.STR: _json_str,
-    Kind.ARGS: lambda doc, field: _decode_args(doc.get(field.go_key), field.go_key),
-    Kind.RAW: lambda doc, field: _decode_raw_args(doc.get(field.go_key), field.go_key),
-    Kind.UINT8: _json_int,
-    Kind.INT64: _json_int,
-    Kind.BOOL: _json_bool,
-    Kind.TIME: _json_time,
+# Both paths of the decoder are generated from the table (print _FROM_JSON_DOC_SOURCE to read
+# them). The careful path takes any key case, nulls and missing keys, and names the first bad field
+# in attribute order; it reads each field with one call. In the templates, $attr is the Signature
+# attribute (also a local name), $key the JSON key as a literal, $lo/$hi the range of an integer.
+_CAREFUL_VALUE: Final = {
+    Kind.STR: "_json_str(doc, $key)",
+    Kind.ARGS: "_decode_args(doc.get($key), $key)",
+    Kind.RAW: "_decode_raw_args(doc.get($key), $key)",
+    Kind.UINT8: "_json_int(doc, $key, $lo, $hi)",
+    Kind.INT64: "_json_int(doc, $key, $lo, $hi)",
+    Kind.BOOL: "_json_bool(doc, $key)",
+    Kind.TIME: "_json_time(doc, $key)",
 }
 
 
-def _from_json_doc_careful(doc: Any) -> Signature:
-    # Any key case, nulls, missing keys, and an error that names the first bad field.
-    if type(doc) is not dict:
-        raise Invalid(f"message body is not a JSON object: {show(doc)}")
-    doc = _fold_keys(doc, _JSON_FOLDED, _JSON_NULLABLE)
-    return make_signature({f.name: _JSON_READERS[f.kind](doc, f) for f in ATTRIBUTE_ORDER})
+def _careful_source() -> str:
+    lines = [
+        "def _from_json_doc_careful(doc):",
+        "    if type(doc) is not dict:",
+        '        raise Invalid(f"message body is not a JSON object: {show(doc)}")',
+        "    doc = _fold_keys(doc, _JSON_FOLDED, _JSON_NULLABLE)",
+        "    return make_signature({",
+    ]
+    for f in ATTRIBUTE_ORDER:
+        lo, hi = f.kind.int_range or (0, 0)
+        value = Template(_CAREFUL_VALUE[f.kind]).substitute(key=repr(f.go_key), lo=lo, hi=hi)
+        lines.append(f"        {f.name!r}: {value},")
+    lines.append("    })")
+    return "\n".join(lines) + "\n"
 
 
-# The fast path of the decoder is generated from the table too: when the document has exactly Go's
-# keys (what every Go or paota publisher sends), read every field, check the scalars in one
-# condition, decode the others in one dict literal; anything else goes the careful path, which
-# also names the bad field. print(_FROM_JSON_DOC_SOURCE) shows it.
+# The fast path: when the document has exactly Go's keys (what every Go or paota publisher sends),
+# read every field, check the scalars in one condition, decode the others in one dict literal;
+# anything else goes the careful path.
 _FAST_CHECK: Final = {
     Kind.STR: ("type($attr) is str",),
     Kind.UINT8: ("type($attr) is int", "$lo <= $attr <= $hi"),
@@ -468,6 +474,16 @@ def _from_json_doc_source() -> str:
 
 _DECODE_NAMESPACE: Final = {
     "__name__": __name__,
+    "Invalid": Invalid,
+    "show": show,
+    "make_signature": make_signature,
+    "_fold_keys": _fold_keys,
+    "_JSON_FOLDED": _JSON_FOLDED,
+    "_JSON_NULLABLE": _JSON_NULLABLE,
+    "_json_str": _json_str,
+    "_json_int": _json_int,
+    "_json_bool": _json_bool,
+    "_json_time": _json_time,
     "_JSON_KEYSET": _JSON_KEYSET,
     "Signature": Signature,
     "new_object": new_object,
@@ -475,9 +491,8 @@ _DECODE_NAMESPACE: Final = {
     "parse_time": parse_time,
     "_decode_args": _decode_args,
     "_decode_raw_args": _decode_raw_args,
-    "_from_json_doc_careful": _from_json_doc_careful,
 }
-_FROM_JSON_DOC_SOURCE: Final = _from_json_doc_source()
+_FROM_JSON_DOC_SOURCE: Final = _careful_source() + "\n\n" + _from_json_doc_source()
 _from_json_doc: Callable[[Any], Signature] = compile_function(
     "_from_json_doc", _FROM_JSON_DOC_SOURCE, dict(_DECODE_NAMESPACE)
 )
