@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import platform
 import time
-
 from collections.abc import Awaitable, Callable
 from typing import Any
 

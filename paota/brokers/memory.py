@@ -251,11 +251,11 @@ class MemoryBroker:
             message.message_id or None,
         )
         name = message.queue or self._default_queue
-        if message.routing_key and message.delay_s <= 0:
-            # No exchanges here: a routing key that names a queue routes there (as a direct
-            # exchange with queues bound by name would); any other key goes to ``queue``.
-            if message.routing_key in self._queues or message.routing_key in self._parking.values():
-                name = message.routing_key
+        key = message.routing_key
+        # No exchanges here: a routing key that names a queue routes there (as a direct exchange
+        # with queues bound by name would); any other key goes to ``queue``.
+        if key and message.delay_s <= 0 and (key in self._queues or key in self._parking.values()):
+            name = key
         if message.delay_s > 0:
             self.delays.append(
                 DelayRecord(message.message_id, message.delay_s, name, message.body, stored.headers)

@@ -17,8 +17,8 @@ from pymongo.errors import DuplicateKeyError
 from paota.core.config import Config, MongoConfig
 from paota.core.errors import StoreError
 from paota.core.state import TaskStatus
-from paota.stores.mongo import store as mongo_store
 from paota.stores.mongo import MongoStore
+from paota.stores.mongo import store as mongo_store
 from tests.contracts.store_contract import StoreContract, make_state
 from tests.integration.mongo_server import MongoecoServer
 

@@ -70,7 +70,9 @@ class Recorder(Middleware):
         self.name = name
         self.events = events
 
-    async def publish(self, message: PublishContext, call_next: Callable[[], Awaitable[None]]) -> None:
+    async def publish(
+        self, message: PublishContext, call_next: Callable[[], Awaitable[None]]
+    ) -> None:
         self.events.append(f"{self.name}.publish-in")
         message.headers[f"x-{self.name}"] = "1"
         await call_next()
@@ -127,7 +129,9 @@ class Chaotic(Middleware):
             self.raised += 1
             raise RuntimeError("middleware bug")
 
-    async def publish(self, message: PublishContext, call_next: Callable[[], Awaitable[None]]) -> None:
+    async def publish(
+        self, message: PublishContext, call_next: Callable[[], Awaitable[None]]
+    ) -> None:
         self._maybe()
         await call_next()
         self._maybe()
@@ -172,7 +176,9 @@ async def test_a_raising_middleware_loses_and_duplicates_nothing(
     assert broker.ready_count == 0 and broker.unacked_count == 0
     assert broker.parked(ParkQueue.FAILED) == []
     # every failure was logged with the task id as a field
-    failures = [r for r in caplog.records if "middleware" in r.getMessage() and "failed" in r.getMessage()]
+    failures = [
+        r for r in caplog.records if "middleware" in r.getMessage() and "failed" in r.getMessage()
+    ]
     assert failures and all(getattr(r, "task_id", "") for r in failures)
 
 
@@ -275,7 +281,10 @@ async def test_callbacks_fire_once_per_run_at_its_final_outcome(run: Any) -> Non
     await flaky.send(False)
     handle = await fine.send()
     await broker.run_until_idle()
-    assert sorted(events) == [("failure", ("flaky", 2, "ValueError")), ("success", ("flaky", "yes"))]
+    assert sorted(events) == [
+        ("failure", ("flaky", 2, "ValueError")),
+        ("success", ("flaky", "yes")),
+    ]
     assert await handle.result(timeout=1) == 1  # a raising callback changes nothing
     assert pool.stats.retried == 2
 
@@ -362,5 +371,5 @@ async def test_headers_survive_retries_defers_and_returns(run: Any) -> None:
 
 
 def test_middleware_must_be_middleware() -> None:
-    with pytest.raises(TypeError, match="paota.Middleware"):
+    with pytest.raises(TypeError, match=r"paota\.Middleware"):
         make_pool(object())  # type: ignore[arg-type]

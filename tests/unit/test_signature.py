@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from paota.core.errors import DecodeError
-from paota.core.signature import (
+from paota.core.message import (
     Arg,
     Signature,
     WireMessage,
