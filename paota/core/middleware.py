@@ -141,13 +141,11 @@ class MiddlewareChain:
         if index == len(hooks):
             await publish(message)
             return
-        await _guarded(
-            hooks[index],
-            "publish",
-            message.log_extra,
-            lambda call_next: hooks[index].publish(message, call_next),
-            lambda: self._publish_from(index + 1, hooks, message, publish),
-        )
+        inner = _Inner(self._publish_from, (index + 1, hooks, message, publish))
+        try:
+            await hooks[index].publish(message, inner)
+        except BaseException as exc:
+            await _recover(exc, inner, hooks[index], "publish", message.log_extra)
 
     # --- admit -----------------------------------------------------------------------------------
 
@@ -188,13 +186,11 @@ class MiddlewareChain:
     ) -> Any:
         if index == len(hooks):
             return await run()
-        return await _guarded(
-            hooks[index],
-            "execute",
-            task.log_extra,
-            lambda call_next: hooks[index].execute(task, call_next),
-            lambda: self._execute_from(index + 1, hooks, task, run),
-        )
+        inner = _Inner(self._execute_from, (index + 1, hooks, task, run))
+        try:
+            return await hooks[index].execute(task, inner)
+        except BaseException as exc:
+            return await _recover(exc, inner, hooks[index], "execute", task.log_extra)
 
     # --- after_outcome, lifecycle ----------------------------------------------------------------
 
@@ -233,12 +229,13 @@ class MiddlewareChain:
 
 
 class _Inner:
-    """What the next step of a chain did, as seen from the hook around it."""
+    """The ``call_next`` a hook gets: runs the rest of the chain once and remembers how it went."""
 
-    __slots__ = ("called", "error", "finished", "result", "step")
+    __slots__ = ("args", "called", "error", "finished", "result", "step")
 
-    def __init__(self, step: Callable[[], Awaitable[Any]]) -> None:
+    def __init__(self, step: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
         self.step = step
+        self.args = args
         self.called = False
         self.finished = False
         self.result: Any = None
@@ -249,7 +246,7 @@ class _Inner:
             raise RuntimeError("call_next() was called twice by one middleware hook")
         self.called = True
         try:
-            self.result = await self.step()
+            self.result = await self.step(*self.args)
         except BaseException as exc:
             self.error = exc
             raise
@@ -258,45 +255,41 @@ class _Inner:
         return self.result
 
 
-async def _guarded(
+async def _recover(
+    exc: BaseException,
+    inner: _Inner,
     middleware: Middleware,
     hook: str,
     extra: Mapping[str, Any],
-    call: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]],
-    step: Callable[[], Awaitable[Any]],
 ) -> Any:
-    """Run one hook around ``step`` so that its own failure changes nothing.
+    """After a hook raised ``exc``: make its own failure change nothing.
 
     The error of the step itself (the task's exception, say) passes through; a different error
     raised by the hook is logged, and the step's outcome stands (the step runs now if the hook
     failed before calling it).
     """
-    inner = _Inner(step)
-    try:
-        return await call(inner)
-    except BaseException as exc:
-        if exc is inner.error or isinstance(exc, _ESCAPES):
-            raise
-        if isinstance(exc, asyncio.CancelledError):
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
-        if not isinstance(exc, Exception):
-            raise
-        logger.error(
-            "task %s: middleware %s.%s failed (%s: %s); ignored",
-            extra.get("task_id", ""),
-            _describe(middleware),
-            hook,
-            type(exc).__name__,
-            exc,
-            exc_info=exc,
-            extra=dict(extra),
-        )
-        if not inner.called:
-            return await step()
-        if not inner.finished:  # pragma: no cover - the hook raised while the step ran
-            raise
-        if inner.error is not None:
-            raise inner.error from None
-        return inner.result
+    if exc is inner.error or isinstance(exc, _ESCAPES):
+        raise exc
+    if isinstance(exc, asyncio.CancelledError):
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise exc
+    if not isinstance(exc, Exception):
+        raise exc
+    logger.error(
+        "task %s: middleware %s.%s failed (%s: %s); ignored",
+        extra.get("task_id", ""),
+        _describe(middleware),
+        hook,
+        type(exc).__name__,
+        exc,
+        exc_info=exc,
+        extra=dict(extra),
+    )
+    if not inner.called:
+        return await inner()
+    if not inner.finished:  # pragma: no cover - the hook raised while the step ran
+        raise exc
+    if inner.error is not None:
+        raise inner.error from None
+    return inner.result
