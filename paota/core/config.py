@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from paota.brokers.amqp.settings import AMQPConfig
 from paota.core.settings import (
     Section,
-    choice,
+    backend,
     config_error,
     integer,
     opt,
@@ -42,14 +42,19 @@ _AMQP_URL_EXPECTED = (
 class Config(Section):
     """The whole paota configuration; variables ``PAOTA_*`` (see :meth:`from_env`).
 
-    ``broker`` is ``"memory"`` (embedded, no server) or ``"amqp"``; ``store`` is ``""`` (no task
-    state is recorded; ``"none"`` is accepted and normalised to ``""``), ``"memory"`` or
-    ``"mongodb"``. Durations are in seconds; ``max_task_execution_duration_s`` of 0 means no limit.
+    ``broker`` is ``"memory"`` (embedded, no server), ``"amqp"`` or an installed third-party
+    broker (entry point group ``paota.brokers``); ``store`` is ``""`` (no task state is recorded;
+    ``"none"`` is accepted and normalised to ``""``), ``"memory"``, ``"mongodb"`` or an installed
+    store (``paota.stores``). Durations are in seconds; ``max_task_execution_duration_s`` of 0 means no limit.
     Construction validates every field and raises :class:`~paota.core.errors.ConfigError`.
     """
 
-    broker: str = opt("memory", "PAOTA_BROKER", choice("memory", "amqp"))
-    store: str = opt("", "PAOTA_STORE", choice("", "memory", "mongodb", aliases={"none": ""}))
+    broker: str = opt("memory", "PAOTA_BROKER", backend("paota.brokers", ("memory", "amqp")))
+    store: str = opt(
+        "",
+        "PAOTA_STORE",
+        backend("paota.stores", ("", "memory", "mongodb"), aliases={"none": ""}),
+    )
     task_queue_name: str = opt("paota_tasks", "PAOTA_QUEUE_NAME", text(required=True))
     store_queue_name: str = opt("", "PAOTA_STORE_QUEUE_NAME", text())
     max_task_execution_duration_s: float = opt(

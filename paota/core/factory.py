@@ -1,18 +1,38 @@
-"""Config -> broker / store implementation, by name.
+"""Config -> broker / store implementation, by name; third-party backends by entry point.
 
-Names: brokers ``memory`` and ``amqp``; stores ``memory`` and ``mongodb`` (``Config`` validates
-them). Drivers are imported here lazily, only when their backend is chosen. Any other object that
-satisfies the Protocols can be passed to ``WorkerPool(broker=..., store=...)`` directly.
+Built in: brokers ``memory`` and ``amqp``, stores ``memory`` and ``mongodb``. Any other name is
+looked up among the installed entry points of group ``paota.brokers`` (or ``paota.stores``): the
+entry point names a factory ``factory(config, *, worker_name, clock)`` (stores: ``factory(config)``)
+returning a connected-on-demand Broker (Store). A package declares one in its ``pyproject.toml``::
+
+    [project.entry-points."paota.brokers"]
+    redis = "paota_redis:make_broker"
+
+Drivers are imported lazily, only when their backend is chosen. Any object that satisfies the
+Protocols can also be passed to ``WorkerPool(broker=..., store=...)`` directly.
 """
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
+from typing import Any
+
 from paota.core.clock import Clock
 from paota.core.config import Config
 from paota.core.errors import ConfigError
-from paota.core.protocols import Broker, Store
+from paota.core.protocols import Broker, ParkQueue, Store
 
-__all__ = ["make_broker", "make_store"]
+__all__ = ["BROKER_GROUP", "STORE_GROUP", "backend_names", "make_broker", "make_store"]
+
+BROKER_GROUP = "paota.brokers"
+STORE_GROUP = "paota.stores"
+_BUILTIN = {BROKER_GROUP: ("memory", "amqp"), STORE_GROUP: ("memory", "mongodb")}
+
+
+def backend_names(group: str) -> tuple[str, ...]:
+    """The built-in and installed backend names of an entry-point group."""
+    installed = sorted(ep.name for ep in entry_points(group=group))
+    return tuple(dict.fromkeys([*_BUILTIN[group], *installed]))
 
 
 def _missing_extra(what: str, extra: str, exc: ImportError) -> ConfigError:
@@ -22,11 +42,23 @@ def _missing_extra(what: str, extra: str, exc: ImportError) -> ConfigError:
     )
 
 
+def _from_entry_point(group: str, name: str, kind: str) -> Any:
+    found = [ep for ep in entry_points(group=group) if ep.name == name]
+    if not found:
+        allowed = ", ".join(map(repr, backend_names(group)))
+        raise ConfigError(f"{kind} {name!r} is not known: expected one of {allowed}")
+    try:
+        return found[0].load()
+    except Exception as exc:
+        raise ConfigError(
+            f"{kind} {name!r} (entry point {found[0].value}) failed to load: {exc}"
+        ) from exc
+
+
 def make_broker(config: Config, *, worker_name: str = "", clock: Clock | None = None) -> Broker:
     """The broker ``config.broker`` names (not connected yet)."""
     if config.broker == "memory":
         from paota.brokers.memory import MemoryBroker
-        from paota.core.protocols import ParkQueue
 
         return MemoryBroker(
             clock=clock,
@@ -38,11 +70,13 @@ def make_broker(config: Config, *, worker_name: str = "", clock: Clock | None = 
         )
     if config.broker == "amqp":
         try:
-            from paota.brokers.amqp import AMQPBroker
+            from paota.brokers.amqp.broker import AMQPBroker
         except ImportError as exc:
             raise _missing_extra("broker 'amqp'", "amqp", exc) from exc
         return AMQPBroker(config, worker_name=worker_name)
-    raise ConfigError(f"broker {config.broker!r} is not known: expected 'memory' or 'amqp'")
+    factory = _from_entry_point(BROKER_GROUP, config.broker, "broker")
+    broker: Broker = factory(config, worker_name=worker_name, clock=clock)
+    return broker
 
 
 def make_store(config: Config) -> Store | None:
@@ -55,8 +89,10 @@ def make_store(config: Config) -> Store | None:
         return MemoryStore()
     if config.store == "mongodb":
         try:
-            from paota.stores.mongo import MongoStore
+            from paota.stores.mongo.store import MongoStore
         except ImportError as exc:
             raise _missing_extra("store 'mongodb'", "mongo", exc) from exc
         return MongoStore(config)
-    raise ConfigError(f"store {config.store!r} is not known: expected 'memory' or 'mongodb'")
+    factory = _from_entry_point(STORE_GROUP, config.store, "store")
+    store: Store = factory(config)
+    return store

@@ -27,6 +27,7 @@ __all__ = [
     "BOOLEAN",
     "JSON_OBJECT",
     "Section",
+    "backend",
     "choice",
     "config_error",
     "integer",
@@ -92,6 +93,32 @@ def _choice(*allowed: str, aliases: Mapping[str, str] | None = None) -> _Kind:
         if not isinstance(value, str) or value.lower() not in table:
             raise _Invalid
         return table[value.lower()]
+
+    return _Kind("expected one of " + ", ".join(map(repr, table)), check)
+
+
+def _backend(
+    group: str, builtin: tuple[str, ...], *, aliases: Mapping[str, str] | None = None
+) -> _Kind:
+    """A backend name: a built-in one, or the name of an installed entry point of ``group``."""
+    table = {a: a for a in builtin} | dict(aliases or {})
+
+    def installed() -> list[str]:
+        from importlib.metadata import entry_points
+
+        return sorted(ep.name for ep in entry_points(group=group))
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise _Invalid
+        if value.lower() in table:
+            return table[value.lower()]
+        found = installed()
+        if value in found:
+            return value
+        raise _Invalid(
+            f"installed {group} backends: {', '.join(map(repr, found))}" if found else ""
+        )
 
     return _Kind("expected one of " + ", ".join(map(repr, table)), check)
 
@@ -332,6 +359,7 @@ read_env = _read_env
 config_error = _error
 text = _text
 choice = _choice
+backend = _backend
 integer = _integer
 seconds = _seconds
 url = _url
