@@ -28,20 +28,25 @@ class MemoryStore:
     with the caller, who must not mutate them afterwards. A traceback longer than 4,000 characters
     is cut to its last 4,000, as the MongoDB store does.
 
-    ``close()`` keeps the records; a later ``connect()`` sees them again.
+    ``close()`` is final, as for every store and broker: a closed store refuses to open again
+    (:class:`~paota.StoreError`); create a new one.
     """
 
     def __init__(self) -> None:
         self._records: dict[str, TaskState] = {}
         self._open = False
+        self._closed = False
 
     async def connect(self) -> None:
-        """Open the store. Idempotent."""
+        """Open the store. Idempotent; raises :class:`~paota.StoreError` once it was closed."""
+        if self._closed:
+            raise StoreError("MemoryStore is closed; create a new one")
         self._open = True
 
     async def close(self) -> None:
-        """Close the store. Idempotent; the records stay for a later :meth:`connect`."""
+        """Close the store. Idempotent and final."""
         self._open = False
+        self._closed = True
 
     async def __aenter__(self) -> MemoryStore:
         await self.connect()
@@ -52,6 +57,8 @@ class MemoryStore:
 
     def _check_open(self) -> None:
         if not self._open:
+            if self._closed:
+                raise StoreError("MemoryStore is closed")
             raise StoreError("MemoryStore is not connected: call connect() or use 'async with'")
 
     async def record(self, state: TaskState) -> bool:

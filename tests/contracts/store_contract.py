@@ -325,7 +325,10 @@ class StoreContract:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    async def test_a_closed_store_raises_store_error_and_can_reconnect(self, store: Store) -> None:
+    async def test_a_closed_store_raises_store_error_and_refuses_to_reopen(
+        self, store: Store
+    ) -> None:
+        # Closing is final, for stores as for brokers: a closed object is never opened again.
         await store.record(make_state("t-life-cycle", S))
         await store.close()
         await store.close()  # idempotent
@@ -333,6 +336,8 @@ class StoreContract:
             await store.get("t-life-cycle")
         with pytest.raises(StoreError):
             await store.record(make_state("t-life-cycle", OK))
-        await store.connect()
-        await store.connect()  # idempotent
-        assert await store.record(make_state("t-life-cycle", OK)) is True
+        with pytest.raises(StoreError, match="closed"):
+            await store.connect()
+        with pytest.raises(StoreError, match="closed"):
+            await store.get("t-life-cycle")
+        await store.close()  # still idempotent

@@ -27,14 +27,15 @@ async def test_an_unopened_store_raises_store_error() -> None:
         await store.list()
 
 
-async def test_records_survive_close_and_connect() -> None:
+async def test_a_closed_store_refuses_to_reopen() -> None:
+    # close() is final (as for brokers): the records do not come back through a new connect()
     store = MemoryStore()
     async with store:
         await store.record(make_state("t-1", TaskStatus.SUCCEEDED))
-    async with store:
-        got = await store.get("t-1")
-    assert got is not None
-    assert got.status is TaskStatus.SUCCEEDED
+    with pytest.raises(StoreError, match="closed; create a new one"):
+        await store.connect()
+    with pytest.raises(StoreError, match="closed"):
+        await store.get("t-1")
 
 
 async def test_record_keeps_the_state_object_without_copying() -> None:

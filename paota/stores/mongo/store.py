@@ -75,6 +75,7 @@ class MongoStore:
         self._where = redact_url(config.mongo.uri)
         self._client: AsyncMongoClient[Document] | None = None
         self._collection: AsyncCollection[Document] | None = None
+        self._closed = False
 
     def __repr__(self) -> str:
         cfg = self._config
@@ -83,9 +84,11 @@ class MongoStore:
     async def connect(self) -> None:
         """Connect, ping and create the indexes. Idempotent.
 
-        Raises :class:`StoreError` when the server is unreachable within ``timeout_s`` or the
-        indexes cannot be made.
+        Raises :class:`StoreError` when the server is unreachable within ``timeout_s``, the
+        indexes cannot be made, or the store was closed (closing is final: create a new store).
         """
+        if self._closed:
+            raise StoreError(f"this MongoStore ({self._where}) is closed; create a new one")
         if self._collection is not None:
             return
         cfg = self._config
@@ -124,6 +127,9 @@ class MongoStore:
                     f"{self._where}: {self._scrub(exc)}"
                 ) from exc
             raise
+        if self._closed:  # closed while connecting
+            await client.close()
+            raise StoreError(f"this MongoStore ({self._where}) was closed while connecting")
         self._client, self._collection = client, collection
         logger.debug(
             "connected to MongoDB at %s, collection %s.%s",
@@ -184,7 +190,8 @@ class MongoStore:
             )
 
     async def close(self) -> None:
-        """Close the client. Idempotent."""
+        """Close the client. Idempotent and final: a closed store cannot be opened again."""
+        self._closed = True
         client, self._client, self._collection = self._client, None, None
         if client is not None:
             await client.close()
@@ -198,6 +205,8 @@ class MongoStore:
 
     def _require(self) -> AsyncCollection[Document]:
         if self._collection is None:
+            if self._closed:
+                raise StoreError(f"this MongoStore ({self._where}) is closed")
             raise StoreError("MongoStore is not connected: call connect() or use 'async with'")
         return self._collection
 
