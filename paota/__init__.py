@@ -22,6 +22,7 @@ from paota.core.errors import (
     TaskTimeoutError,
     TopologyError,
 )
+from paota.core.message import Arg, Signature
 from paota.core.middleware import Middleware, PublishContext
 from paota.core.outcome import (
     Cancelled,
@@ -45,7 +46,6 @@ from paota.core.protocols import (
     ParkReason,
     Store,
 )
-from paota.core.signature import Arg, Signature
 from paota.core.state import ErrorInfo, TaskState, TaskStatus
 from paota.core.tasks import (
     ArgumentError,

@@ -22,9 +22,9 @@ from typing import Any
 
 from paota.core.config import Config
 from paota.core.errors import ConfigError, PaotaError
+from paota.core.message import Arg, Signature
 from paota.core.pool import WorkerPool
 from paota.core.protocols import ParkQueue
-from paota.core.signature import Arg, Signature
 from paota.core.state import TaskStatus
 
 __all__ = ["main"]

@@ -64,7 +64,7 @@ class DelayRecord:
     @property
     def retries_done(self) -> int:
         """The ``RetriesDone`` of the delayed task (decoded on demand)."""
-        from paota.core.signature import decode_message
+        from paota.core.message import decode_message
 
         return decode_message(self.body, self.headers).retries_done
 

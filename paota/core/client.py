@@ -19,12 +19,12 @@ from paota.core.clock import Clock, SystemClock
 from paota.core.config import Config
 from paota.core.errors import ConfigError, ResultTimeoutError, TaskFailedError
 from paota.core.factory import make_broker, make_store
+from paota.core.message import Signature, encode_message
 from paota.core.middleware import Middleware, MiddlewareChain, PublishContext
 from paota.core.outcome import until
 from paota.core.protocols import Broker, OutgoingMessage, ParkQueue, Store
 from paota.core.registry import TaskRegistry
 from paota.core.replay import replay_rewrite
-from paota.core.signature import Signature, encode_message
 from paota.core.state import ErrorInfo, TaskStatus, task_state
 from paota.core.tasks import (
     AsyncTask,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from paota.core.errors import PaotaError
 
 if TYPE_CHECKING:
-    from paota.core.signature import Signature
+    from paota.core.message import Signature
 
 __all__ = ["NotInTaskError", "TaskContext", "TaskLogFilter", "current_task", "task_log_extra"]
 

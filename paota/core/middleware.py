@@ -35,8 +35,8 @@ from paota.core.context import TaskContext
 from paota.core.errors import BrokerError, StoreError
 
 if TYPE_CHECKING:
+    from paota.core.message import Signature
     from paota.core.outcome import Outcome
-    from paota.core.signature import Signature
 
 __all__ = ["Middleware", "MiddlewareChain", "PublishContext"]
 

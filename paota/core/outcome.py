@@ -29,8 +29,8 @@ from datetime import datetime
 from typing import Any, TypeAlias
 
 from paota.core.errors import TaskTimeoutError
+from paota.core.message import Signature
 from paota.core.protocols import MAX_DELAY_S, ParkQueue, ParkReason
-from paota.core.signature import Signature
 from paota.core.state import ErrorInfo, TaskStatus
 
 __all__ = [

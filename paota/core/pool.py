@@ -26,6 +26,7 @@ from paota.core.clock import Clock
 from paota.core.config import Config
 from paota.core.context import TaskContext, reset_current, set_current
 from paota.core.errors import BrokerError, ConfigError, DecodeError, PaotaError, StoreError
+from paota.core.message import Signature, decode_message
 from paota.core.middleware import Middleware, MiddlewareChain
 from paota.core.outcome import Duplicate, Outcome, Park, admit, decide, error_info
 from paota.core.protocols import (
@@ -40,7 +41,6 @@ from paota.core.protocols import (
 from paota.core.registry import TaskFunc
 from paota.core.runner import Runner
 from paota.core.settle import Settler
-from paota.core.signature import Signature, decode_message
 from paota.core.state import TaskStatus
 from paota.core.tasks import Task
 from paota.middleware.callbacks import CallbacksMiddleware

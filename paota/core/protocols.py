@@ -4,7 +4,7 @@ The pool, the CLI and the tests know these Protocols only; every AMQP or MongoDB
 its own package. Brokers move bytes: a broker publishes an :class:`OutgoingMessage` (body, headers,
 content type, message id, priority, target queue, delay) and yields :class:`Delivery` objects from
 the queues it is asked to consume. It never sees a :class:`~paota.Signature`: the wire codec lives
-in the core (:mod:`paota.core.signature`), so every broker carries exactly the same bytes.
+in the core (:mod:`paota.core.message`), so every broker carries exactly the same bytes.
 
 Lifecycle, for every implementation: the constructor does no I/O; ``connect()`` (or ``async with``)
 opens; ``close()`` is idempotent and final: a closed object cannot be opened again, and using a

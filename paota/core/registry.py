@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from paota.core.errors import RegistrationError
-from paota.core.signature import Signature
+from paota.core.message import Signature
 from paota.core.tasks import Task
 
 __all__ = ["TaskFunc", "TaskRegistry"]

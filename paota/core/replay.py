@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from paota.core.errors import DecodeError
+from paota.core.message import decode_message, encode_message
 from paota.core.protocols import (
     ORIGIN_HEADER,
     PARKING_HEADERS,
@@ -33,7 +34,6 @@ from paota.core.protocols import (
     Rewrite,
     header_int,
 )
-from paota.core.signature import decode_message, encode_message
 
 __all__ = ["replay_headers", "replay_rewrite"]
 

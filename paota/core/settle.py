@@ -25,6 +25,7 @@ from typing import Any
 from paota.core.clock import Clock
 from paota.core.context import TaskContext
 from paota.core.errors import StoreError
+from paota.core.message import Signature, encode_message
 from paota.core.middleware import MiddlewareChain
 from paota.core.outcome import (
     Cancelled,
@@ -48,7 +49,6 @@ from paota.core.protocols import (
     Store,
     header_int,
 )
-from paota.core.signature import Signature, encode_message
 from paota.core.state import ErrorInfo, TaskState, TaskStatus, task_state
 
 __all__ = ["Settler", "parked_copy", "resend", "wire_args"]

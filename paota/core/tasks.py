@@ -34,7 +34,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Union, cast
 
 from paota.core.errors import PaotaError
-from paota.core.signature import Arg, Signature
+from paota.core.message import Arg, Signature
 
 if TYPE_CHECKING:
     from paota.core.client import Client
