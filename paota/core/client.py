@@ -321,6 +321,7 @@ class Client:
                     worker="",
                     created_at=sig.created_at,
                     updated_at=now,
+                    queue=queue,
                 )
             )
         message = PublishContext(

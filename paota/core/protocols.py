@@ -30,6 +30,7 @@ __all__ = [
     "REPLAYS_HEADER",
     "RETURNS_HEADER",
     "Broker",
+    "Coordination",
     "Delivery",
     "Message",
     "OutgoingMessage",
@@ -352,4 +353,73 @@ class Store(Protocol):
 
     async def delete(self, task_id: str) -> bool:
         """Delete a record; returns whether it existed."""
+        ...
+
+
+@runtime_checkable
+class Coordination(Protocol):
+    """Atomic operations a store offers to features that span workers (optional capability).
+
+    Schedules claim each slot once (:meth:`claim`), workflow barriers count finished members
+    (:meth:`add_member`), limits hold slots and reserve start times (:meth:`acquire_slot`,
+    :meth:`reserve_start`), and workers, schedules and webhook events keep small documents
+    (:meth:`put_doc`). Every operation is atomic on its own; ``ttl_s`` makes an entry expire (an
+    expired entry is as good as absent). The memory store implements them for one process, the
+    MongoDB store for every process sharing the database. Raise :class:`~paota.StoreError` when
+    the store cannot answer.
+    """
+
+    async def claim(self, key: str, owner: str, *, ttl_s: float | None = None) -> bool:
+        """Create ``key`` for ``owner`` unless it exists (and has not expired): True when this
+        call created it. Claiming a key one already owns again returns False."""
+        ...
+
+    async def get_claim(self, key: str) -> str | None:
+        """The owner of ``key``, or None (absent or expired)."""
+        ...
+
+    async def release_claim(self, key: str, owner: str) -> bool:
+        """Delete ``key`` if ``owner`` holds it; returns whether it did."""
+        ...
+
+    async def add_member(
+        self, key: str, member: str, *, ttl_s: float | None = None
+    ) -> tuple[int, bool]:
+        """Add ``member`` to the set ``key``: ``(size after, whether it was new)``."""
+        ...
+
+    async def members(self, key: str) -> list[str]:
+        """The members of the set ``key``, in the order they were added."""
+        ...
+
+    async def acquire_slot(self, key: str, holder: str, limit: int, *, ttl_s: float) -> bool:
+        """Take one of ``limit`` slots of ``key`` for ``holder`` for ``ttl_s`` seconds (or renew
+        the one ``holder`` has): False when all are held. Expired slots are free."""
+        ...
+
+    async def release_slot(self, key: str, holder: str) -> None:
+        """Give back ``holder``'s slot of ``key`` (if it has one)."""
+        ...
+
+    async def reserve_start(self, key: str, interval_s: float, *, now: datetime) -> float:
+        """Reserve the next start of ``key``, starts being at least ``interval_s`` apart:
+        the seconds from ``now`` until the reserved start (0: start now)."""
+        ...
+
+    async def put_doc(
+        self, kind: str, key: str, doc: Mapping[str, Any], *, ttl_s: float | None = None
+    ) -> None:
+        """Store ``doc`` (JSON-like values) as ``(kind, key)``, replacing what was there."""
+        ...
+
+    async def get_doc(self, kind: str, key: str) -> dict[str, Any] | None:
+        """The document ``(kind, key)``, or None."""
+        ...
+
+    async def list_docs(self, kind: str, *, limit: int = 1000) -> list[dict[str, Any]]:
+        """Documents of ``kind`` (each with its key under ``"_key"``), oldest first."""
+        ...
+
+    async def delete_doc(self, kind: str, key: str) -> bool:
+        """Delete ``(kind, key)``; returns whether it existed."""
         ...

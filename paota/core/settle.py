@@ -233,6 +233,7 @@ class Settler:
             error=error,
             started_at=started_at,
             finished_at=finished_at,
+            queue="" if delivery is None else delivery.queue,
         )
 
     async def record(self, state: TaskState) -> bool:

@@ -80,7 +80,11 @@ class TaskState:
 
     ``args`` is the argument list as on the wire (a list of ``{"Name", "Type", "Value"}`` dicts).
     ``attempts`` is the signature's ``retries_done`` at the time of the record, ``replays`` how
-    many times the task was moved back from a parking queue. Times are aware UTC.
+    many times the task was moved back from a parking queue. ``queue`` is the queue it was sent
+    to (or consumed from). ``progress`` (0..1) and ``progress_message`` are what a running task
+    last reported; ``expires_at`` is when a finished record may be removed (a per-task result
+    lifetime); ``parent_id`` and ``workflow_id`` link a workflow step to its workflow. Times are
+    aware UTC.
     """
 
     task_id: str
@@ -96,6 +100,12 @@ class TaskState:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     updated_at: datetime | None = None
+    queue: str = ""
+    progress: float | None = None
+    progress_message: str = ""
+    expires_at: datetime | None = None
+    parent_id: str = ""
+    workflow_id: str = ""
 
     def replace(self, **changes: Any) -> TaskState:
         """A copy with ``changes`` applied."""
@@ -117,6 +127,12 @@ def task_state(
     error: ErrorInfo | None = None,
     started_at: datetime | None = None,
     finished_at: datetime | None = None,
+    queue: str = "",
+    progress: float | None = None,
+    progress_message: str = "",
+    expires_at: datetime | None = None,
+    parent_id: str = "",
+    workflow_id: str = "",
 ) -> TaskState:
     """A :class:`TaskState` built without ``dataclasses`` overhead (the hot path writes two or three
     per task); the same as calling the constructor with these fields."""
@@ -138,6 +154,12 @@ def task_state(
             "started_at": started_at,
             "finished_at": finished_at,
             "updated_at": updated_at,
+            "queue": queue,
+            "progress": progress,
+            "progress_message": progress_message,
+            "expires_at": expires_at,
+            "parent_id": parent_id,
+            "workflow_id": workflow_id,
         },
     )
     return state

@@ -10,8 +10,10 @@ from __future__ import annotations
 import builtins
 from datetime import UTC, datetime
 
+from paota.core.clock import Clock, SystemClock
 from paota.core.errors import StoreError
 from paota.core.state import ErrorInfo, TaskState, TaskStatus, may_replace
+from paota.stores.memory_coordination import MemoryCoordination
 
 __all__ = ["MemoryStore"]
 
@@ -19,7 +21,7 @@ __all__ = ["MemoryStore"]
 TRACEBACK_LIMIT = 4000
 
 
-class MemoryStore:
+class MemoryStore(MemoryCoordination):
     """A :class:`~paota.core.protocols.Store` kept in a dict, for one process.
 
     :meth:`record` checks :func:`~paota.core.state.may_replace` and writes with no ``await`` in
@@ -32,7 +34,8 @@ class MemoryStore:
     (:class:`~paota.StoreError`); create a new one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self._coordination_init(clock or SystemClock())
         self._records: dict[str, TaskState] = {}
         self._open = False
         self._closed = False

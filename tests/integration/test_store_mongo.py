@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from paota.core.errors import StoreError
 from paota.core.state import TaskStatus
 from paota.stores.mongo import MongoStore
 from paota.stores.mongo import store as mongo_store
+from tests.contracts.coordination_contract import CoordinationContract
 from tests.contracts.store_contract import StoreContract, make_state
 from tests.integration.mongo_server import MongoecoServer
 
@@ -48,6 +49,17 @@ class TestMongoStore(StoreContract):
     async def store(self, mongo_uri: str, database: str) -> AsyncIterator[MongoStore]:
         async with MongoStore(_config(mongo_uri, database)) as store:
             yield store
+
+
+class TestMongoCoordination(CoordinationContract):
+    @pytest.fixture
+    async def store(self, mongo_uri: str, database: str) -> AsyncIterator[MongoStore]:
+        async with MongoStore(_config(mongo_uri, database)) as store:
+            yield store
+
+    @pytest.fixture
+    def advance(self) -> Callable[[float], Awaitable[None]]:
+        return asyncio.sleep  # the MongoDB store's entries expire on the real clock
 
 
 async def _indexes(uri: str, database: str) -> MutableMapping[str, Any]:

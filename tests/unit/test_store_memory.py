@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from paota.core.clock import ManualClock
 from paota.core.errors import StoreError
 from paota.core.state import TaskStatus
 from paota.stores.memory import MemoryStore
+from tests.contracts.coordination_contract import CoordinationContract
 from tests.contracts.store_contract import StoreContract, make_state
 
 
@@ -44,3 +46,21 @@ async def test_record_keeps_the_state_object_without_copying() -> None:
         state = make_state("t-1", TaskStatus.STARTED)
         await store.record(state)
         assert await store.get("t-1") is state
+
+
+class TestMemoryCoordination(CoordinationContract):
+    @pytest.fixture
+    async def clock(self) -> ManualClock:
+        return ManualClock()
+
+    @pytest.fixture
+    async def store(self, clock: ManualClock) -> AsyncIterator[MemoryStore]:
+        async with MemoryStore(clock=clock) as store:
+            yield store
+
+    @pytest.fixture
+    def advance(self, clock: ManualClock) -> Callable[[float], Awaitable[None]]:
+        async def advance(seconds: float) -> None:
+            clock.advance(seconds)
+
+        return advance

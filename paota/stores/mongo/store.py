@@ -31,6 +31,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 from paota.core.config import Config, redact_url
 from paota.core.errors import StoreError
 from paota.core.state import ErrorInfo, TaskState, TaskStatus
+from paota.stores.mongo.coordination import MongoCoordination, create_coordination_indexes
 
 __all__ = ["MongoStore"]
 
@@ -49,7 +50,7 @@ _FINAL_NAMES = [s.value for s in TaskStatus if s.is_final]
 _TTL_INDEX = "finished_at_1"
 
 
-class MongoStore:
+class MongoStore(MongoCoordination):
     """A :class:`~paota.core.protocols.Store` in one MongoDB collection (``config.mongo``).
 
     ``connect()`` creates the client (pool of ``max_pool_size``), pings the server and creates the
@@ -75,6 +76,7 @@ class MongoStore:
         self._where = redact_url(config.mongo.uri)
         self._client: AsyncMongoClient[Document] | None = None
         self._collection: AsyncCollection[Document] | None = None
+        self._coord_collection: AsyncCollection[Document] | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -116,9 +118,11 @@ class MongoStore:
                 f"MongoDB at {self._where} is unreachable: {self._scrub(exc)}"
             ) from exc
         collection = client[cfg.database][cfg.collection]
+        coord = client[cfg.database][f"{cfg.collection}_coord"]
         try:
             with pymongo.timeout(max(INDEX_TIMEOUT_S, cfg.timeout_s)):
                 await self._create_indexes(collection)
+                await create_coordination_indexes(coord)
         except BaseException as exc:
             await client.close()
             if isinstance(exc, PyMongoError):
@@ -130,7 +134,7 @@ class MongoStore:
         if self._closed:  # closed while connecting
             await client.close()
             raise StoreError(f"this MongoStore ({self._where}) was closed while connecting")
-        self._client, self._collection = client, collection
+        self._client, self._collection, self._coord_collection = client, collection, coord
         logger.debug(
             "connected to MongoDB at %s, collection %s.%s",
             self._where,
@@ -193,6 +197,7 @@ class MongoStore:
         """Close the client. Idempotent and final: a closed store cannot be opened again."""
         self._closed = True
         client, self._client, self._collection = self._client, None, None
+        self._coord_collection = None
         if client is not None:
             await client.close()
 
@@ -202,6 +207,11 @@ class MongoStore:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    def _coord(self) -> AsyncCollection[Document]:
+        self._require()
+        assert self._coord_collection is not None
+        return self._coord_collection
 
     def _require(self) -> AsyncCollection[Document]:
         if self._collection is None:
@@ -343,6 +353,12 @@ def _to_fields(state: TaskState) -> Document:
         "started_at": state.started_at,
         "finished_at": state.finished_at,
         "updated_at": state.updated_at,
+        "queue": state.queue,
+        "progress": state.progress,
+        "progress_message": state.progress_message,
+        "expires_at": state.expires_at,
+        "parent_id": state.parent_id,
+        "workflow_id": state.workflow_id,
     }
 
 
@@ -403,4 +419,10 @@ def _from_document(doc: Document) -> TaskState:
         started_at=doc.get("started_at"),
         finished_at=doc.get("finished_at"),
         updated_at=doc.get("updated_at"),
+        queue=doc.get("queue") or "",
+        progress=doc.get("progress"),
+        progress_message=doc.get("progress_message") or "",
+        expires_at=doc.get("expires_at"),
+        parent_id=doc.get("parent_id") or "",
+        workflow_id=doc.get("workflow_id") or "",
     )
