@@ -177,6 +177,9 @@ class Client:
         time_limit_s: float | None = None,
         on_success: SuccessCallback | None = None,
         on_failure: FailureCallback | None = None,
+        max_concurrency: int | None = None,
+        rate: str | None = None,
+        result_ttl_s: float | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -191,6 +194,9 @@ class Client:
         time_limit_s: float | None = None,
         on_success: SuccessCallback | None = None,
         on_failure: FailureCallback | None = None,
+        max_concurrency: int | None = None,
+        rate: str | None = None,
+        result_ttl_s: float | None = None,
     ) -> Any:
         """Make a task of a function: bare (``@pool.task``) or with options
         (``@pool.task(name="Print", queue="emails", retry_count=3)``).
@@ -199,8 +205,10 @@ class Client:
         (else the config's ``task_queue_name``); ``retry_count``, ``task_timeout`` (Go's start
         deadline, seconds) and ``priority`` are defaults for every send; ``time_limit_s``
         overrides ``Config.max_task_execution_duration_s`` for this task; ``on_success(task,
-        result)`` and ``on_failure(task, error)`` are called once per run at its final outcome.
-        A function taking one ``sig: Signature`` parameter is a Go-style task: it receives the
+        result)`` and ``on_failure(task, error)`` are called once per run at its final outcome;
+        ``max_concurrency`` and ``rate`` (``"10/s"``, ``"100/m"``) limit runs without using up
+        retries; ``result_ttl_s`` is how long the finished record and result are kept. A
+        function taking one ``sig: Signature`` parameter is a Go-style task: it receives the
         signature itself.
         """
         defaults = TaskOptions(
@@ -215,6 +223,11 @@ class Client:
                 on_success=on_success,
                 on_failure=on_failure,
                 time_limit_s=time_limit_s,
+                extra={
+                    "max_concurrency": max_concurrency,
+                    "rate": rate,
+                    "result_ttl_s": result_ttl_s,
+                },
             )
 
         return register(fn) if fn is not None else register
@@ -229,6 +242,7 @@ class Client:
         on_failure: FailureCallback | None = None,
         time_limit_s: float | None = None,
         go_style: bool | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> Task[Any, Any]:
         task = self._make_task(
             func,
@@ -238,6 +252,7 @@ class Client:
             on_failure=on_failure,
             time_limit_s=time_limit_s,
             go_style=go_style,
+            extra=extra,
         )
         return self._registry.add(task)
 
@@ -251,6 +266,7 @@ class Client:
         on_failure: FailureCallback | None = None,
         time_limit_s: float | None = None,
         go_style: bool | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> Task[Any, Any]:
         from paota.core.errors import RegistrationError
 
@@ -272,6 +288,7 @@ class Client:
                 time_limit_s=time_limit_s,
                 go_style=go_style,
                 is_async=is_async,
+                **dict(extra or {}),
             )
         except (TypeError, ValueError) as exc:
             raise RegistrationError(f"task {name!r}: {exc}") from exc

@@ -398,6 +398,9 @@ class Task(Generic[P, R]):
         time_limit_s: float | None = None,
         go_style: bool | None = None,
         is_async: bool = False,
+        max_concurrency: int | None = None,
+        rate: str | None = None,
+        result_ttl_s: float | None = None,
     ) -> None:
         self.fn = fn
         self.name = name
@@ -406,6 +409,12 @@ class Task(Generic[P, R]):
         self.on_success = on_success
         self.on_failure = on_failure
         self.time_limit_s = time_limit_s
+        #: At most this many runs at once (see :mod:`paota.middleware.limits`).
+        self.max_concurrency = max_concurrency
+        #: At most this many starts per period, e.g. ``"10/s"`` (see :mod:`paota.middleware.limits`).
+        self.rate = rate
+        #: How long a finished record (and its result) is kept, in seconds (None: the store's).
+        self.result_ttl_s = result_ttl_s
         self.go_style = is_go_style(fn) if go_style is None else go_style
         self.is_async = is_async
         self._binder = None if self.go_style else Binder(fn, name)

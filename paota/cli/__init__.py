@@ -1,0 +1,69 @@
+"""The ``paota`` command. Each subcommand is a module of this package with ``NAME``, ``HELP``,
+``DESCRIPTION``, ``add_arguments(parser)`` and ``async run(args) -> int`` (the exit status);
+:data:`COMMANDS` lists them in help order.
+
+Configuration comes from the ``PAOTA_*`` environment variables (see ``Config.from_env``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from paota.cli._common import parse_arg, parse_queues
+from paota.core.errors import ConfigError, PaotaError
+
+__all__ = ["COMMANDS", "main", "parse_arg", "parse_queues"]
+
+#: The subcommands' modules (``paota.cli.<name>``), in help order.
+COMMANDS = ["worker", "send", "demo", "requeue"]
+
+
+def _commands() -> dict[str, ModuleType]:
+    return {name: importlib.import_module(f"paota.cli.{name}") for name in COMMANDS}
+
+
+def _parser(commands: dict[str, ModuleType]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="paota",
+        description="paota: an asyncio task queue. Configured by PAOTA_* environment variables "
+        "(PAOTA_BROKER=memory|amqp, PAOTA_AMQP_URL, PAOTA_STORE=memory|mongodb, PAOTA_MONGO_URI, ...).",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in commands.items():
+        command = sub.add_parser(name, help=module.HELP, description=module.DESCRIPTION)
+        module.add_arguments(command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``paota`` command; returns the exit status."""
+    commands = _commands()
+    args = _parser(commands).parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "demo" and args.log_level == "INFO":
+        logging.getLogger("paota").setLevel(logging.WARNING)
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # aiormq logs every refused reconnect at ERROR with a traceback; paota's broker already
+        # says what happens, once per backoff step.
+        logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+    try:
+        status: int = asyncio.run(commands[args.command].run(args))
+        return status
+    except ConfigError as exc:
+        print(f"paota: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except PaotaError as exc:
+        print(f"paota: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
