@@ -43,7 +43,7 @@ from paota.core.runner import Runner
 from paota.core.settle import Settler
 from paota.core.state import TaskStatus
 from paota.core.tasks import Task
-from paota.middleware.callbacks import CallbacksMiddleware
+from paota.middleware import builtin
 from paota.middleware.stats import PoolStats, StatsMiddleware
 
 __all__ = ["PoolStats", "WorkerPool"]
@@ -210,7 +210,7 @@ class WorkerPool(Client):
         # Counting first, so every other middleware's outcome is counted even if it fails; the
         # callbacks after the user's middleware (their after_outcome runs first).
         self._run_chain = MiddlewareChain(
-            [self._stats, *self.middleware.items, CallbacksMiddleware()]
+            [*builtin.outer(self), *self.middleware.items, *builtin.inner(self)]
         )
         if self._runner is None:
             self._runner = Runner(sum(queues.values()))

@@ -105,8 +105,10 @@ class MemoryCoordination:
         """Reserve the next start, ``interval_s`` after the last one reserved (or now)."""
         self._check_open()
         last = self._starts.get(key)
-        start = now if last is None or last + timedelta(seconds=interval_s) <= now else (
-            last + timedelta(seconds=interval_s)
+        start = (
+            now
+            if last is None or last + timedelta(seconds=interval_s) <= now
+            else (last + timedelta(seconds=interval_s))
         )
         self._starts[key] = start
         return max(0.0, (start - now).total_seconds())

@@ -1,0 +1,29 @@
+"""The middleware every worker pool installs by itself, around the user's.
+
+:func:`inner` comes after the user's middleware (its ``execute`` hooks run closest to the task),
+:func:`outer` before it (its ``after_outcome`` hooks run last). A feature whose middleware a pool
+needs only for some tasks (limits, workflows, cancellation...) returns it only when the pool uses
+the feature, so a pool without them pays nothing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from paota.core.middleware import Middleware
+from paota.middleware.callbacks import CallbacksMiddleware
+
+if TYPE_CHECKING:
+    from paota.core.pool import WorkerPool
+
+__all__ = ["inner", "outer"]
+
+
+def outer(pool: WorkerPool) -> list[Middleware]:
+    """Built-in middleware placed before the user's (counting comes first of all)."""
+    return [pool._stats]
+
+
+def inner(pool: WorkerPool) -> list[Middleware]:
+    """Built-in middleware placed after the user's."""
+    return [CallbacksMiddleware()]
