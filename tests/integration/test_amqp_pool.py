@@ -1,11 +1,11 @@
-"""The worker pool on a real RabbitMQ: outcomes on the wire, Go-encoded messages, the CLI, and a
-broker restart in the middle of 2,000 tasks."""
+"""The worker pool on a real RabbitMQ, beyond the pool contract (which runs on RabbitMQ in
+test_pool_contract_amqp.py): priority queues, Go-encoded messages, the CLI in separate processes,
+and a broker restart in the middle of 2,000 tasks."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import json
 import os
 import shutil
@@ -14,7 +14,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -79,92 +79,7 @@ def header(message: Any, name: str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-# --- outcomes on the wire ----------------------------------------------------------------------
-
-
-async def test_retries_back_off_on_the_wire_then_succeed(
-    make_config: MakeConfig, running: Any
-) -> None:
-    # given a task that fails twice
-    pool = WorkerPool(make_config(), concurrency=4, name="retry-pool", store=MemoryStore())
-    seen: list[tuple[int, float]] = []
-
-    @pool.task
-    async def flaky(sig: Signature) -> str:
-        seen.append((sig.retries_done, time.monotonic()))
-        if sig.retries_done < 2:
-            raise RuntimeError("not yet")
-        return "ok"
-
-    await running(pool)
-    # when it is sent with three retries allowed
-    handle = await pool.send_task(Signature("flaky", retry_count=3))
-    # then it succeeds on the third attempt, each retry after its Fibonacci delay (1 s, 1 s)
-    assert await handle.result(timeout=30) == "ok"
-    assert [attempt for attempt, _ in seen] == [0, 1, 2]
-    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(seen)]
-    assert all(0.9 <= gap < 3.0 for gap in gaps), gaps
-
-
-async def test_exhausted_retries_park_in_the_failed_queue_with_headers(
-    make_config: MakeConfig, running: Any
-) -> None:
-    config = make_config()
-    pool = WorkerPool(config, concurrency=2, name="fail-pool")
-
-    @pool.task
-    async def broken(sig: Signature) -> None:
-        raise ValueError(f"bad input on attempt {sig.retries_done}")
-
-    await running(pool)
-    sent = await pool.send_task(Signature("broken", retry_count=1))
-    [parked] = await get_parked(config, config.amqp.failed_queue, count=1)
-    assert header(parked, "x-paota-reason") == "retries-exhausted"
-    assert header(parked, "x-paota-error") == "ValueError: bad input on attempt 1"
-    assert "Traceback" in header(parked, "x-paota-traceback")
-    assert header(parked, "x-paota-worker") == "fail-pool"
-    assert datetime.fromisoformat(header(parked, "x-paota-parked-at"))
-    assert json.loads(parked.body)["UUID"] == sent.id
-
-
-async def test_expired_task_parks_in_the_timeout_queue(
-    make_config: MakeConfig, running: Any
-) -> None:
-    config = make_config()
-    pool = WorkerPool(config, concurrency=2, name="deadline-pool")
-    ran = False
-
-    @pool.task
-    async def late(sig: Signature) -> None:
-        nonlocal ran
-        ran = True
-
-    await running(pool)
-    created = datetime.now(UTC) - timedelta(seconds=120)
-    await pool.send_task(Signature("late", task_timeout=30, created_at=created))
-    [parked] = await get_parked(config, config.amqp.timeout_queue, count=1)
-    assert header(parked, "x-paota-reason") == "start-deadline"
-    assert not ran
-
-
-async def test_unknown_task_and_garbage_are_parked_and_the_pool_keeps_running(
-    make_config: MakeConfig, running: Any
-) -> None:
-    config = make_config(config_fields={"unknown_task_max_returns": 1})
-    pool = WorkerPool(config, concurrency=2, name="garbage-pool", store=MemoryStore())
-    pool.register_tasks({"known": lambda sig: "still here"})
-    await running(pool)
-    # given garbage and a task nobody knows
-    await publish_raw(config, b"\x00\xff this is not json")
-    await pool.send_task(Signature("nobody-knows-me"))
-    parked = await get_parked(config, config.amqp.failed_queue, count=2, timeout_s=30)
-    reasons = sorted(header(m, "x-paota-reason") for m in parked)
-    assert reasons == ["undecodable", "unknown-task"]
-    garbage = next(m for m in parked if header(m, "x-paota-reason") == "undecodable")
-    assert garbage.body == b"\x00\xff this is not json"
-    # and the pool still runs tasks
-    handle = await pool.send_task(Signature("known"))
-    assert await handle.result(timeout=10) == "still here"
+# --- priorities --------------------------------------------------------------------------------
 
 
 async def test_priorities_reach_the_pool_highest_first(

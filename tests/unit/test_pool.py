@@ -1,4 +1,5 @@
-"""The worker pool on the memory broker and store: outcomes, concurrency, lifecycle."""
+"""The worker pool on the memory broker and store: outcomes, concurrency, lifecycle, the manual
+clock. What every broker must do is in the pool contract (test_pool_contract_memory.py)."""
 
 from __future__ import annotations
 
@@ -90,26 +91,6 @@ async def make_rig() -> AsyncIterator[Callable[..., Any]]:
 
 
 # --- success, results, concurrency ---------------------------------------------------------
-
-
-async def test_success_is_recorded_with_its_result(make_rig: Any) -> None:
-    async def add(sig: Signature) -> int:
-        return int(sig.arg("a")) + int(sig.arg("b"))
-
-    rig = await make_rig(tasks={"Add": add})
-    handle = await rig.pool.send_task(
-        Signature("Add", args=[Arg("a", "int", 2), Arg("b", "int", 3)])
-    )
-    assert await handle.result(timeout=5) == 5
-    state = await rig.state(handle.id)
-    assert state.status is TaskStatus.SUCCEEDED
-    assert state.worker == "test-pool"
-    assert state.args == [
-        {"Name": "a", "Type": "int", "Value": 2},
-        {"Name": "b", "Type": "int", "Value": 3},
-    ]
-    assert state.started_at is not None and state.finished_at is not None
-    assert rig.pool.stats.succeeded == 1
 
 
 async def test_send_task_fills_uuid_and_created_at(make_rig: Any) -> None:
@@ -529,18 +510,6 @@ async def test_an_eta_beyond_the_longest_broker_delay_is_deferred_in_steps(make_
     await rig.run(Signature("Far", eta=eta))
     assert [round(d.delay_s) for d in rig.broker.delays] == [7 * 86400, 7 * 86400, 6 * 86400]
     assert len(ran_at) == 1 and ran_at[0] >= eta
-
-
-async def test_a_duplicate_of_a_finished_task_is_acked_without_running(make_rig: Any) -> None:
-    runs: list[str] = []
-    rig = await make_rig(tasks={"Once": lambda sig: runs.append(sig.uuid)})
-    [task_id] = await rig.run(Signature("Once"))
-    # the same message again, as after a redelivery
-    await publish(rig.broker, Signature("Once", uuid=task_id, created_at=rig.clock.now()))
-    await rig.broker.run_until_idle()
-    assert runs == [task_id]
-    assert rig.pool.stats.duplicates == 1
-    assert (await rig.state(task_id)).status is TaskStatus.SUCCEEDED
 
 
 async def test_timeouts_are_recorded_as_task_timeout_errors(make_rig: Any) -> None:
