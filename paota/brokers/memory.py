@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from paota.core.clock import Clock, ManualClock, SystemClock
-from paota.core.errors import BrokerError
+from paota.core.errors import BrokerError, PublishError
 from paota.core.protocols import Delivery, OutgoingMessage, ParkQueue, Rewrite
 
 __all__ = ["DelayRecord", "MemoryBroker", "MemoryDelivery", "MemoryMessage"]
@@ -168,9 +168,11 @@ class MemoryBroker:
         clock: Clock | None = None,
         default_queue: str = DEFAULT_QUEUE,
         parking: Mapping[ParkQueue, str] | None = None,
+        binding_key: str = "paota_task_binding_key",
     ) -> None:
         self.clock: Clock = clock or SystemClock()
         self._default_queue = default_queue
+        self._binding_key = binding_key
         self._parking = {**DEFAULT_PARKING, **(parking or {})}
         self._queues: dict[str, _Queue] = {}
         self._delayed: list[tuple[float, int, str, MemoryMessage]] = []
@@ -252,10 +254,18 @@ class MemoryBroker:
         )
         name = message.queue or self._default_queue
         key = message.routing_key
-        # No exchanges here: a routing key that names a queue routes there (as a direct exchange
-        # with queues bound by name would); any other key goes to ``queue``.
-        if key and message.delay_s <= 0 and (key in self._queues or key in self._parking.values()):
-            name = key
+        if key and message.delay_s <= 0:
+            # As the AMQP topology's direct exchange: the binding key reaches the task queue, a
+            # queue's name reaches that queue, any other key reaches nothing.
+            if key == self._binding_key:
+                name = self._default_queue
+            elif key in self._queues or key in self._parking.values():
+                name = key
+            else:
+                raise PublishError(
+                    f"task {message.message_id or '(no id)'} was returned as unroutable: no "
+                    f"queue is bound with routing key {key!r}"
+                )
         if message.delay_s > 0:
             self.delays.append(
                 DelayRecord(message.message_id, message.delay_s, name, message.body, stored.headers)

@@ -22,7 +22,7 @@ from paota.core.factory import make_broker, make_store
 from paota.core.message import Signature, encode_message
 from paota.core.middleware import Middleware, MiddlewareChain, PublishContext
 from paota.core.outcome import until
-from paota.core.protocols import Broker, OutgoingMessage, ParkQueue, Store
+from paota.core.protocols import Broker, OutgoingMessage, ParkQueue, Store, check_seconds
 from paota.core.registry import TaskRegistry
 from paota.core.replay import replay_rewrite
 from paota.core.state import ErrorInfo, TaskStatus, task_state
@@ -319,7 +319,10 @@ class Client:
         if sig.created_at is None:
             changes["created_at"] = now
         if delay_s is not None:
-            changes["eta"] = now + timedelta(seconds=delay_s)
+            try:
+                changes["eta"] = now + timedelta(seconds=check_seconds(delay_s))
+            except OverflowError:
+                raise ValueError(f"delay_s={delay_s!r} is too far in the future") from None
         if changes:
             sig = sig.replace(**changes)
         if queue is None:

@@ -67,6 +67,7 @@ def make_broker(config: Config, *, worker_name: str = "", clock: Clock | None = 
                 ParkQueue.FAILED: config.amqp.failed_queue,
                 ParkQueue.TIMEOUT: config.amqp.timeout_queue,
             },
+            binding_key=config.amqp.binding_key,
         )
     if config.broker == "amqp":
         try:

@@ -39,6 +39,7 @@ __all__ = [
     "ParkReason",
     "Rewrite",
     "Store",
+    "check_seconds",
     "header_int",
 ]
 
@@ -184,11 +185,18 @@ class OutgoingMessage:
         )
 
 
+def check_seconds(value: Any, name: str = "delay_s") -> float:
+    """``value`` as float seconds: TypeError unless a number, ValueError unless finite and >= 0
+    (both naming ``name``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def _check_delay(delay_s: Any) -> float:
-    if isinstance(delay_s, bool) or not isinstance(delay_s, int | float):
-        raise TypeError(f"delay_s must be a number of seconds, not {type(delay_s).__name__}")
-    if not math.isfinite(delay_s) or delay_s < 0:
-        raise ValueError(f"delay_s must be a finite number >= 0, got {delay_s!r}")
+    delay_s = check_seconds(delay_s)
     if delay_s > MAX_DELAY_S:
         raise ValueError(
             f"delay_s={delay_s:g} is longer than the longest supported delay, {MAX_DELAY_S} s "

@@ -372,6 +372,10 @@ def _options(
 ) -> TaskOptions:
     if eta is not None and delay_s is not None:
         raise TypeError("give eta or delay_s, not both")
+    if delay_s is not None:
+        from paota.core.protocols import check_seconds
+
+        delay_s = check_seconds(delay_s)
     if queue is not None and (not isinstance(queue, str) or not queue):
         raise TypeError(f"queue must be a non-empty string, got {queue!r}")
     return TaskOptions(

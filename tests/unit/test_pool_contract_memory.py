@@ -80,11 +80,3 @@ class TestPoolOnMemory(PoolContract):
         yield make
         for made in rigs:
             await made.close()
-
-    @pytest.mark.xfail(
-        strict=True,
-        reason="MemoryBroker.publish sends a message whose routing key names no queue to its "
-        "queue instead of refusing it; RabbitMQ returns it as unroutable (PublishError)",
-    )
-    async def test_a_routing_key_that_reaches_no_queue_is_refused(self, rig: Any) -> None:
-        await super().test_a_routing_key_that_reaches_no_queue_is_refused(rig)
