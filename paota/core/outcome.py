@@ -12,7 +12,8 @@ outcome        what settle does                                      store statu
 Succeeded      ack                                                   SUCCEEDED
 Retry          republish with ``retries_done + 1`` after the delay   RETRYING
 Defer          republish unchanged after the delay (an ETA not yet   (unchanged)
-               reached, a throttled task); never counts as a retry
+               reached, a throttled task), plus the headers it
+               carries; never counts as a retry
 Return         republish for another worker, ``x-paota-returns`` + 1 (unchanged)
 Park           copy to a parking queue with the reason               FAILED / TIMED_OUT
 Drop           ack and forget (``ignore_when_task_not_registered``)  (unchanged)
@@ -24,6 +25,7 @@ Cancelled      ack (the task was cancelled)                          CANCELLED
 from __future__ import annotations
 
 import traceback as traceback_module
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -72,10 +74,13 @@ class Retry:
 @dataclass(frozen=True, slots=True)
 class Defer:
     """Not now: publish the message again, unchanged, after ``delay_s`` seconds. ``reason`` says
-    why (``"eta"``, ``"throttled"``, ...); a deferral is never a retry."""
+    why (``"eta"``, ``"throttled"``, ...); a deferral is never a retry. ``headers``, when given,
+    are set on the deferred copy on top of the message's own (a rate limiter notes the start it
+    reserved there)."""
 
     delay_s: float
     reason: str = "eta"
+    headers: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -150,9 +150,9 @@ class Settler:
                 delay_s=outcome.delay_s,
             )
         if isinstance(outcome, Defer):
-            return resend(
-                delivery, delivery.queue, headers=delivery.headers, delay_s=outcome.delay_s
-            )
+            extra = outcome.headers
+            headers = {**delivery.headers, **extra} if extra else delivery.headers
+            return resend(delivery, delivery.queue, headers=headers, delay_s=outcome.delay_s)
         if isinstance(outcome, Return):
             headers = {**delivery.headers, RETURNS_HEADER: outcome.returns}
             return resend(delivery, delivery.queue, headers=headers, delay_s=outcome.delay_s)
