@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -414,6 +414,14 @@ class MemoryBroker:
         """Messages ready in ``queue``."""
         q = self._queues.get(queue)
         return 0 if q is None else len(q.ready)
+
+    async def queue_depths(self, queues: Iterable[str] | None = None) -> dict[str, int]:
+        """``{queue: messages ready}`` for the task queue, the parking queues and ``queues``
+        (:class:`~paota.core.protocols.QueueDepths`; as RabbitMQ counts them: delivered and
+        delayed messages are not ready)."""
+        self._check_open()
+        names = [self._default_queue, *self._parking.values(), *(queues or ())]
+        return {name: self.depth(name) for name in dict.fromkeys(names)}
 
     def _busy(self) -> bool:
         for q in self._queues.values():

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -37,6 +37,7 @@ __all__ = [
     "ParkInfo",
     "ParkQueue",
     "ParkReason",
+    "QueueDepths",
     "Rewrite",
     "Store",
     "check_seconds",
@@ -430,4 +431,19 @@ class Coordination(Protocol):
 
     async def delete_doc(self, kind: str, key: str) -> bool:
         """Delete ``(kind, key)``; returns whether it existed."""
+        ...
+
+
+@runtime_checkable
+class QueueDepths(Protocol):
+    """How many messages wait in a broker's queues (optional capability; metrics read it).
+
+    Both built-in brokers have it. A broker without it is simply not asked: queue depths are then
+    missing from the metrics, nothing else changes.
+    """
+
+    async def queue_depths(self, queues: Iterable[str] | None = None) -> dict[str, int]:
+        """``{queue: messages ready}`` for the task queue, both parking queues and ``queues``;
+        a queue that does not exist counts 0. Messages delivered and not yet acknowledged, and
+        delayed messages not yet due, are not ready."""
         ...

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from paota.brokers.amqp.connection import ConnectionPool, Deadlines, call_aiormq, close_quietly
@@ -345,9 +345,9 @@ class AMQPBroker:
 
     # --- inspection ------------------------------------------------------------------------------
 
-    async def queue_depths(self, queues: Mapping[str, Any] | None = None) -> dict[str, int]:
+    async def queue_depths(self, queues: Iterable[str] | None = None) -> dict[str, int]:
         """``{queue: messages ready}`` for the task queue, the parking queues and ``queues``
-        (a missing queue counts 0)."""
+        (names; a missing queue counts 0): :class:`~paota.core.protocols.QueueDepths`."""
         pool = self._require_pool()
         names = [
             self._topology.task_queue,
