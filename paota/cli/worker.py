@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from paota.cli._common import int_in, load_pool, parse_queues
+from paota.core.errors import ConfigError
+from paota.core.pool import WorkerPool
 
 NAME = "worker"
 HELP = "run the worker pool defined in a module"
@@ -31,6 +36,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="consume these queues (comma-separated); a name alone takes the pool's concurrency, "
         "NAME=N runs at most N of that queue at once (default: the pool's queues)",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int_in(0, 65535),
+        default=None,
+        metavar="N",
+        help="serve Prometheus metrics on http://HOST:N/metrics (needs paota[metrics]); with "
+        "PROMETHEUS_MULTIPROC_DIR set, the workers of a machine share N and report their sum",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",
+        metavar="HOST",
+        help="the address the metrics are served on (default 0.0.0.0)",
+    )
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -45,6 +64,21 @@ async def run(args: argparse.Namespace) -> int:
             "reach it. Set PAOTA_BROKER=amqp and PAOTA_AMQP_URL to share a queue across processes.",
             pool.name,
         )
-    async with pool:
+    metrics = _metrics(pool, args)
+    async with pool, metrics:
         await pool.start()
     return 0
+
+
+def _metrics(pool: WorkerPool, args: argparse.Namespace) -> AbstractAsyncContextManager[Any]:
+    """The metrics server ``--metrics-port`` asks for (the pool's PrometheusMiddleware, added if
+    it has none), or nothing."""
+    if args.metrics_port is None:
+        return contextlib.nullcontext()
+    try:
+        from paota.middleware.metrics import install, serve_metrics
+    except ImportError as exc:
+        raise ConfigError(
+            f"--metrics-port needs prometheus-client ({exc}): pip install 'paota[metrics]'"
+        ) from exc
+    return serve_metrics(install(pool), port=args.metrics_port, host=args.metrics_host)
