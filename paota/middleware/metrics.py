@@ -53,19 +53,9 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from paota.core.context import TaskContext
 from paota.core.errors import ConfigError
 from paota.core.middleware import Middleware, MiddlewareChain, PublishContext
-from paota.core.outcome import (
-    Cancelled,
-    Defer,
-    Drop,
-    Duplicate,
-    Outcome,
-    Park,
-    Retry,
-    Return,
-    Succeeded,
-)
+from paota.core.outcome import Outcome, Park
 from paota.core.protocols import ParkQueue, QueueDepths
-from paota.core.state import TaskStatus
+from paota.middleware._outcomes import outcome_label
 
 if TYPE_CHECKING:
     from paota.core.client import Client
@@ -117,27 +107,6 @@ def multiprocess_dir() -> str | None:
             "the environment before the process starts"
         )
     return path
-
-
-def _outcome_label(outcome: Outcome) -> str:
-    kind = type(outcome)
-    if kind is Succeeded:
-        return "succeeded"
-    if kind is Retry:
-        return "retried"
-    if isinstance(outcome, Park):
-        return "timed_out" if outcome.status is TaskStatus.TIMED_OUT else "failed"
-    if isinstance(outcome, Defer):
-        return "throttled" if outcome.reason == "throttled" else "deferred"
-    if kind is Cancelled:
-        return "cancelled"
-    if kind is Duplicate:
-        return "duplicate"
-    if kind is Return:
-        return "returned"
-    if kind is Drop:
-        return "dropped"
-    return "other"  # pragma: no cover - every Outcome is listed above
 
 
 class PrometheusMiddleware(Middleware):
@@ -254,7 +223,7 @@ class PrometheusMiddleware(Middleware):
     async def after_outcome(self, task: TaskContext, outcome: Outcome) -> None:
         """Count the outcome (and the parking reason)."""
         name = self._task_label(task.name)
-        label = _outcome_label(outcome)
+        label = outcome_label(outcome)
         key = (task.queue, name, label)
         counter = self._outcomes.get(key)
         if counter is None:
