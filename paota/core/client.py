@@ -12,8 +12,8 @@ import asyncio
 import os
 import socket
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from datetime import timedelta
-from typing import Any, ParamSpec, Protocol, Self, TypeVar, overload
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, Self, TypeVar, overload
 
 from paota.core.clock import Clock, SystemClock
 from paota.core.config import Config
@@ -36,6 +36,9 @@ from paota.core.tasks import (
     TaskOptions,
     is_async_callable,
 )
+
+if TYPE_CHECKING:
+    from paota.scheduler.schedule import PeriodicDecorator, Schedule
 
 __all__ = ["Client", "TaskDecorator", "new_task_id"]
 
@@ -92,6 +95,7 @@ class Client:
         self.middleware = MiddlewareChain(middleware)
         self._connected = False
         self._connect_lock: asyncio.Lock | None = None
+        self._schedules: dict[str, Schedule] = {}
 
     # --- components ------------------------------------------------------------------------------
 
@@ -292,6 +296,66 @@ class Client:
             )
         except (TypeError, ValueError) as exc:
             raise RegistrationError(f"task {name!r}: {exc}") from exc
+
+    # --- periodic tasks --------------------------------------------------------------------------
+
+    def periodic(
+        self,
+        cron: str | None = None,
+        *,
+        every: float | timedelta | None = None,
+        tz: str = "UTC",
+        id: str | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        misfire_grace_s: float = 60.0,
+        catch_up: bool = True,
+        anchor: datetime | None = None,
+    ) -> PeriodicDecorator:
+        """Send a task once per slot of a schedule: ``@pool.periodic("*/5 * * * *",
+        tz="Europe/Berlin")`` on a task (or on a function, which becomes a task), or
+        ``@pool.periodic(every=30)``.
+
+        ``cron`` is a cron expression matched on the wall clock of ``tz`` (an IANA zone; needs
+        ``paota[schedules]``), ``every`` an interval in seconds (slots at ``anchor + k * every``,
+        the anchor defaulting to the Unix epoch). ``args`` / ``kwargs`` are the task's arguments
+        for every slot; ``id`` names the schedule (default: the task's name) and must be stable
+        across processes; ``misfire_grace_s`` is how late a missed slot may still run after
+        downtime (``catch_up=False``: only slots seen on time run). A :class:`paota.scheduler.
+        Scheduler` (``paota scheduler``, or ``WorkerPool(..., scheduler=True)``) sends the slots;
+        the task reads its slot's time as ``current_task().scheduled_at``. Raises
+        :class:`~paota.ConfigError` for a bad expression, zone or interval.
+        """
+        from paota.scheduler.schedule import periodic_decorator
+
+        return periodic_decorator(
+            self,
+            cron,
+            every=every,
+            tz=tz,
+            id=id,
+            args=args,
+            kwargs=kwargs,
+            queue=queue,
+            misfire_grace_s=misfire_grace_s,
+            catch_up=catch_up,
+            anchor=anchor,
+        )
+
+    @property
+    def schedules(self) -> list[Schedule]:
+        """The schedules declared with :meth:`periodic`, in order."""
+        return list(self._schedules.values())
+
+    def _add_schedule(self, schedule: Schedule) -> None:
+        from paota.core.errors import RegistrationError
+
+        if schedule.id in self._schedules:
+            raise RegistrationError(
+                f"a schedule named {schedule.id!r} exists already; give this one its own id=..."
+            )
+        self._schedules[schedule.id] = schedule
 
     # --- sending ---------------------------------------------------------------------------------
 

@@ -21,7 +21,17 @@ from paota.core.errors import PaotaError
 if TYPE_CHECKING:
     from paota.core.message import Signature
 
-__all__ = ["NotInTaskError", "TaskContext", "TaskLogFilter", "current_task", "task_log_extra"]
+__all__ = [
+    "SCHEDULED_AT_HEADER",
+    "SCHEDULE_HEADER",
+    "SCHEDULE_TZ_HEADER",
+    "NotInTaskError",
+    "TaskContext",
+    "TaskLogFilter",
+    "current_task",
+    "scheduled_time",
+    "task_log_extra",
+]
 
 
 class NotInTaskError(PaotaError, LookupError):
@@ -72,6 +82,17 @@ class TaskContext:
         return self.signature.retries_done
 
     @property
+    def schedule_id(self) -> str:
+        """The id of the schedule that sent this run (a periodic task), else ``""``."""
+        return str(self.headers.get(SCHEDULE_HEADER) or "")
+
+    @property
+    def scheduled_at(self) -> datetime | None:
+        """The slot this run of a periodic task is for: its scheduled time, aware, in the
+        schedule's time zone (the same on every retry); None when no schedule sent it."""
+        return scheduled_time(self.headers)
+
+    @property
     def log_extra(self) -> dict[str, Any]:
         """``{"task_id": ..., "task_name": ...}`` for ``logger.info(..., extra=...)``."""
         extra = self._log_extra
@@ -83,6 +104,41 @@ class TaskContext:
         return (
             f"<TaskContext {self.name} id={self.id!r} attempt={self.attempt} queue={self.queue!r}>"
         )
+
+
+SCHEDULE_HEADER = "x-paota-schedule"
+"""The id of the schedule that sent a periodic task's message."""
+SCHEDULED_AT_HEADER = "x-paota-scheduled-at"
+"""The slot a periodic task's message is for, ISO 8601 with the zone's offset."""
+SCHEDULE_TZ_HEADER = "x-paota-schedule-tz"
+"""The IANA time zone of the schedule."""
+
+
+def scheduled_time(headers: Mapping[str, Any]) -> datetime | None:
+    """The slot time the headers of a periodic task's message carry (aware, in the schedule's
+    zone when it is known here), or None."""
+    raw = headers.get(SCHEDULED_AT_HEADER)
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    if not isinstance(raw, str) or not raw:
+        return None
+    try:
+        at = datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    if at.tzinfo is None:
+        return None
+    tz = headers.get(SCHEDULE_TZ_HEADER)
+    if isinstance(tz, bytes):
+        tz = tz.decode("utf-8", "replace")
+    if isinstance(tz, str) and tz:
+        from zoneinfo import ZoneInfo
+
+        try:
+            return at.astimezone(ZoneInfo(tz))
+        except (ValueError, KeyError, OSError):  # an unknown zone here: keep the offset
+            return at
+    return at
 
 
 _current: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("paota_current_task")

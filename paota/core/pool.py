@@ -63,9 +63,10 @@ class WorkerPool(Client):
     ``concurrency`` is how many tasks of one queue run at once; ``queues`` names the queues to
     consume, each with its own concurrency (``{"paota_tasks": 50, "emails": 5}``; a list of
     names, or None as a concurrency, takes ``concurrency``). Without ``queues`` the pool consumes
-    the config's task queue and every queue a registered task names. The constructor does no
-    I/O: ``async with pool`` (or ``await pool.connect()``) opens the broker and store; ``await
-    pool.start()`` also consumes until :meth:`stop` or SIGINT/SIGTERM.
+    the config's task queue and every queue a registered task names. ``scheduler=True`` also
+    runs a :class:`paota.scheduler.Scheduler` for the pool's periodic tasks while it consumes.
+    The constructor does no I/O: ``async with pool`` (or ``await pool.connect()``) opens the
+    broker and store; ``await pool.start()`` also consumes until :meth:`stop` or SIGINT/SIGTERM.
     """
 
     def __init__(
@@ -79,12 +80,16 @@ class WorkerPool(Client):
         store: Store | None = None,
         clock: Clock | None = None,
         middleware: Sequence[Middleware] = (),
+        scheduler: bool = False,
     ) -> None:
         self.concurrency = _check_concurrency(concurrency, "concurrency")
         super().__init__(
             config, name=name, broker=broker, store=store, clock=clock, middleware=middleware
         )
         self.queues = queues
+        #: Whether the pool also runs a scheduler for its periodic tasks while it consumes
+        #: (``scheduler=True``; see :mod:`paota.scheduler`).
+        self.run_scheduler = bool(scheduler)
         self._stats = StatsMiddleware()
         self._stopping: asyncio.Event | None = None
         self._stopped: asyncio.Event | None = None

@@ -26,4 +26,10 @@ def outer(pool: WorkerPool) -> list[Middleware]:
 
 def inner(pool: WorkerPool) -> list[Middleware]:
     """Built-in middleware placed after the user's."""
-    return [CallbacksMiddleware()]
+    items: list[Middleware] = [CallbacksMiddleware()]
+    if pool.run_scheduler:
+        # Last in, so its shutdown runs first: a stopping pool sends no more slots.
+        from paota.scheduler.middleware import SchedulerMiddleware
+
+        items.append(SchedulerMiddleware())
+    return items

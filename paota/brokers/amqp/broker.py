@@ -34,6 +34,7 @@ from paota.core.protocols import Delivery, OutgoingMessage, ParkQueue, Rewrite
 if TYPE_CHECKING:
     from aiormq.abc import AbstractChannel, AbstractConnection
 
+    from paota.brokers.amqp.lock import AMQPLock
     from paota.core.config import Config
 
 __all__ = ["MAX_DELAY_S", "AMQPBroker", "AMQPDelivery"]
@@ -341,6 +342,23 @@ class AMQPBroker:
             self.publish,
             limit=limit,
             timeout_s=self._amqp.connection_timeout_s,
+        )
+
+    # --- locks -----------------------------------------------------------------------------------
+
+    async def exclusive_lock(self, name: str) -> AMQPLock | None:
+        """Take the broker-held lock ``name`` (an exclusive queue on a connection of its own,
+        see :mod:`paota.brokers.amqp.lock`): the lock, or None when another connection holds it.
+        Raises :class:`~paota.BrokerError` when RabbitMQ cannot be reached."""
+        self._require_pool()
+        from paota.brokers.amqp.lock import take_lock
+
+        return await take_lock(
+            name,
+            self._amqp.endpoints,
+            heartbeat_s=self._amqp.heartbeat_interval_s,
+            timeout_s=self._amqp.connection_timeout_s,
+            client_name=f"paota {self._worker_name}".rstrip(),
         )
 
     # --- inspection ------------------------------------------------------------------------------
