@@ -22,7 +22,16 @@ from paota.core.factory import make_broker, make_store
 from paota.core.message import Signature, encode_message
 from paota.core.middleware import Middleware, MiddlewareChain, PublishContext
 from paota.core.outcome import until
-from paota.core.protocols import Broker, OutgoingMessage, ParkQueue, Store, check_seconds
+from paota.core.protocols import (
+    PARENT_HEADER,
+    WORKFLOW_HEADER,
+    Broker,
+    OutgoingMessage,
+    ParkQueue,
+    Store,
+    check_seconds,
+    header_text,
+)
 from paota.core.registry import TaskRegistry
 from paota.core.replay import replay_rewrite
 from paota.core.state import ErrorInfo, TaskStatus, task_state
@@ -406,6 +415,9 @@ class Client:
                     created_at=sig.created_at,
                     updated_at=now,
                     queue=queue,
+                    # A workflow step's links (paota.workflows), as the worker records them too.
+                    parent_id=header_text(headers.get(PARENT_HEADER)) if headers else "",
+                    workflow_id=header_text(headers.get(WORKFLOW_HEADER)) if headers else "",
                 )
             )
         message = PublishContext(

@@ -26,9 +26,11 @@ from paota.core.state import TaskState, TaskStatus
 __all__ = [
     "MAX_DELAY_S",
     "ORIGIN_HEADER",
+    "PARENT_HEADER",
     "PARKING_HEADERS",
     "REPLAYS_HEADER",
     "RETURNS_HEADER",
+    "WORKFLOW_HEADER",
     "Broker",
     "Coordination",
     "Delivery",
@@ -42,6 +44,7 @@ __all__ = [
     "Store",
     "check_seconds",
     "header_int",
+    "header_text",
 ]
 
 
@@ -56,6 +59,11 @@ REPLAYS_HEADER = "x-paota-replays"
 """How many times the message was moved back from a parking queue (a replay starts a new run)."""
 ORIGIN_HEADER = "x-paota-origin-queue"
 """The queue a parked message was consumed from; a replay returns it there."""
+WORKFLOW_HEADER = "x-paota-workflow-id"
+"""The workflow a task is a step of (see :mod:`paota.workflows`); the store records it as the
+task's ``workflow_id``."""
+PARENT_HEADER = "x-paota-parent-id"
+"""The workflow node (chain or group) a step belongs to; the store records it as ``parent_id``."""
 PARKING_HEADERS = (
     "x-paota-reason",
     "x-paota-error",
@@ -79,6 +87,15 @@ def header_int(value: Any) -> int:
         except ValueError:
             return 0
     return 0
+
+
+def header_text(value: Any) -> str:
+    """A text header as AMQP libraries hand it over (str, or UTF-8 bytes), else ``""``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    return ""
 
 
 class ParkQueue(str, enum.Enum):

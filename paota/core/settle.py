@@ -39,8 +39,10 @@ from paota.core.outcome import (
     Succeeded,
 )
 from paota.core.protocols import (
+    PARENT_HEADER,
     REPLAYS_HEADER,
     RETURNS_HEADER,
+    WORKFLOW_HEADER,
     Broker,
     Delivery,
     Message,
@@ -48,6 +50,7 @@ from paota.core.protocols import (
     ParkInfo,
     Store,
     header_int,
+    header_text,
 )
 from paota.core.state import ErrorInfo, TaskState, TaskStatus, task_state
 
@@ -217,8 +220,16 @@ class Settler:
         started_at: Any = None,
         finished_at: Any = None,
     ) -> TaskState:
-        """The record of ``sig`` in ``status``, written by this worker."""
-        replays = 0 if delivery is None else header_int(delivery.headers.get(REPLAYS_HEADER))
+        """The record of ``sig`` in ``status``, written by this worker (with the workflow links
+        the message's headers carry)."""
+        headers = None if delivery is None else delivery.headers
+        replays = 0
+        parent_id = workflow_id = ""
+        if headers:
+            replays = header_int(headers.get(REPLAYS_HEADER))
+            if WORKFLOW_HEADER in headers:
+                workflow_id = header_text(headers[WORKFLOW_HEADER])
+                parent_id = header_text(headers.get(PARENT_HEADER))
         return task_state(
             sig.uuid,
             sig.name,
@@ -234,6 +245,8 @@ class Settler:
             started_at=started_at,
             finished_at=finished_at,
             queue="" if delivery is None else delivery.queue,
+            parent_id=parent_id,
+            workflow_id=workflow_id,
         )
 
     async def record(self, state: TaskState) -> bool:
