@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "NAME=N runs at most N of that queue at once (default: the pool's queues)",
     )
     parser.add_argument(
+        "--scheduler",
+        action="store_true",
+        help="also send the pool's periodic tasks (@pool.periodic); any number of workers may on "
+        "a shared store (PAOTA_STORE=mongodb), each slot is sent once",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int_in(0, 65535),
         default=None,
@@ -58,6 +64,8 @@ async def run(args: argparse.Namespace) -> int:
         pool.concurrency = args.concurrency
     if args.queues is not None:
         pool.queues = args.queues
+    if args.scheduler:
+        pool.run_scheduler = True
     if pool.config.broker == "memory":
         logger.warning(
             "worker %s runs on the in-memory broker: only tasks sent from this same process will "
