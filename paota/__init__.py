@@ -58,6 +58,16 @@ from paota.core.tasks import (
     TaskSender,
 )
 from paota.middleware.stats import PoolStats
+from paota.workflows import (
+    Chain,
+    Group,
+    TaskSignature,
+    WorkflowFailure,
+    WorkflowHandle,
+    chain,
+    chord,
+    group,
+)
 
 __version__ = "0.1.0"
 
@@ -70,6 +80,7 @@ __all__ = [
     "Broker",
     "BrokerError",
     "Cancelled",
+    "Chain",
     "Client",
     "Clock",
     "Config",
@@ -80,6 +91,7 @@ __all__ = [
     "Drop",
     "Duplicate",
     "ErrorInfo",
+    "Group",
     "ManualClock",
     "Message",
     "Middleware",
@@ -113,12 +125,18 @@ __all__ = [
     "TaskLogFilter",
     "TaskOptions",
     "TaskSender",
+    "TaskSignature",
     "TaskState",
     "TaskStatus",
     "TaskTimeoutError",
     "TopologyError",
     "WorkerPool",
+    "WorkflowFailure",
+    "WorkflowHandle",
     "__version__",
+    "chain",
+    "chord",
     "current_task",
+    "group",
     "redact_url",
 ]

@@ -31,7 +31,17 @@ import typing
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Union, cast
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    ParamSpec,
+    TypeVar,
+    Union,
+    cast,
+    overload,
+)
 
 from paota.core.errors import PaotaError
 from paota.core.message import Arg, Signature
@@ -40,6 +50,7 @@ if TYPE_CHECKING:
     from paota.core.client import Client
     from paota.core.context import TaskContext
     from paota.core.state import ErrorInfo, TaskState
+    from paota.workflows import TaskSignature
 
 __all__ = [
     "ArgumentError",
@@ -57,6 +68,7 @@ __all__ = [
 ]
 
 P = ParamSpec("P")
+P2 = ParamSpec("P2")
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
 
@@ -187,6 +199,30 @@ def _fits(value: Any, annotation: Any) -> bool:
     return True
 
 
+def go_arg(name: str, value: Any, go_type: str | None, *, task: str, label: str) -> Arg:
+    """The Go arg ``name`` for ``value``: of type ``go_type`` (a parameter's annotation) when the
+    value fits it, else the type :meth:`Arg.of` infers. Raises :class:`ArgumentError` naming
+    ``task`` and ``label`` for a value that cannot travel."""
+    try:
+        if go_type == "float64" and type(value) is int:
+            return Arg(name, go_type, float(value))
+        if go_type is not None and go_type in ("bool", "int", "string", "float64"):
+            if value is None:
+                return Arg(name, "interface{}", None)
+            if _fits(value, {"bool": bool, "int": int, "string": str, "float64": float}[go_type]):
+                return Arg(name, go_type, value)
+        arg = Arg.of(value, name)
+    except (TypeError, ValueError) as exc:
+        raise ArgumentError(f"task {task!r}: argument {label!r} cannot be sent: {exc}") from None
+    if go_type is not None and go_type != arg.type:
+        # The annotation says more than the value: an empty list, or whole numbers for floats.
+        if arg.type == "[]interface{}" and not arg.value and go_type.startswith("[]"):
+            return Arg(name, go_type, arg.value)
+        if (go_type, arg.type) == ("[]float64", "[]int"):
+            return Arg(name, go_type, [float(v) for v in arg.value])
+    return arg
+
+
 class Binder:
     """Binds a function's parameters to Go args and back (built once per task)."""
 
@@ -217,41 +253,49 @@ class Binder:
             bound = self._sig.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"task {self.task_name!r}: {exc}") from None
+        return self._args_of(bound, "")
+
+    def to_args_with_hole(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> tuple[tuple[Arg, ...], str | None]:
+        """The Go args for a call that leaves the first parameter to be filled later (a workflow
+        step that takes the previous step's result), and that parameter's Go type (None: to be
+        inferred from the value). Its Arg comes first, valued None.
+
+        Raises TypeError when the first parameter cannot be left out (there is none, or it is
+        keyword-only or ``*args``) or the other arguments do not bind.
+        """
+        params = list(self._sig.parameters.values())
+        if not params or params[0].kind not in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            raise TypeError(
+                f"task {self.task_name!r} has no positional first parameter to take the previous "
+                "step's result"
+            )
+        first = params[0].name
+        try:
+            bound = self._sig.bind(None, *args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"task {self.task_name!r}: {exc}") from None
+        return self._args_of(bound, first), self._go_types[first]
+
+    def _args_of(self, bound: inspect.BoundArguments, hole: str) -> tuple[Arg, ...]:
         bound.apply_defaults()
         out: list[Arg] = []
+        task = self.task_name
         for name, value in bound.arguments.items():
             kind = self._sig.parameters[name].kind
             if kind is inspect.Parameter.VAR_POSITIONAL:
-                out.extend(self._arg("", item, None, f"*{name}") for item in value)
+                out.extend(go_arg("", item, None, task=task, label=f"*{name}") for item in value)
             elif kind is inspect.Parameter.VAR_KEYWORD:
-                out.extend(self._arg(k, v, None, k) for k, v in value.items())
+                out.extend(go_arg(k, v, None, task=task, label=k) for k, v in value.items())
+            elif name == hole:
+                out.append(Arg(name, self._go_types[name] or "interface{}", None))
             else:
-                out.append(self._arg(name, value, self._go_types[name], name))
+                out.append(go_arg(name, value, self._go_types[name], task=task, label=name))
         return tuple(out)
-
-    def _arg(self, name: str, value: Any, go_type: str | None, label: str) -> Arg:
-        try:
-            if go_type == "float64" and type(value) is int:
-                return Arg(name, go_type, float(value))
-            if go_type is not None and go_type in ("bool", "int", "string", "float64"):
-                if value is None:
-                    return Arg(name, "interface{}", None)
-                if _fits(
-                    value, {"bool": bool, "int": int, "string": str, "float64": float}[go_type]
-                ):
-                    return Arg(name, go_type, value)
-            arg = Arg.of(value, name)
-        except (TypeError, ValueError) as exc:
-            raise ArgumentError(
-                f"task {self.task_name!r}: argument {label!r} cannot be sent: {exc}"
-            ) from None
-        if go_type is not None and go_type != arg.type:
-            # The annotation says more than the value: an empty list, or whole numbers for floats.
-            if arg.type == "[]interface{}" and not arg.value and go_type.startswith("[]"):
-                return Arg(name, go_type, arg.value)
-            if (go_type, arg.type) == ("[]float64", "[]int"):
-                return Arg(name, go_type, [float(v) for v in arg.value])
-        return arg
 
     def from_args(self, sig: Signature) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """``(args, kwargs)`` to call the function with for ``sig``'s args.
@@ -356,9 +400,19 @@ class TaskSender(Generic[P, R]):
         """Publish the task with these options; returns once the broker has it."""
         return await self._task._send(args, kwargs, self._options)
 
-    def signature(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
-        """The :class:`~paota.Signature` :meth:`send` would publish (without an id)."""
-        return self._task._signature(args, kwargs, self._options)
+    @overload
+    def signature(self, *args: P.args, **kwargs: P.kwargs) -> TaskSignature[R]: ...
+
+    @overload
+    def signature(
+        self: TaskSender[Concatenate[Any, P2], R], *args: P2.args, **kwargs: P2.kwargs
+    ) -> TaskSignature[R]: ...
+
+    def signature(self, *args: Any, **kwargs: Any) -> TaskSignature[R]:
+        """This call with these options, for a workflow (see :meth:`Task.signature`)."""
+        from paota.workflows import TaskSignature
+
+        return TaskSignature(self._task, args, kwargs, self._options)
 
 
 def _options(
@@ -454,9 +508,24 @@ class Task(Generic[P, R]):
         """
         return await self._send(args, kwargs, self.defaults)
 
-    def signature(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
-        """The :class:`~paota.Signature` :meth:`send` would publish (without an id)."""
-        return self._signature(args, kwargs, self.defaults)
+    @overload
+    def signature(self, *args: P.args, **kwargs: P.kwargs) -> TaskSignature[R]: ...
+
+    @overload
+    def signature(
+        self: Task[Concatenate[Any, P2], R], *args: P2.args, **kwargs: P2.kwargs
+    ) -> TaskSignature[R]: ...
+
+    def signature(self, *args: Any, **kwargs: Any) -> TaskSignature[R]:
+        """This call as a workflow step (:class:`~paota.TaskSignature`): ``inc.signature(1)``
+        is complete; ``inc.signature()`` leaves the first parameter for the previous step's
+        result (in :func:`paota.chain`). ``.send()`` sends a complete one as a task,
+        ``.to_signature()`` gives the Go :class:`~paota.Signature`. Raises TypeError for
+        arguments that bind neither way, :class:`ArgumentError` for a value that cannot travel.
+        """
+        from paota.workflows import TaskSignature
+
+        return TaskSignature(self, args, kwargs, self.defaults)
 
     def bind(self, sig: Signature) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The call arguments for a received ``sig`` (raises :class:`BindError`)."""

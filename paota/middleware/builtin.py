@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from paota.core.middleware import Middleware
+from paota.middleware import workflows
 from paota.middleware.callbacks import CallbacksMiddleware
 
 if TYPE_CHECKING:
@@ -27,6 +28,9 @@ def outer(pool: WorkerPool) -> list[Middleware]:
 def inner(pool: WorkerPool) -> list[Middleware]:
     """Built-in middleware placed after the user's."""
     items: list[Middleware] = [CallbacksMiddleware()]
+    if workflows.uses_workflows(pool):
+        # Any delivery may be a workflow step; for one that is not, the hook is a header lookup.
+        items.append(workflows.WorkflowMiddleware(pool))
     if pool.run_scheduler:
         # Last in, so its shutdown runs first: a stopping pool sends no more slots.
         from paota.scheduler.middleware import SchedulerMiddleware

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import paota
 from paota import Config, WorkerPool
 
 pool = WorkerPool(Config(), concurrency=4)
@@ -19,3 +20,14 @@ async def main() -> None:
     result: str = await handle.result()  # error: the result is an int
     await add.with_options(queue="q").send(1, b="2")  # error: wrong argument type
     print(result)
+
+
+async def workflows() -> None:
+    add.signature("x")  # error: wrong argument type for the first parameter
+    add.signature(1, 2, 3)  # error: too many arguments
+    add.signature(b="2")  # error: wrong argument type for the rest
+    handle = await paota.chain(add.signature(1, 2), add.signature(b=1)).send()
+    text: str = await handle.result()  # error: the chain's result is an int
+    group = await paota.group(add.signature(1, i) for i in range(3)).send()
+    one: int = await group.result()  # error: a group's result is a list
+    print(text, one)

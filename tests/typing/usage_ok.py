@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from paota import AsyncTask, Config, SyncTask, TaskHandle, WorkerPool
+import paota
+from paota import AsyncTask, Config, SyncTask, TaskHandle, WorkerPool, WorkflowHandle
 
 pool = WorkerPool(Config(), concurrency=4)
 
@@ -28,3 +29,30 @@ async def main() -> None:
     typed_async: AsyncTask[[int, int], int] = add
     typed_sync: SyncTask[[str, str], str] = greet
     print(total, also, text, direct, plain, typed_async, typed_sync)
+
+
+@pool.task
+async def inc(x: int) -> int:
+    return x + 1
+
+
+@pool.task
+async def total(xs: list[int]) -> int:
+    return sum(xs)
+
+
+async def workflows() -> None:
+    # a step leaves out its first parameter for the previous result; the rest is checked
+    chained: WorkflowHandle[int] = await paota.chain(
+        inc.signature(1), inc.signature(), add.signature(b=2)
+    ).send()
+    last: int = await chained.result()
+    grouped: WorkflowHandle[list[int]] = await paota.group(
+        inc.signature(i) for i in range(3)
+    ).send()
+    results: list[int] = await grouped.result()
+    chord = paota.chord([inc.signature(1), inc.signature(2)], total.signature())
+    summed: int = await (await chord.send()).result()
+    nested = paota.chain(inc.signature(1), paota.group(inc.signature(), add.signature(5)))
+    lists: list[int] = await (await nested.send()).result()
+    print(last, results, summed, lists)
