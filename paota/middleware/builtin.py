@@ -17,12 +17,30 @@ from paota.middleware.callbacks import CallbacksMiddleware
 if TYPE_CHECKING:
     from paota.core.pool import WorkerPool
 
-__all__ = ["inner", "outer"]
+__all__ = ["heartbeats", "inner", "outer"]
 
 
 def outer(pool: WorkerPool) -> list[Middleware]:
     """Built-in middleware placed before the user's (counting comes first of all)."""
-    return [pool._stats]
+    return [pool._stats, *heartbeats(pool)]
+
+
+def heartbeats(pool: WorkerPool) -> list[Middleware]:
+    """Recording the worker in a store other processes read (one with the Coordination
+    capability, not the in-process memory store), unless the pool has a HeartbeatMiddleware of
+    its own or ``heartbeat_interval_s`` is 0. Startup and shutdown hooks and a background beat
+    only: nothing per task."""
+    from paota.core.protocols import Coordination
+    from paota.middleware.heartbeat import HeartbeatMiddleware
+    from paota.stores.memory import MemoryStore
+
+    interval_s = pool.config.heartbeat_interval_s
+    store = pool.store
+    if interval_s <= 0 or not isinstance(store, Coordination) or isinstance(store, MemoryStore):
+        return []
+    if any(isinstance(m, HeartbeatMiddleware) for m in pool.middleware):
+        return []
+    return [HeartbeatMiddleware(interval_s)]
 
 
 def inner(pool: WorkerPool) -> list[Middleware]:
