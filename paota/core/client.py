@@ -13,7 +13,7 @@ import os
 import socket
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, Self, TypeVar, overload
 
 from paota.core.clock import Clock, SystemClock
 from paota.core.config import Config
@@ -192,6 +192,7 @@ class Client:
         on_failure: FailureCallback | None = None,
         max_concurrency: int | None = None,
         rate: str | None = None,
+        limit_scope: Literal["worker", "global"] | None = None,
         result_ttl_s: float | None = None,
     ) -> TaskDecorator: ...
 
@@ -209,6 +210,7 @@ class Client:
         on_failure: FailureCallback | None = None,
         max_concurrency: int | None = None,
         rate: str | None = None,
+        limit_scope: Literal["worker", "global"] | None = None,
         result_ttl_s: float | None = None,
     ) -> Any:
         """Make a task of a function: bare (``@pool.task``) or with options
@@ -219,8 +221,10 @@ class Client:
         deadline, seconds) and ``priority`` are defaults for every send; ``time_limit_s``
         overrides ``Config.max_task_execution_duration_s`` for this task; ``on_success(task,
         result)`` and ``on_failure(task, error)`` are called once per run at its final outcome;
-        ``max_concurrency`` and ``rate`` (``"10/s"``, ``"100/m"``) limit runs without using up
-        retries; ``result_ttl_s`` is how long the finished record and result are kept. A
+        ``max_concurrency`` and ``rate`` (``"10/s"``, ``"100/m"``, ``"5/h"``) limit runs without
+        using up retries, in each worker (``limit_scope="worker"``, the default) or across every
+        worker sharing the store (``limit_scope="global"``; see :mod:`paota.middleware.limits`);
+        ``result_ttl_s`` is how long the finished record and result are kept. A
         function taking one ``sig: Signature`` parameter is a Go-style task: it receives the
         signature itself.
         """
@@ -239,6 +243,7 @@ class Client:
                 extra={
                     "max_concurrency": max_concurrency,
                     "rate": rate,
+                    "limit_scope": limit_scope,
                     "result_ttl_s": result_ttl_s,
                 },
             )

@@ -36,6 +36,7 @@ from typing import (
     Any,
     Concatenate,
     Generic,
+    Literal,
     ParamSpec,
     TypeVar,
     Union,
@@ -459,7 +460,13 @@ class Task(Generic[P, R]):
         max_concurrency: int | None = None,
         rate: str | None = None,
         result_ttl_s: float | None = None,
+        limit_scope: Literal["worker", "global"] | None = None,
     ) -> None:
+        if max_concurrency is not None or rate is not None or limit_scope is not None:
+            # imported here: a task without limits never loads the limiter
+            from paota.middleware.limits import check_limits
+
+            check_limits(max_concurrency, rate, limit_scope or "worker")
         self.fn = fn
         self.name = name
         self._client = client
@@ -471,6 +478,9 @@ class Task(Generic[P, R]):
         self.max_concurrency = max_concurrency
         #: At most this many starts per period, e.g. ``"10/s"`` (see :mod:`paota.middleware.limits`).
         self.rate = rate
+        #: Where the limits count: ``"worker"`` (each pool its own) or ``"global"`` (every worker
+        #: sharing the store).
+        self.limit_scope = limit_scope or "worker"
         #: How long a finished record (and its result) is kept, in seconds (None: the store's).
         self.result_ttl_s = result_ttl_s
         self.go_style = is_go_style(fn) if go_style is None else go_style

@@ -40,6 +40,12 @@ def _expires(ttl_s: float | None) -> datetime | None:
     return None if ttl_s is None else _now() + timedelta(seconds=ttl_s)
 
 
+def _ceil_ms(when: datetime) -> datetime:
+    """``when`` rounded up to the millisecond (BSON's resolution)."""
+    extra = when.microsecond % 1000
+    return when if extra == 0 else when + timedelta(microseconds=1000 - extra)
+
+
 def _live(now: datetime) -> Document:
     return {"$or": [{"expires_at": None}, {"expires_at": {"$gt": now}}]}
 
@@ -184,7 +190,7 @@ class MongoCoordination:
                 doc = await coord.find_one({"_id": doc_id})
                 if doc is None:
                     try:
-                        await coord.insert_one({"_id": doc_id, "last": now})
+                        await coord.insert_one({"_id": doc_id, "last": _ceil_ms(now)})
                         return 0.0
                     except DuplicateKeyError:
                         continue
@@ -192,9 +198,11 @@ class MongoCoordination:
                 if last.tzinfo is None:
                     last = last.replace(tzinfo=UTC)
                 start: datetime = max(now, last + step)
-                # BSON keeps milliseconds: compare against the stored value itself.
+                # BSON keeps milliseconds: compare against the stored value itself, and store
+                # the start rounded up, so the next start is never less than interval_s after
+                # the one returned here (truncating would let starts come up to 1 ms closer).
                 done = await coord.update_one(
-                    {"_id": doc_id, "last": doc["last"]}, {"$set": {"last": start}}
+                    {"_id": doc_id, "last": doc["last"]}, {"$set": {"last": _ceil_ms(start)}}
                 )
                 if done.modified_count == 1:
                     wait_s: float = (start - now).total_seconds()

@@ -1,0 +1,694 @@
+"""Concurrency and rate limits per task that never use up retries: :class:`LimitsMiddleware`.
+
+``@pool.task(max_concurrency=3, rate="10/s")`` lets at most 3 runs of the task be under way at
+once and starts at most 10 per second. A pool installs this middleware by itself when one of its
+tasks has a limit (:mod:`paota.middleware.builtin`); a pool without limits pays nothing.
+
+Its ``admit`` hook decides before each run:
+
+1. **Concurrency.** The run takes one of ``max_concurrency`` slots. With all of them taken, the
+   delivery is deferred through the broker's delay (:class:`~paota.Defer` ``"throttled"``) and
+   holds nothing while it waits. The slot is given back when the run ends, whatever its outcome
+   (success, failure, timeout, cancellation, a duplicate that never ran).
+2. **Rate.** ``rate="N/s"`` (or ``/m``, ``/h``; ``N`` may be a decimal, ``"2.5/s"``) spaces starts
+   at least ``period / N`` apart. A run that has its slot reserves the next start time: now, and it
+   runs; later, and it gives its slot back and is deferred exactly to its reserved start, which the
+   deferred copy carries in the ``x-paota-rate-reserved`` header, so that it starts without a
+   second reservation when it comes back (a burst of throttled tasks comes back one interval
+   apart, not all at once).
+
+A throttled delivery never counts as a retry (``retries_done`` is unchanged), is never parked for
+throttling, and is logged at DEBUG only. Other tasks of the same queue keep flowing: a throttled
+delivery is acknowledged and republished at once, so it keeps no place of the queue's concurrency.
+
+Scope (``limit_scope``, a task option): ``"worker"`` (the default) counts in this pool's memory, so
+each worker process has its own limits. ``"global"`` counts in the pool's store, which must have the
+:class:`~paota.core.protocols.Coordination` capability, so every worker sharing the store (MongoDB)
+shares the limits: slots are leases (:meth:`~paota.core.protocols.Coordination.acquire_slot` with a
+time to live, renewed while a run lasts, so a crashed worker's slots come free after
+``slot_ttl_s``) and starts are reserved in the store
+(:meth:`~paota.core.protocols.Coordination.reserve_start`).
+
+When the store is slow or down (a global limit), the limiter fails closed: it never lets a run
+through that the store has not granted. A call that fails or takes longer than ``store_timeout_s``
+starts an outage: one WARNING, then limited deliveries are deferred without asking the store,
+spread over a backoff that doubles up to ``max_outage_backoff_s``; one probe at a time asks the
+store again, and the first answer ends the outage with one INFO line. A start reserved before the
+outage still runs (the store granted it) unless the task also needs a concurrency slot.
+
+Throttled deliveries are spread so that they do not come back together: concurrency deferrals are
+placed one after the other at the pace at which slots come free on this worker (the task's mean
+run time divided by ``max_concurrency``), with 10% jitter; rate deferrals go to distinct reserved
+starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+import math
+import random
+import re
+import uuid
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from paota.core.context import TaskContext
+from paota.core.errors import ConfigError
+from paota.core.middleware import Middleware
+from paota.core.outcome import Defer, Outcome
+from paota.core.protocols import MAX_DELAY_S, Coordination
+
+if TYPE_CHECKING:
+    from paota.core.clock import Clock
+    from paota.core.pool import WorkerPool
+    from paota.core.tasks import Task
+
+__all__ = [
+    "GRANTED_KEY",
+    "RESERVED_HEADER",
+    "SCOPES",
+    "LimitStats",
+    "LimitsMiddleware",
+    "Rate",
+    "check_limits",
+    "install",
+    "parse_rate",
+]
+
+logger = logging.getLogger("paota.middleware.limits")
+
+T = TypeVar("T")
+
+RESERVED_HEADER = "x-paota-rate-reserved"
+"""On a copy deferred by the rate limit: ``"<attempt>@<reserved start, RFC 3339>@<where>"``,
+``where`` being ``global`` for a start reserved in the store, else the id of the worker's limiter
+that reserved it (another worker's per-worker reservation is not this worker's)."""
+
+GRANTED_KEY = "paota.limits.granted_at"
+"""In :attr:`TaskContext.data <paota.TaskContext.data>` of a run of a rate-limited task: the start
+the rate limit granted it (an aware datetime). The run itself begins when the broker delivers it,
+a little later: ``current_task().started_at - granted`` is that latency."""
+
+SCOPES = ("worker", "global")
+"""The values of the ``limit_scope`` task option."""
+
+_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*")
+_HOLD = "paota.limits.hold"
+
+#: A deferred copy may come back this much before its reserved start (float rounding) and start.
+EARLY_TOLERANCE_S = 0.001
+#: Before a task has finished once here, a run is assumed to take this long (pacing deferrals).
+DEFAULT_RUN_ESTIMATE_S = 1.0
+#: The shortest concurrency deferral.
+MIN_THROTTLE_DELAY_S = 0.01
+#: Deferrals are stretched or shrunk by up to this fraction, so workers do not fall into step.
+JITTER = 0.1
+
+
+# --- the options ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A start rate: at most ``count`` starts per ``period_s`` seconds, evenly spaced."""
+
+    count: float
+    period_s: float
+    text: str
+
+    @property
+    def interval_s(self) -> float:
+        """The least time between two starts, rounded up to the microsecond (so that rounding
+        never lets ``count + 1`` starts into one period)."""
+        return math.ceil(self.period_s * 1_000_000 / self.count) / 1_000_000
+
+
+def parse_rate(value: Any) -> Rate:
+    """``"10/s"``, ``"100/m"``, ``"5/h"``, ``"2.5/s"`` as a :class:`Rate`; TypeError or ValueError
+    naming the value and the forms allowed otherwise."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"rate must be a string such as '10/s', '100/m' or '5/h', got "
+            f"{type(value).__name__} {value!r}"
+        )
+    match = _RATE.fullmatch(value)
+    if match is None:
+        raise ValueError(
+            f"rate={value!r} is not valid: expected '<number>/s', '<number>/m' or '<number>/h' "
+            "(starts per second, minute or hour), e.g. '10/s', '100/m', '2.5/s'"
+        )
+    count = float(match.group(1))
+    period_s = _PERIODS[match.group(2)]
+    if count <= 0:
+        raise ValueError(f"rate={value!r} is not valid: the number of starts must be > 0")
+    if period_s / count > MAX_DELAY_S:
+        raise ValueError(
+            f"rate={value!r} is not valid: it allows fewer than one start per 7 days "
+            "(the longest delay a broker keeps)"
+        )
+    return Rate(count, period_s, value.strip())
+
+
+def check_limits(max_concurrency: Any, rate: Any, limit_scope: Any) -> None:
+    """Validate the limit options of a task (at registration): TypeError / ValueError naming the
+    option, the value and what is allowed."""
+    if max_concurrency is not None and (
+        isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
+    ):
+        raise TypeError(
+            f"max_concurrency must be an integer >= 1 (or None: no limit), got "
+            f"{type(max_concurrency).__name__} {max_concurrency!r}"
+        )
+    if max_concurrency is not None and max_concurrency < 1:
+        raise ValueError(
+            f"max_concurrency={max_concurrency!r} is not valid: expected an integer >= 1 "
+            "(or None: no limit)"
+        )
+    if rate is not None:
+        parse_rate(rate)
+    if limit_scope not in SCOPES:
+        raise ValueError(
+            f"limit_scope={limit_scope!r} is not valid: expected 'worker' (limits of each "
+            "worker) or 'global' (shared by the workers of a store)"
+        )
+
+
+# --- the state of one limited task ---------------------------------------------------------------
+
+
+@dataclass
+class LimitStats:
+    """What the limiter did for one task since the pool started."""
+
+    started: int = 0
+    """Runs it let through."""
+    throttled_concurrency: int = 0
+    """Deliveries deferred because every slot was taken."""
+    throttled_rate: int = 0
+    """Deliveries deferred to a reserved start (or back to it, when they came early)."""
+    throttled_store: int = 0
+    """Deliveries deferred because the store did not answer (fail closed)."""
+    missed_reservations: int = 0
+    """Deliveries that came back more than one interval after their reserved start and reserved
+    again (deferred by the concurrency limit meanwhile, or a worker too busy to take them in
+    time)."""
+    lost_slots: int = 0
+    """Global slots that expired while their run went on (the store was out longer than the
+    slot's time to live); the limit may have been exceeded meanwhile."""
+
+
+class _Hold:
+    """One run's slot. It lives in the run's :attr:`TaskContext.data`; a slot set holds it
+    weakly, so a run whose delivery ends by a path that releases nothing (the pool stopping
+    between ``admit`` and the run) frees its local slot when it is forgotten, and its global
+    slot stops being renewed and expires."""
+
+    __slots__ = ("__weakref__", "holder", "limit", "released")
+
+    def __init__(self, limit: _Limit, holder: str) -> None:
+        self.limit = limit
+        self.holder = holder
+        self.released = False
+
+
+class _Limit:
+    """The limits of one task and the state this worker keeps for them."""
+
+    def __init__(self, task: Task[Any, Any]) -> None:
+        self.name = task.name
+        self.max_concurrency: int | None = task.max_concurrency
+        self.rate = None if task.rate is None else parse_rate(task.rate)
+        self.scope: str = getattr(task, "limit_scope", None) or "worker"
+        self.is_global = self.scope == "global"
+        self.slot_key = f"limits:{task.name}:concurrency"
+        self.rate_key = f"limits:{task.name}:rate"
+        self.holds: weakref.WeakSet[_Hold] = weakref.WeakSet()
+        self.next_start: datetime | None = None  # worker scope
+        self.horizon = 0.0  # when the last concurrency deferral is due back (monotonic)
+        self.run_estimate_s: float | None = None
+        self.stats = LimitStats()
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_concurrency is not None:
+            parts.append(f"max_concurrency={self.max_concurrency}")
+        if self.rate is not None:
+            parts.append(f"rate={self.rate.text}")
+        return f"{', '.join(parts)} per {self.scope}"
+
+    def reserve_local(self, now: datetime) -> float:
+        """The worker-scope twin of ``Coordination.reserve_start``."""
+        assert self.rate is not None
+        last = self.next_start
+        step = timedelta(seconds=self.rate.interval_s)
+        start = now if last is None or last + step <= now else last + step
+        self.next_start = start
+        return (start - now).total_seconds()
+
+    def observe(self, duration_s: float) -> None:
+        """Fold one run's duration into the mean that paces concurrency deferrals."""
+        duration_s = min(max(duration_s, 0.0), 60.0)
+        estimate = self.run_estimate_s
+        self.run_estimate_s = duration_s if estimate is None else 0.8 * estimate + 0.2 * duration_s
+
+    def concurrency_delay(self, now: float, max_delay_s: float, rng: random.Random) -> float:
+        """When to try again with every slot taken: one slot's worth of time after the last
+        delivery deferred (slots come free every ``run time / max_concurrency`` seconds), so
+        throttled deliveries come back one after the other instead of all at once."""
+        assert self.max_concurrency is not None
+        estimate = self.run_estimate_s
+        step = (DEFAULT_RUN_ESTIMATE_S if estimate is None else estimate) / self.max_concurrency
+        self.horizon = min(max(self.horizon, now) + step, now + max_delay_s)
+        delay = (self.horizon - now) * rng.uniform(1 - JITTER, 1 + JITTER)
+        return max(MIN_THROTTLE_DELAY_S, delay)
+
+
+class _StoreDown(Exception):
+    """A store call failed or timed out (the outage has been noted)."""
+
+
+class _Outage:
+    """Whether the store is answering; while it is not, at most one probe at a time asks it."""
+
+    def __init__(self, base_s: float, max_s: float, probe_s: float) -> None:
+        self.base_s = base_s
+        self.max_s = max_s
+        self.probe_s = probe_s
+        self.since: float | None = None
+        self.failures = 0
+        self.backoff_s = 0.0
+        self.retry_at = 0.0
+        self.probe_until = 0.0
+        self.deferred = 0
+
+    def blocked(self, now: float) -> bool:
+        """True while the store is out and it is not this caller's turn to probe it."""
+        if self.since is None:
+            return False
+        if now < self.retry_at or now < self.probe_until:
+            return True
+        self.probe_until = now + self.probe_s  # this caller probes; the others wait
+        return False
+
+    def delay(self, now: float, rng: random.Random) -> float:
+        """Until the next probe, spread over one backoff so the deferred do not come back at
+        once."""
+        self.deferred += 1
+        return max(0.0, self.retry_at - now) + rng.uniform(0.1, max(0.1, self.backoff_s))
+
+    def failed(self, now: float, what: str, exc: BaseException) -> None:
+        if self.since is None:
+            self.since = now
+            logger.warning(
+                "limits: the store did not answer (%s: %s); tasks with a global limit are "
+                "deferred until it does (fail closed)",
+                what,
+                _describe(exc),
+            )
+        else:
+            logger.debug("limits: the store still does not answer (%s: %s)", what, _describe(exc))
+        self.failures += 1
+        self.backoff_s = min(self.max_s, self.base_s * 2 ** (self.failures - 1))
+        self.retry_at = now + self.backoff_s
+        self.probe_until = 0.0
+
+    def answered(self, now: float) -> None:
+        if self.since is None:
+            return
+        logger.info(
+            "limits: the store answers again after %.1fs; %d deliveries were deferred meanwhile",
+            now - self.since,
+            self.deferred,
+        )
+        self.since = None
+        self.failures = 0
+        self.deferred = 0
+        self.probe_until = 0.0
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer within the timeout"
+    return f"{type(exc).__name__}: {exc}"
+
+
+# --- the middleware ------------------------------------------------------------------------------
+
+
+class LimitsMiddleware(Middleware):
+    """Enforces the ``max_concurrency`` and ``rate`` options of a pool's tasks (see the module
+    docs).
+
+    A pool installs one by itself; pass your own in ``WorkerPool(middleware=[...])`` to tune it
+    (the pool then installs none): ``store_timeout_s`` bounds each store call of a global limit,
+    ``slot_ttl_s`` is the lease of a global slot (renewed every third of it while the run lasts),
+    ``max_throttle_delay_s`` caps a concurrency deferral, ``outage_backoff_s`` and
+    ``max_outage_backoff_s`` pace the probes of a store that does not answer; ``seed`` makes the
+    jitter repeatable. :attr:`stats` counts what it did, per task name.
+    """
+
+    def __init__(
+        self,
+        *,
+        store_timeout_s: float = 2.0,
+        slot_ttl_s: float = 30.0,
+        max_throttle_delay_s: float = 30.0,
+        outage_backoff_s: float = 0.5,
+        max_outage_backoff_s: float = 30.0,
+        seed: int | None = None,
+    ) -> None:
+        for option, value in (
+            ("store_timeout_s", store_timeout_s),
+            ("slot_ttl_s", slot_ttl_s),
+            ("max_throttle_delay_s", max_throttle_delay_s),
+            ("outage_backoff_s", outage_backoff_s),
+            ("max_outage_backoff_s", max_outage_backoff_s),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigError(f"{option}={value!r} is not valid: expected a number > 0")
+        self.store_timeout_s = float(store_timeout_s)
+        self.slot_ttl_s = float(slot_ttl_s)
+        self.max_throttle_delay_s = float(max_throttle_delay_s)
+        self._outage = _Outage(
+            float(outage_backoff_s), float(max_outage_backoff_s), self.store_timeout_s
+        )
+        self._rng = random.Random(seed)
+        self._limits: dict[str, _Limit] = {}
+        self._store: Coordination | None = None
+        self._clock: Clock | None = None
+        self._worker = ""
+        self._book = uuid.uuid4().hex[:12]  # whose per-worker reservations are this limiter's
+        self._seq = itertools.count(1)
+        self._renewer: asyncio.Task[None] | None = None
+
+    @property
+    def stats(self) -> Mapping[str, LimitStats]:
+        """What the limiter did, per limited task name."""
+        return {name: limit.stats for name, limit in self._limits.items()}
+
+    def held(self, task_name: str) -> int:
+        """How many runs of ``task_name`` hold a concurrency slot on this worker now."""
+        limit = self._limits.get(task_name)
+        return 0 if limit is None else sum(1 for hold in limit.holds if not hold.released)
+
+    # --- set-up ----------------------------------------------------------------------------------
+
+    def configure(self, pool: WorkerPool) -> None:
+        """Read the limits of ``pool``'s tasks (when it starts). Raises
+        :class:`~paota.ConfigError` when a task has a global limit and the pool's store cannot
+        hold it."""
+        registry = pool._registry
+        limits: dict[str, _Limit] = {}
+        for name in registry:
+            task = registry.get(name)
+            if task is None or (task.max_concurrency is None and task.rate is None):
+                continue
+            limits[name] = _Limit(task)
+        store = pool.store
+        global_names = sorted(n for n, limit in limits.items() if limit.is_global)
+        if global_names and not isinstance(store, Coordination):
+            has = "no store" if store is None else f"the store {type(store).__name__}"
+            raise ConfigError(
+                f"task(s) {', '.join(global_names)} have limit_scope='global', which needs a store "
+                f"with the Coordination capability shared by the workers (Config(store='mongodb'), "
+                f"or 'memory' within one process); this pool has {has}"
+            )
+        self._limits = limits
+        self._store = store if global_names and isinstance(store, Coordination) else None
+        self._clock = pool.clock
+        self._worker = pool.name
+        self._book = uuid.uuid4().hex[:12]
+
+    async def startup(self, worker: Any) -> None:
+        """Start renewing the leases of global slots, and say which limits apply."""
+        for limit in self._limits.values():
+            logger.info("task %s: limited to %s", limit.name, limit.describe())
+        if any(limit.is_global and limit.max_concurrency for limit in self._limits.values()):
+            self._renewer = asyncio.create_task(
+                self._renew_forever(), name=f"{self._worker}-limits-renewer"
+            )
+
+    async def shutdown(self, worker: Any) -> None:
+        """Stop renewing; give back the global slots still held (best effort: they expire)."""
+        renewer, self._renewer = self._renewer, None
+        if renewer is not None:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        for limit in self._limits.values():
+            for hold in list(limit.holds):
+                await self._release(hold)
+
+    # --- the hooks -------------------------------------------------------------------------------
+
+    async def admit(self, task: TaskContext) -> Outcome | None:
+        """Let the run through (holding its slot) or defer it, throttled."""
+        limit = self._limits.get(task.name)
+        if limit is None:
+            return None
+        clock = self._clock
+        assert clock is not None
+        hold: _Hold | None = None
+        try:
+            if limit.max_concurrency is not None:
+                hold = await self._take_slot(limit, task)
+                if hold is None:
+                    limit.stats.throttled_concurrency += 1
+                    delay_s = limit.concurrency_delay(
+                        clock.monotonic(), self.max_throttle_delay_s, self._rng
+                    )
+                    self._debug(task, delay_s, f"all {limit.max_concurrency} slots taken")
+                    return Defer(delay_s, "throttled")
+            if limit.rate is not None:
+                deferral = await self._check_rate(limit, task)
+                if deferral is not None:
+                    if hold is not None:
+                        await self._release(hold)
+                    return deferral
+        except _StoreDown:
+            if hold is not None:
+                await self._release(hold)
+            limit.stats.throttled_store += 1
+            delay_s = self._outage.delay(clock.monotonic(), self._rng)
+            self._debug(task, delay_s, "the store does not answer")
+            return Defer(delay_s, "throttled")
+        if hold is not None:
+            task.data[_HOLD] = hold
+        limit.stats.started += 1
+        return None
+
+    async def execute(self, task: TaskContext, call_next: Callable[[], Awaitable[Any]]) -> Any:
+        """Give the slot back as soon as the run ends (before its outcome is settled)."""
+        hold: _Hold | None = task.data.get(_HOLD)
+        if hold is None:
+            return await call_next()
+        clock = self._clock
+        assert clock is not None
+        started = clock.monotonic()
+        try:
+            return await call_next()
+        finally:
+            hold.limit.observe(clock.monotonic() - started)
+            if hold.limit.is_global:
+                # shielded: a pool cancelling the run must not also cancel giving its slot back
+                await asyncio.shield(self._release(hold))
+            else:
+                await self._release(hold)
+
+    async def after_outcome(self, task: TaskContext, outcome: Outcome) -> None:
+        """Give the slot back on the paths that never ran the task (a duplicate, a later
+        middleware's outcome)."""
+        hold: _Hold | None = task.data.get(_HOLD)
+        if hold is not None and not hold.released:
+            await self._release(hold)
+
+    # --- concurrency -----------------------------------------------------------------------------
+
+    async def _take_slot(self, limit: _Limit, task: TaskContext) -> _Hold | None:
+        assert limit.max_concurrency is not None
+        if len(limit.holds) >= limit.max_concurrency:
+            return None  # this worker alone fills them: no need to ask the store
+        hold = _Hold(limit, f"{self._worker}/{task.id}/{next(self._seq)}")
+        if limit.is_global:
+            store = self._store
+            assert store is not None
+            got = await self._call(
+                "taking a slot",
+                functools.partial(
+                    store.acquire_slot,
+                    limit.slot_key,
+                    hold.holder,
+                    limit.max_concurrency,
+                    ttl_s=self.slot_ttl_s,
+                ),
+            )
+            if not got:
+                return None
+        limit.holds.add(hold)
+        return hold
+
+    async def _release(self, hold: _Hold) -> None:
+        if hold.released:
+            return
+        hold.released = True
+        limit = hold.limit
+        limit.holds.discard(hold)
+        if not limit.is_global:
+            return
+        store = self._store
+        assert store is not None
+        # A slot the store did not hear back about expires after its time to live.
+        with contextlib.suppress(_StoreDown):
+            await self._call(
+                "giving a slot back",
+                functools.partial(store.release_slot, limit.slot_key, hold.holder),
+            )
+
+    async def _renew_forever(self) -> None:
+        store = self._store
+        assert store is not None
+        while True:
+            await asyncio.sleep(self.slot_ttl_s / 3)
+            for limit in self._limits.values():
+                if not limit.is_global or limit.max_concurrency is None:
+                    continue
+                for hold in list(limit.holds):
+                    if hold.released:
+                        continue
+                    try:
+                        kept = await self._call(
+                            "renewing a slot",
+                            functools.partial(
+                                store.acquire_slot,
+                                limit.slot_key,
+                                hold.holder,
+                                limit.max_concurrency,
+                                ttl_s=self.slot_ttl_s,
+                            ),
+                        )
+                    except _StoreDown:
+                        continue
+                    if not kept and not hold.released:
+                        limit.stats.lost_slots += 1
+                        logger.warning(
+                            "task %s: its concurrency slot (%s) expired while it ran and was "
+                            "taken by another run: the store was out longer than the slot's "
+                            "%.0fs lease; max_concurrency=%d may be exceeded until it ends",
+                            limit.name,
+                            hold.holder,
+                            self.slot_ttl_s,
+                            limit.max_concurrency,
+                        )
+
+    # --- rate ------------------------------------------------------------------------------------
+
+    async def _check_rate(self, limit: _Limit, task: TaskContext) -> Outcome | None:
+        rate = limit.rate
+        clock = self._clock
+        assert rate is not None and clock is not None
+        now = clock.now()
+        book = "global" if limit.is_global else self._book
+        reserved = reservation(task.headers, task.attempt, book)
+        if reserved is not None:
+            early_s = (reserved - now).total_seconds()
+            if early_s > EARLY_TOLERANCE_S:  # back before its start (a requeue): wait for it
+                limit.stats.throttled_rate += 1
+                self._debug(task, early_s, "waiting for its reserved start")
+                return Defer(early_s, "throttled")
+            if -early_s <= rate.interval_s:
+                task.data[GRANTED_KEY] = reserved
+                return None
+            # Later than one interval: starting now could crowd the starts reserved since.
+            limit.stats.missed_reservations += 1
+        if limit.is_global:
+            store = self._store
+            assert store is not None
+            wait_s = await self._call(
+                "reserving a start",
+                functools.partial(store.reserve_start, limit.rate_key, rate.interval_s, now=now),
+            )
+        else:
+            wait_s = limit.reserve_local(now)
+        start = now + timedelta(seconds=wait_s)
+        if wait_s <= EARLY_TOLERANCE_S:
+            task.data[GRANTED_KEY] = start
+            return None
+        limit.stats.throttled_rate += 1
+        self._debug(task, wait_s, f"rate {rate.text}: next start reserved")
+        return Defer(
+            wait_s,
+            "throttled",
+            headers={RESERVED_HEADER: f"{task.attempt}@{start.isoformat()}@{book}"},
+        )
+
+    # --- the store -------------------------------------------------------------------------------
+
+    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        clock = self._clock
+        assert clock is not None
+        if self._outage.blocked(clock.monotonic()):
+            raise _StoreDown(what)
+        try:
+            result = await asyncio.wait_for(call(), self.store_timeout_s)
+        except Exception as exc:  # any failure of the store: fail closed
+            self._outage.failed(clock.monotonic(), what, exc)
+            raise _StoreDown(what) from exc
+        self._outage.answered(clock.monotonic())
+        return result
+
+    def _debug(self, task: TaskContext, delay_s: float, why: str) -> None:
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "task %s (%s) throttled (%s); back in %.3fs",
+                task.id,
+                task.name,
+                why,
+                delay_s,
+                extra=task.log_extra,
+            )
+
+
+def reservation(headers: Mapping[str, Any], attempt: int, book: str) -> datetime | None:
+    """The start reserved for this attempt in ``book`` (``"global"``, or a limiter's id), from
+    ``x-paota-rate-reserved``, or None. A retry is a new attempt: it reserves its own start."""
+    raw = headers.get(RESERVED_HEADER)
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    if not isinstance(raw, str):
+        return None
+    parts = raw.split("@")
+    if len(parts) != 3 or parts[0] != str(attempt) or parts[2] != book:
+        return None
+    when = parts[1]
+    try:
+        start = datetime.fromisoformat(when)
+    except ValueError:
+        return None
+    return start if start.tzinfo is not None else None
+
+
+def install(pool: WorkerPool) -> list[Middleware]:
+    """The limiter :mod:`paota.middleware.builtin` adds to ``pool``: none when no task of the
+    pool has a limit, or when the pool's own middleware has a :class:`LimitsMiddleware` (which is
+    then configured)."""
+    own = [m for m in pool.middleware if isinstance(m, LimitsMiddleware)]
+    if own:
+        for middleware in own:
+            middleware.configure(pool)
+        return []
+    if not any(
+        task is not None and (task.max_concurrency is not None or task.rate is not None)
+        for task in map(pool._registry.get, pool._registry)
+    ):
+        return []
+    limiter = LimitsMiddleware()
+    limiter.configure(pool)
+    return [limiter]
