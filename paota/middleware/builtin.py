@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from paota.core.middleware import Middleware
-from paota.middleware import workflows
+from paota.middleware import limits, workflows
 from paota.middleware.callbacks import CallbacksMiddleware
 
 if TYPE_CHECKING:
@@ -49,6 +49,10 @@ def inner(pool: WorkerPool) -> list[Middleware]:
     if workflows.uses_workflows(pool):
         # Any delivery may be a workflow step; for one that is not, the hook is a header lookup.
         items.append(workflows.WorkflowMiddleware(pool))
+    # After every middleware with an admit hook: the others admit a run before it takes a
+    # concurrency slot or a reserved start (a cancelled task must not spend the rate). None when
+    # no task of the pool has a limit.
+    items.extend(limits.install(pool))
     if pool.run_scheduler:
         # Last in, so its shutdown runs first: a stopping pool sends no more slots.
         from paota.scheduler.middleware import SchedulerMiddleware
