@@ -40,7 +40,7 @@ from paota.core.protocols import (
 )
 from paota.core.registry import TaskFunc
 from paota.core.runner import Runner
-from paota.core.settle import Settler
+from paota.core.settle import Settler, result_lifetimes
 from paota.core.state import TaskStatus
 from paota.core.tasks import Task
 from paota.middleware import builtin
@@ -226,6 +226,7 @@ class WorkerPool(Client):
             worker=self.name,
             middleware=self._run_chain,
             stopping=self._is_stopping,
+            result_ttl=result_lifetimes(self._registry),
         )
 
     def _prefetch(self, queue: str, concurrency: int) -> int:
@@ -338,13 +339,39 @@ class WorkerPool(Client):
             # redelivers it (at-least-once).
             logger.error("worker pool %s: %s; returning the message to the broker", self.name, exc)
             await _quietly(delivery.reject(requeue=True))
-        except Exception:
-            logger.exception(
-                "worker pool %s: delivery handler crashed; returning the message", self.name
-            )
-            await _quietly(delivery.reject(requeue=True))
+        except Exception as exc:
+            # A bug of paota's (or of a seam's), not of the message: park it with the traceback
+            # rather than send it round again, so it can be looked at and replayed.
+            logger.exception("worker pool %s: handling a delivery failed; parking it", self.name)
+            await self._park_internal_error(delivery, exc)
         finally:
             slots.release()
+
+    async def _park_internal_error(self, delivery: Delivery, exc: Exception) -> None:
+        from paota.core.protocols import ParkInfo
+        from paota.core.settle import parked_copy
+
+        error = error_info(exc)
+        info = ParkInfo(
+            reason=ParkReason.INTERNAL_ERROR,
+            error_type=error.type,
+            error_message=error.message,
+            worker=self.name,
+            parked_at=self.clock.now(),
+            traceback=error.traceback,
+            origin_queue=delivery.queue,
+        )
+        try:
+            copy = parked_copy(delivery, self.broker.parking_queue(ParkQueue.FAILED), info)
+            await self.broker.publish(copy)
+            await delivery.ack()
+        except Exception as park_exc:
+            logger.error(
+                "worker pool %s: parking it failed too (%s); returning it to the broker",
+                self.name,
+                park_exc,
+            )
+            await _quietly(delivery.reject(requeue=True))
 
     async def _handle(self, delivery: Delivery) -> None:
         settler = self._settler
@@ -375,7 +402,7 @@ class WorkerPool(Client):
             sig,
             now=self.clock.now(),
             registered=task is not None,
-            returns=header_int(delivery.headers.get(RETURNS_HEADER)),
+            returns=max(0, header_int(delivery.headers.get(RETURNS_HEADER))),
             max_returns=self.config.unknown_task_max_returns,
             known=", ".join(sorted(registry)),
         )
@@ -393,8 +420,10 @@ class WorkerPool(Client):
         if self.store is not None:
             started = settler.state(sig, TaskStatus.STARTED, delivery, started_at=ctx.started_at)
             if not await settler.record(started):
-                # The store has this run finished, or a later attempt: a redelivered duplicate.
+                # The store has this run finished, or a later attempt: a redelivered duplicate
+                # (or it was cancelled: the settle step tells them apart, reading the record).
                 return Duplicate()
+            ctx._record = started  # progress reports rewrite it (paota.middleware.progress)
         runner = self._runner
         assert runner is not None
         limit_s = (
@@ -405,7 +434,7 @@ class WorkerPool(Client):
 
         async def run() -> Any:
             args, kwargs = task.bind(sig)
-            return await runner.run(task, args, kwargs, limit_s)
+            return await runner.run(task, args, kwargs, limit_s, ctx)
 
         try:
             result = await (chain.execute(ctx, run) if chain._execute else run())

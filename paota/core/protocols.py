@@ -32,6 +32,7 @@ __all__ = [
     "RETURNS_HEADER",
     "WORKFLOW_HEADER",
     "Broker",
+    "ControlChannel",
     "Coordination",
     "Delivery",
     "Message",
@@ -114,6 +115,7 @@ class ParkReason(str, enum.Enum):
     RETRIES_EXHAUSTED = "retries-exhausted"
     START_DEADLINE = "start-deadline"
     EXEC_TIMEOUT = "exec-timeout"
+    INTERNAL_ERROR = "internal-error"
 
 
 @dataclass(frozen=True)
@@ -463,4 +465,30 @@ class QueueDepths(Protocol):
         """``{queue: messages ready}`` for the task queue, both parking queues and ``queues``;
         a queue that does not exist counts 0. Messages delivered and not yet acknowledged, and
         delayed messages not yet due, are not ready."""
+        ...
+
+
+@runtime_checkable
+class ControlChannel(Protocol):
+    """Broadcasts small control messages (a cancellation, say) to every listening process on the
+    broker (optional broker capability; the memory broker reaches its own process only).
+
+    Control messages are not durable: one broadcast while a listener is not subscribed (a
+    reconnection) is not delivered to it. A listener therefore gets ``None`` right after each
+    subscription, the first one included: messages may have been missed up to that point, and it
+    should check the durable state it cares about (the store) then. The core encodes what the
+    bytes mean; the broker moves them.
+    """
+
+    async def broadcast_control(self, body: bytes) -> None:
+        """Send ``body`` to every listener subscribed now; returns once the broker has it.
+        Raises :class:`~paota.BrokerError` when it cannot."""
+        ...
+
+    def listen_control(self) -> AsyncIterator[bytes | None]:
+        """The control messages broadcast from now on, with ``None`` after each (re)subscription.
+
+        The iterator survives reconnections and ends when the broker is closed; closing it
+        (``aclose()``) unsubscribes.
+        """
         ...

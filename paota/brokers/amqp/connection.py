@@ -434,13 +434,20 @@ class ConnectionPool:
         return max(0.0, deadline - asyncio.get_running_loop().time())
 
     def _pick(self) -> _Slot | None:
+        # Publishing stays on one connection; other channels (consumers above all) go elsewhere
+        # when another connection is up: RabbitMQ blocks a connection that published during a
+        # memory or disk alarm, acks included, and a consumer on it would stop with it.
         slots = self._slots
+        fallback = None
         for offset in range(len(slots)):
             slot = slots[(self._next + offset) % len(slots)]
             if slot.usable():
+                if slot is self._publish_slot and len(slots) > 1:
+                    fallback = fallback or slot
+                    continue
                 self._next = (slot.index + 1) % len(slots)
                 return slot
-        return None
+        return fallback
 
     async def _ready_slot(self, deadline: float | None) -> _Slot:
         if self._closed:
