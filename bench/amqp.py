@@ -11,7 +11,10 @@ not counted. Between two measured phases the benchmark pauses ``--pause`` second
 that RabbitMQ finishes deleting the previous queue (on a small machine that work otherwise lands in
 the next measurement). Prints every round, then the best rate of each side and paota's ratio to
 raw, with the client's CPU time per message (``time.process_time``: RabbitMQ runs on the same
-cores). Each run uses fresh queue names and deletes them afterwards.
+cores). Each run uses fresh queue names and deletes them afterwards, except the delay ladder: every
+run declares the same quorum ladder, ``paota_bench_ladder.q00`` .., and keeps it (deleting many
+at-least-once quorum queues at once strands RabbitMQ's dead-letter workers, rabbitmq-server#16652;
+:func:`paota.brokers.amqp.topology.delete_ladder` deletes one queue at a time).
 
     python bench/amqp.py [--url amqp://guest:guest@127.0.0.1:5672/] [--tasks 20000] [--rounds 3]
 """
@@ -31,9 +34,12 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 
 from paota import AMQPConfig, Config, Signature, WorkerPool
+from paota.brokers.amqp.topology import Topology
 from paota.core.signature import encode_message
 
 PREFETCH = 100
+#: The delay ladder's name prefix, the same in every run: the ladder is kept, not deleted per run.
+LADDER = "paota_bench_ladder"
 
 
 @dataclass
@@ -107,20 +113,27 @@ async def raw_run(url: str, n: int, window: int, pause_s: float) -> tuple[Rate, 
         await connection.close()
 
 
-async def paota_run(url: str, n: int, window: int, pause_s: float) -> tuple[Rate, Rate]:
+def bench_config(url: str, delay_queue_type: str = "quorum") -> Config:
+    """A config with fresh queue and exchange names, on the shared ``delay_queue_type`` ladder."""
     suffix = uuid.uuid4().hex[:8]
-    config = Config(
+    return Config(
         broker="amqp",
         task_queue_name=f"bench_paota_{suffix}",
         amqp=AMQPConfig(
             url=url,
             exchange=f"bench_exchange_{suffix}",
             delayed_queue=f"bench_delayed_{suffix}",
+            delay_ladder=LADDER,
+            delay_queue_type=delay_queue_type,
             failed_queue=f"bench_failed_{suffix}",
             timeout_queue=f"bench_timeout_{suffix}",
             prefetch_count=PREFETCH,
         ),
     )
+
+
+async def paota_run(url: str, n: int, window: int, pause_s: float) -> tuple[Rate, Rate]:
+    config = bench_config(url)
     producer = WorkerPool(config, name="bench-producer")
     async with producer:
         sig = Signature("Noop")
@@ -153,16 +166,19 @@ async def paota_run(url: str, n: int, window: int, pause_s: float) -> tuple[Rate
 
 
 async def _delete_topology(url: str, config: Config) -> None:
-    from paota.brokers.amqp.topology import Topology
-
-    queues, exchanges = Topology.from_config(config).names()
+    """Delete the queues and exchanges of ``config``'s run, but not the shared delay ladder."""
+    topology = Topology.from_config(config)
+    shared = {*topology.ladder_queues, topology.delivery_exchange}
+    queues, exchanges = topology.names()
     connection = await aiormq.connect(url)
     try:
         channel = await connection.channel()
         for queue in queues:
-            await channel.queue_delete(queue)
+            if queue not in shared:
+                await channel.queue_delete(queue)
         for exchange in exchanges:
-            await channel.exchange_delete(exchange)
+            if exchange not in shared:
+                await channel.exchange_delete(exchange)
     finally:
         await connection.close()
 
