@@ -11,12 +11,28 @@ not counted. Between two measured phases the benchmark pauses ``--pause`` second
 that RabbitMQ finishes deleting the previous queue (on a small machine that work otherwise lands in
 the next measurement). Prints every round, then the best rate of each side and paota's ratio to
 raw, with the client's CPU time per message (``time.process_time``: RabbitMQ runs on the same
-cores). Each run uses fresh queue names and deletes them afterwards, except the delay ladder: every
-run declares the same quorum ladder, ``paota_bench_ladder.q00`` .., and keeps it (deleting many
-at-least-once quorum queues at once strands RabbitMQ's dead-letter workers, rabbitmq-server#16652;
-:func:`paota.brokers.amqp.topology.delete_ladder` deletes one queue at a time).
+cores). Each run uses fresh queue names and deletes them afterwards, except the delay ladders:
+there is one per queue type, ``paota_bench_ladder.q00`` .. (quorum, also declared by the immediate
+runs) and ``paota_bench_ladder.l00`` .. (classic), declared by the first run and kept for the next
+ones (deleting many at-least-once quorum queues at once strands RabbitMQ's dead-letter workers,
+rabbitmq-server#16652; :func:`paota.brokers.amqp.topology.delete_ladder` deletes one queue at a
+time).
+
+Then the cost of the delay ladder's queue type (``amqp.delay_queue_type``):
+
+  (c) ``--delayed-tasks`` no-op tasks (default 5,000), each sent with ``send_task`` and
+      ``eta = now + --delay`` (default 1 s), ``--window`` in flight, while one WorkerPool
+      (concurrency 100, prefetch 100) consumes them; once on the classic ladder, once on the
+      quorum one. Reported: the publish rate (confirmed; the client's CPU includes the pool's,
+      which runs meanwhile), the drain rate (tasks / time from the first run to the last), the
+      extra latency (the last run after the latest ETA, i.e. after the last publish plus the
+      delay) and each task's lateness after its ETA (median and 99th percentile).
+
+Same warm-up, rounds (alternating which queue type goes first) and pauses; then the best of each
+figure (the highest rate, the lowest latency) and the ratio quorum/classic.
 
     python bench/amqp.py [--url amqp://guest:guest@127.0.0.1:5672/] [--tasks 20000] [--rounds 3]
+                         [--delayed-tasks 5000] [--delay 1.0]
 """
 
 from __future__ import annotations
@@ -29,16 +45,17 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 import aiormq
 from aiormq.abc import DeliveredMessage
 
 from paota import AMQPConfig, Config, Signature, WorkerPool
-from paota.brokers.amqp.topology import Topology
+from paota.brokers.amqp.topology import DELAY_QUEUE_TYPES, Topology
 from paota.core.signature import encode_message
 
 PREFETCH = 100
-#: The delay ladder's name prefix, the same in every run: the ladder is kept, not deleted per run.
+#: The delay ladders' name prefix, the same in every run: ladders are kept, not deleted per run.
 LADDER = "paota_bench_ladder"
 
 
@@ -183,6 +200,142 @@ async def _delete_topology(url: str, config: Config) -> None:
         await connection.close()
 
 
+@dataclass
+class Delayed:
+    """One delayed run: the publish rate; the drain rate (tasks per second from the first run to
+    the last); the extra latency (the last run after the latest ETA) and the lateness of a task
+    after its ETA (median, 99th percentile), in seconds; deliveries the pool found early and
+    delayed again (0 when the ladder never delivers before the ETA)."""
+
+    publish: Rate
+    drain_per_s: float
+    extra_s: float
+    late_p50_s: float
+    late_p99_s: float
+    redelayed: int
+
+    def __str__(self) -> str:
+        text = (
+            f"publish {self.publish}   drain {self.drain_per_s:>7,.0f}/s   "
+            f"extra {self.extra_s:6.3f} s   late p50 {self.late_p50_s:.3f} s "
+            f"p99 {self.late_p99_s:.3f} s"
+        )
+        if self.redelayed:
+            text += f"   re-delayed {self.redelayed}"
+        return text
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def delayed_run(url: str, n: int, window: int, delay_s: float, queue_type: str) -> Delayed:
+    """Send ``n`` tasks due ``delay_s`` after their publish through the ``queue_type`` ladder
+    while one WorkerPool consumes them."""
+    config = bench_config(url, queue_type)
+    pool = WorkerPool(config, concurrency=PREFETCH, name="bench-delayed-worker")
+    producer = WorkerPool(config, name="bench-delayed-producer")
+    done = asyncio.Event()
+    lateness: list[float] = []
+    first_run = last_run = 0.0
+
+    @pool.task(name="Noop")
+    async def noop(sig: Signature) -> None:
+        nonlocal first_run, last_run
+        now = time.time()
+        if not lateness:
+            first_run = now
+        lateness.append(now - sig.eta.timestamp() if sig.eta is not None else float("nan"))
+        if len(lateness) == n:
+            last_run = now
+            done.set()
+
+    base = Signature("Noop")
+    delay = timedelta(seconds=delay_s)
+    latest_eta = datetime.now(timezone.utc)
+
+    def send() -> Awaitable[object]:
+        nonlocal latest_eta
+        latest_eta = datetime.now(timezone.utc) + delay
+        return producer.send_task(base.replace(eta=latest_eta))
+
+    timeout_s = delay_s + max(120.0, n / 20)
+    async with pool, producer:
+        worker = asyncio.create_task(pool.start(install_signal_handlers=False))
+        try:
+            timer = Timer()
+            timer.start()
+            await in_windows(n, window, send)
+            publish_rate = timer.rate(n)
+            try:
+                await asyncio.wait_for(done.wait(), timeout_s)
+            except asyncio.TimeoutError:
+                # The task queue is kept: stragglers still coming down the ladder land there.
+                raise RuntimeError(
+                    f"{queue_type} ladder: {len(lateness)} of {n} delayed tasks ran within "
+                    f"{timeout_s:g} s; task queue {config.task_queue_name!r} left in place"
+                ) from None
+        finally:
+            await pool.stop()
+            await worker
+    await _delete_topology(url, config)
+    ordered = sorted(lateness)
+    return Delayed(
+        publish=publish_rate,
+        drain_per_s=n / max(last_run - first_run, 1e-9),
+        extra_s=last_run - latest_eta.timestamp(),
+        late_p50_s=_quantile(ordered, 0.50),
+        late_p99_s=_quantile(ordered, 0.99),
+        redelayed=pool.stats.deferred,
+    )
+
+
+def _compare(label: str, classic: float, quorum: float, unit: str) -> None:
+    ratio = quorum / classic if classic else float("inf")
+    shown = f"{{:>9,.0f}}{unit}" if unit == "/s" else f"{{:9.3f}}{unit}"
+    print(
+        f"  {label:<13} classic {shown.format(classic)}   quorum {shown.format(quorum)}   "
+        f"ratio quorum/classic {ratio:.2f}"
+    )
+
+
+async def delayed_section(
+    url: str, n: int, window: int, delay_s: float, rounds: int, pause_s: float
+) -> None:
+    print(
+        f"delayed: {n} no-op tasks with eta = now + {delay_s:g} s, {window} publishes in flight, "
+        f"consumed meanwhile by one WorkerPool (concurrency {PREFETCH}, prefetch {PREFETCH}), "
+        f"classic and quorum ladders, best of {rounds} rounds"
+    )
+    warm_up = max(1, n // 10)
+    for kind in DELAY_QUEUE_TYPES:
+        await delayed_run(url, warm_up, min(window, warm_up), delay_s, kind)
+    runs: dict[str, list[Delayed]] = {kind: [] for kind in DELAY_QUEUE_TYPES}
+    for round_ in range(rounds):
+        order = ["classic", "quorum"] if round_ % 2 == 0 else ["quorum", "classic"]
+        for kind in order:
+            await asyncio.sleep(pause_s)
+            run = await delayed_run(url, n, window, delay_s, kind)
+            runs[kind].append(run)
+            print(f"  round {round_ + 1} {kind:<7}  {run}")
+    best_publish = {kind: max(runs[kind], key=lambda r: r.publish.per_s).publish for kind in runs}
+    classic, quorum = best_publish["classic"], best_publish["quorum"]
+    print(
+        f"  {'publish':<13} classic {classic}   quorum {quorum}   "
+        f"ratio quorum/classic {quorum.per_s / classic.per_s:.2f}"
+    )
+    best_drain = {kind: max(r.drain_per_s for r in runs[kind]) for kind in runs}
+    _compare("drain", best_drain["classic"], best_drain["quorum"], "/s")
+    seconds: tuple[tuple[str, Callable[[Delayed], float]], ...] = (
+        ("extra latency", lambda r: r.extra_s),
+        ("late p50", lambda r: r.late_p50_s),
+        ("late p99", lambda r: r.late_p99_s),
+    )
+    for label, figure in seconds:
+        best = {kind: min(map(figure, runs[kind])) for kind in runs}
+        _compare(label, best["classic"], best["quorum"], " s")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -200,6 +353,15 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds (default 3)")
     parser.add_argument(
         "--pause", type=float, default=2.0, help="seconds between measured phases (default 2)"
+    )
+    parser.add_argument(
+        "--delayed-tasks",
+        type=int,
+        default=5_000,
+        help="delayed tasks per run (default 5000; 0 skips the delayed section)",
+    )
+    parser.add_argument(
+        "--delay", type=float, default=1.0, help="delay of the delayed tasks, seconds (default 1)"
     )
     args = parser.parse_args()
     n, window, pause_s = args.tasks, args.window, args.pause
@@ -226,6 +388,10 @@ async def main() -> None:
     for what in ("publish", "consume"):
         raw, ours = best[("raw", what)], best[("paota", what)]
         print(f"  {what}  raw {raw}   paota {ours}   ratio {ours.per_s / raw.per_s:.2f}")
+    if args.delayed_tasks > 0:
+        await delayed_section(
+            args.url, args.delayed_tasks, window, args.delay, args.rounds, pause_s
+        )
 
 
 if __name__ == "__main__":
