@@ -114,7 +114,9 @@ async def raw_run(url: str, n: int, window: int, pause_s: float) -> tuple[Rate, 
 
         async def on_message(message: DeliveredMessage) -> None:
             nonlocal count
-            await consumer_channel.basic_ack(message.delivery_tag)
+            tag = message.delivery_tag
+            assert tag is not None  # always set on a delivery
+            await consumer_channel.basic_ack(tag)
             count += 1
             if count == n:
                 done.set()
@@ -123,6 +125,7 @@ async def raw_run(url: str, n: int, window: int, pause_s: float) -> tuple[Rate, 
         consume_ok = await consumer_channel.basic_consume(queue, on_message)
         await done.wait()
         consume_rate = timer.rate(n)
+        assert consume_ok.consumer_tag is not None
         await consumer_channel.basic_cancel(consume_ok.consumer_tag)
         await channel.queue_delete(queue)
         return publish_rate, consume_rate
@@ -372,8 +375,8 @@ async def main() -> None:
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores")
     runs = {"raw": raw_run, "paota": paota_run}
     warm_up = max(1, n // 10)
-    for side in runs.values():
-        await side(args.url, warm_up, min(window, warm_up), 0.0)
+    for run in runs.values():
+        await run(args.url, warm_up, min(window, warm_up), 0.0)
     best: dict[tuple[str, str], Rate] = {}
     for round_ in range(args.rounds):
         order = ["raw", "paota"] if round_ % 2 == 0 else ["paota", "raw"]
