@@ -26,13 +26,16 @@ Then the cost of the delay ladder's queue type (``amqp.delay_queue_type``):
       quorum one. Reported: the publish rate (confirmed; the client's CPU includes the pool's,
       which runs meanwhile), the drain rate (tasks / time from the first run to the last), the
       extra latency (the last run after the latest ETA, i.e. after the last publish plus the
-      delay) and each task's lateness after its ETA (median and 99th percentile).
+      delay) and each task's lateness after its ETA (median and 99th percentile). With
+      ``--broker-pid`` (RabbitMQ's ``beam.smp`` on this machine), also RabbitMQ's CPU time per
+      task from the first publish to the last run, read from ``/proc``: a figure that depends less
+      on what else the machine runs than the rates do (it counts whatever else the broker serves).
 
 Same warm-up, rounds (alternating which queue type goes first) and pauses; then the best of each
 figure (the highest rate, the lowest latency) and the ratio quorum/classic.
 
     python bench/amqp.py [--url amqp://guest:guest@127.0.0.1:5672/] [--tasks 20000] [--rounds 3]
-                         [--delayed-tasks 5000] [--delay 1.0]
+                         [--delayed-tasks 5000] [--delay 1.0] [--broker-pid PID]
 """
 
 from __future__ import annotations
@@ -216,6 +219,7 @@ class Delayed:
     late_p50_s: float
     late_p99_s: float
     redelayed: int
+    broker_cpu_us: float | None
 
     def __str__(self) -> str:
         text = (
@@ -223,34 +227,48 @@ class Delayed:
             f"extra {self.extra_s:6.3f} s   late p50 {self.late_p50_s:.3f} s "
             f"p99 {self.late_p99_s:.3f} s"
         )
+        if self.broker_cpu_us is not None:
+            text += f"   broker {self.broker_cpu_us:5.0f} us cpu"
         if self.redelayed:
             text += f"   re-delayed {self.redelayed}"
         return text
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) that process ``pid`` has used so far (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        # After "pid (comm)": state is field 3, utime and stime are fields 14 and 15.
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _quantile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def delayed_run(url: str, n: int, window: int, delay_s: float, queue_type: str) -> Delayed:
+async def delayed_run(
+    url: str, n: int, window: int, delay_s: float, queue_type: str, broker_pid: int | None
+) -> Delayed:
     """Send ``n`` tasks due ``delay_s`` after their publish through the ``queue_type`` ladder
-    while one WorkerPool consumes them."""
+    while one WorkerPool consumes them; ``broker_pid``: RabbitMQ's process, to read its CPU."""
     config = bench_config(url, queue_type)
     pool = WorkerPool(config, concurrency=PREFETCH, name="bench-delayed-worker")
     producer = WorkerPool(config, name="bench-delayed-producer")
     done = asyncio.Event()
     lateness: list[float] = []
-    first_run = last_run = 0.0
+    first_run = last_run = broker_cpu_s = 0.0
 
     @pool.task(name="Noop")
     async def noop(sig: Signature) -> None:
-        nonlocal first_run, last_run
+        nonlocal first_run, last_run, broker_cpu_s
         now = time.time()
         if not lateness:
             first_run = now
         lateness.append(now - sig.eta.timestamp() if sig.eta is not None else float("nan"))
         if len(lateness) == n:
             last_run = now
+            if broker_pid is not None:
+                broker_cpu_s += process_cpu_s(broker_pid)
             done.set()
 
     base = Signature("Noop")
@@ -266,6 +284,8 @@ async def delayed_run(url: str, n: int, window: int, delay_s: float, queue_type:
     async with pool, producer:
         worker = asyncio.create_task(pool.start(install_signal_handlers=False))
         try:
+            if broker_pid is not None:
+                broker_cpu_s = -process_cpu_s(broker_pid)
             timer = Timer()
             timer.start()
             await in_windows(n, window, send)
@@ -290,12 +310,13 @@ async def delayed_run(url: str, n: int, window: int, delay_s: float, queue_type:
         late_p50_s=_quantile(ordered, 0.50),
         late_p99_s=_quantile(ordered, 0.99),
         redelayed=pool.stats.deferred,
+        broker_cpu_us=broker_cpu_s / n * 1e6 if broker_pid is not None else None,
     )
 
 
 def _compare(label: str, classic: float, quorum: float, unit: str) -> None:
     ratio = quorum / classic if classic else float("inf")
-    shown = f"{{:>9,.0f}}{unit}" if unit == "/s" else f"{{:9.3f}}{unit}"
+    shown = f"{{:>9,.0f}}{unit}" if unit != " s" else f"{{:9.3f}}{unit}"
     print(
         f"  {label:<13} classic {shown.format(classic)}   quorum {shown.format(quorum)}   "
         f"ratio quorum/classic {ratio:.2f}"
@@ -303,7 +324,13 @@ def _compare(label: str, classic: float, quorum: float, unit: str) -> None:
 
 
 async def delayed_section(
-    url: str, n: int, window: int, delay_s: float, rounds: int, pause_s: float
+    url: str,
+    n: int,
+    window: int,
+    delay_s: float,
+    rounds: int,
+    pause_s: float,
+    broker_pid: int | None,
 ) -> None:
     print(
         f"delayed: {n} no-op tasks with eta = now + {delay_s:g} s, {window} publishes in flight, "
@@ -312,13 +339,13 @@ async def delayed_section(
     )
     warm_up = max(1, n // 10)
     for kind in DELAY_QUEUE_TYPES:
-        await delayed_run(url, warm_up, min(window, warm_up), delay_s, kind)
+        await delayed_run(url, warm_up, min(window, warm_up), delay_s, kind, broker_pid)
     runs: dict[str, list[Delayed]] = {kind: [] for kind in DELAY_QUEUE_TYPES}
     for round_ in range(rounds):
         order = ["classic", "quorum"] if round_ % 2 == 0 else ["quorum", "classic"]
         for kind in order:
             await asyncio.sleep(pause_s)
-            run = await delayed_run(url, n, window, delay_s, kind)
+            run = await delayed_run(url, n, window, delay_s, kind, broker_pid)
             runs[kind].append(run)
             print(f"  round {round_ + 1} {kind:<7}  {run}")
     best_publish = {kind: max(runs[kind], key=lambda r: r.publish.per_s).publish for kind in runs}
@@ -337,6 +364,9 @@ async def delayed_section(
     for label, figure in seconds:
         best = {kind: min(map(figure, runs[kind])) for kind in runs}
         _compare(label, best["classic"], best["quorum"], " s")
+    if broker_pid is not None:
+        cpu = {kind: min(r.broker_cpu_us or 0.0 for r in runs[kind]) for kind in runs}
+        _compare("broker cpu", cpu["classic"], cpu["quorum"], " us")
 
 
 async def main() -> None:
@@ -366,6 +396,12 @@ async def main() -> None:
     parser.add_argument(
         "--delay", type=float, default=1.0, help="delay of the delayed tasks, seconds (default 1)"
     )
+    parser.add_argument(
+        "--broker-pid",
+        type=int,
+        default=None,
+        help="RabbitMQ's process id on this machine: also report its CPU per delayed task",
+    )
     args = parser.parse_args()
     n, window, pause_s = args.tasks, args.window, args.pause
     print(
@@ -393,7 +429,13 @@ async def main() -> None:
         print(f"  {what}  raw {raw}   paota {ours}   ratio {ours.per_s / raw.per_s:.2f}")
     if args.delayed_tasks > 0:
         await delayed_section(
-            args.url, args.delayed_tasks, window, args.delay, args.rounds, pause_s
+            args.url,
+            args.delayed_tasks,
+            window,
+            args.delay,
+            args.rounds,
+            pause_s,
+            args.broker_pid,
         )
 
 
