@@ -147,6 +147,10 @@ stop_engine() {
         done
         log "dockerd stopped"
     fi
+    # dockerd leaves its network namespace mounted; it makes a new one when it starts.
+    if ! engine_up && mountpoint -q "$DIR/exec/netns/default" 2>/dev/null; then
+        umount "$DIR/exec/netns/default" || true
+    fi
     rm -f "$DIR/session-owned"
 }
 
