@@ -102,11 +102,14 @@ class Runs:
     def __init__(self) -> None:
         self.counts: collections.Counter[str] = collections.Counter()
         self.times: list[float] = []
+        self.last: dict[str, float] = {}
 
     def record(self, task_id: str) -> None:
         """One run of ``task_id`` finished now."""
+        now = time.monotonic()
         self.counts[task_id] += 1
-        self.times.append(time.monotonic())
+        self.times.append(now)
+        self.last[task_id] = now
 
     @property
     def total(self) -> int:
