@@ -94,14 +94,19 @@ async def test_broker_sigkill_twice_mid_stream_loses_nothing(
     await running(worker_pool(config, runs, concurrency=20, sleep_s=0.05))
 
     # when the broker is SIGKILLed twice while tasks run and delays wait (at a quarter done, then
-    # at half), and started again on its data each time
+    # 3 s after the pool recovered: a time, so that delays still wait however slow the machine),
+    # and started again on its data each time
     recover_s: list[float] = []
     down_s: list[float] = []
     waiting: list[int] = []
-    for fraction in (0.25, 0.5):
-        await runs.wait_for_count(int(total * fraction), timeout_s=90)
+    done_at_kills: list[int] = []
+    await runs.wait_for_count(total // 4, timeout_s=90)
+    for kill in range(2):
+        if kill:
+            await asyncio.sleep(3.0)
         assert runs.distinct() < total, "everything ran before the kill: make the tasks slower"
         waiting.append(sent.delayed_waiting())
+        done_at_kills.append(runs.distinct())
         fault_at = time.monotonic()
         await in_thread(node.kill)
         await asyncio.sleep(1.0)
@@ -119,6 +124,7 @@ async def test_broker_sigkill_twice_mid_stream_loses_nothing(
         recover_s,
         delayed=len(sent.due),
         delayed_waiting_at_kills=",".join(map(str, waiting)),
+        done_at_kills=",".join(map(str, done_at_kills)),
         broker_down_s=",".join(f"{s:.1f}" for s in down_s),
     ).report()
     assert count.lost == 0
@@ -185,7 +191,7 @@ async def test_broker_restart_while_producers_publish_confirms_only_what_it_keep
 
 @pytest.mark.timeout(300)
 async def test_broker_paused_longer_than_the_heartbeat_then_resumed(
-    rabbit_node: NodeFactory, running: Any
+    rabbit_node: NodeFactory, running: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     # given clients with a 1 s heartbeat (aiormq gives a silent server (1 + 1) * 3 = 6 s), 3,000
     # tasks (a third delayed 0.5-6 s) sent at about 250/s, and a pool working through them
@@ -212,6 +218,7 @@ async def test_broker_paused_longer_than_the_heartbeat_then_resumed(
         )
         # when every broker process is frozen (SIGSTOP) for 10 s, then resumed
         await wait_until(lambda: len(sent.confirmed) >= total // 4, 60, "sends did not start")
+        caplog.set_level("WARNING", logger="paota.brokers.amqp")
         pause_s = 10.0
         fault_at = time.monotonic()
         await in_thread(node.pause)
@@ -222,7 +229,11 @@ async def test_broker_paused_longer_than_the_heartbeat_then_resumed(
         back_at = time.monotonic()
         await bounded(sending, 180, "the producers")
 
-    # then sends failed in time or were confirmed, and every confirmed task runs
+    # then the clients gave the silent connections up and reconnected
+    lost = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
+    assert lost, "no connection was given up during the pause"
+    assert any("re-established" in r.getMessage() for r in caplog.records)
+    # and sends failed in time or were confirmed, and every confirmed task runs
     check_failures(sent, publish_timeout_s)
     await runs.wait_for_all(sent.confirmed, timeout_s=120)
     count = ChaosCount.of(
@@ -231,6 +242,7 @@ async def test_broker_paused_longer_than_the_heartbeat_then_resumed(
         runs.counts,
         [await recovery(runs, fault_at, back_at, "the broker was resumed")],
         pause_s=pause_s,
+        connections_lost=len(lost),
         send_failed=len(sent.failed),
         failed_but_ran=sum(1 for f in sent.failed if runs.counts[f.task_id]),
     ).report()
