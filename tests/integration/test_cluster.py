@@ -351,7 +351,7 @@ class Runs:
     done: list[tuple[float, float]] = field(default_factory=list)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(210 + PATIENCE_S)
 async def test_worker_loses_its_node_in_the_middle_of_10000_tasks(
     nodes: list[RabbitNode], ladder: str
 ) -> None:
