@@ -6,11 +6,11 @@ never run: must be 0), run twice (at-least-once redeliveries: reported, not fail
 recover from each fault (from the fault to the first task run after it, or to the broker answering
 again). :meth:`ChaosCount.report` prints it as one line::
 
-    CHAOS sigkill: tasks=4000 lost=0 duplicates=12 recover_s=5.1,6.0
+    CHAOS sigkill: tasks=4000 ran=4000 lost=0 duplicates=97 recover_s=6.8,9.5 delayed=2058 ...
 
-and, when the environment variable ``PAOTA_CHAOS_REPORT`` names a file, appends it there as one
-JSON object per line (the README's table is filled from such a file). Run with ``-s`` (or
-``-rP``) to see the lines in pytest's output.
+straight to the terminal (past pytest's capture, when given the test's ``capsys``), and, when the
+environment variable ``PAOTA_CHAOS_REPORT`` names a file, appends it there as one JSON object per
+line (the README's table is filled from such a file).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from paota import Config, Signature, WorkerPool
 from paota.core.config import AMQPConfig
@@ -333,9 +335,14 @@ class ChaosCount:
         parts += [f"{key}={value}" for key, value in self.extra.items()]
         return " ".join(parts)
 
-    def report(self) -> ChaosCount:
-        """Print :meth:`line` and append the JSON line to ``$PAOTA_CHAOS_REPORT`` when set."""
-        print(f"\n{self.line()}")
+    def report(self, capsys: pytest.CaptureFixture[str] | None = None) -> ChaosCount:
+        """Print :meth:`line` (to the terminal with ``capsys``: pytest shows it even with ``-q``)
+        and append the JSON line to ``$PAOTA_CHAOS_REPORT`` when set."""
+        if capsys is not None:
+            with capsys.disabled():
+                print(f"\n{self.line()}")
+        else:
+            print(f"\n{self.line()}")
         target = os.environ.get(REPORT_ENV)
         if target:
             record = {

@@ -80,7 +80,7 @@ async def recovery(runs: Runs, fault_at: float, back_at: float, what: str) -> fl
 
 @pytest.mark.timeout(300)
 async def test_broker_sigkill_twice_mid_stream_loses_nothing(
-    rabbit_node: NodeFactory, running: Any
+    rabbit_node: NodeFactory, running: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # given a broker of our own holding 4,000 confirmed tasks, half of them with ETAs 0.5-20 s
     # (waiting in the delay ladder), and a pool working through them
@@ -126,7 +126,7 @@ async def test_broker_sigkill_twice_mid_stream_loses_nothing(
         delayed_waiting_at_kills=",".join(map(str, waiting)),
         done_at_kills=",".join(map(str, done_at_kills)),
         broker_down_s=",".join(f"{s:.1f}" for s in down_s),
-    ).report()
+    ).report(capsys)
     assert count.lost == 0
     assert min(waiting) > 0, "no delayed task was in the ladder at a kill"
     # only unacked deliveries come back: at most a prefetch window per kill
@@ -135,7 +135,7 @@ async def test_broker_sigkill_twice_mid_stream_loses_nothing(
 
 @pytest.mark.timeout(300)
 async def test_broker_restart_while_producers_publish_confirms_only_what_it_keeps(
-    rabbit_node: NodeFactory, running: Any
+    rabbit_node: NodeFactory, running: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # given producers sending 4,000 tasks (a third delayed 0.5-4 s) at about 300/s, with a publish
     # timeout shorter than a broker restart, and a pool working through them
@@ -184,14 +184,17 @@ async def test_broker_restart_while_producers_publish_confirms_only_what_it_keep
         sends_during_restart=started_during,
         broker_down_s=round(back_at - fault_at, 1),
         publish_recover_s=None if publish_back is None else round(publish_back - fault_at, 1),
-    ).report()
+    ).report(capsys)
     assert count.lost == 0
     assert count.duplicates <= config.amqp.prefetch_count
 
 
 @pytest.mark.timeout(300)
 async def test_broker_paused_longer_than_the_heartbeat_then_resumed(
-    rabbit_node: NodeFactory, running: Any, caplog: pytest.LogCaptureFixture
+    rabbit_node: NodeFactory,
+    running: Any,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # given clients with a 1 s heartbeat (aiormq gives a silent server (1 + 1) * 3 = 6 s), 3,000
     # tasks (a third delayed 0.5-6 s) sent at about 250/s, and a pool working through them
@@ -245,7 +248,7 @@ async def test_broker_paused_longer_than_the_heartbeat_then_resumed(
         connections_lost=len(lost),
         send_failed=len(sent.failed),
         failed_but_ran=sum(1 for f in sent.failed if runs.counts[f.task_id]),
-    ).report()
+    ).report(capsys)
     assert count.lost == 0
     assert count.duplicates <= 2 * config.amqp.prefetch_count
 
@@ -264,7 +267,7 @@ ALARMS = {
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("resource", sorted(ALARMS))
 async def test_resource_alarm_blocks_publishers_with_a_clear_error_and_loses_nothing(
-    rabbit_node: NodeFactory, running: Any, resource: str
+    rabbit_node: NodeFactory, running: Any, resource: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # given 2,000 confirmed tasks (a quarter delayed 0.5-4 s) and a pool working through them
     node = await in_thread(rabbit_node)
@@ -340,7 +343,7 @@ async def test_resource_alarm_blocks_publishers_with_a_clear_error_and_loses_not
         failed_but_ran=sum(1 for f in failed.failed if runs.counts[f.task_id]),
         ran_during_alarm=ran_in_alarm,
         alarm_s=round(cleared_at - fault_at, 1),
-    ).report()
+    ).report(capsys)
     assert count.lost == 0
 
 

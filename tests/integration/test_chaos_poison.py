@@ -336,7 +336,7 @@ def chaos_pool(config: Config, runs: Runs, *, concurrency: int = 20) -> WorkerPo
 
 @pytest.mark.timeout(300)
 async def test_poison_messages_are_parked_or_run_and_every_good_task_runs(
-    make_config: MakeConfig, running: Any
+    make_config: MakeConfig, running: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # given a pool, 3,000 good tasks (half delayed 0.5-6 s) in two halves, and between them the
     # poison set (unknown tasks are returned once, then parked)
@@ -412,7 +412,7 @@ async def test_poison_messages_are_parked_or_run_and_every_good_task_runs(
         poison_ran=len(must_run),
         dropped=pool.stats.dropped,
         settled_s=round(settled_s, 1),
-    ).report()
+    ).report(capsys)
     assert count.lost == 0
 
 

@@ -47,6 +47,7 @@ async def test_mongo_store_going_away_mid_run_loses_nothing_and_acks_nothing_unr
     make_config: MakeConfig,
     mongoeco_servers: Callable[..., MongoecoServer],
     running: Any,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # given a pool recording states in MongoDB, and 1,000 tasks (half with ETAs 0.5-8 s)
     server = mongoeco_servers(0)
@@ -109,6 +110,6 @@ async def test_mongo_store_going_away_mid_run_loses_nothing_and_acks_nothing_unr
         finished_after_crash=len(finished_after),
         recorded_after_crash=len(finished_after & recorded),
         ran_during_outage=ran_during_outage,
-    ).report()
+    ).report(capsys)
     assert count.lost == 0
     assert count.duplicates == 0  # the broker redelivers nothing: only the store went away

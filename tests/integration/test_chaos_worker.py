@@ -98,7 +98,7 @@ class Workers:
 
 @pytest.mark.timeout(300)
 async def test_worker_sigkill_mid_task_three_times_loses_nothing(
-    make_config: MakeConfig, tmp_path: Path
+    make_config: MakeConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # given 4,000 confirmed tasks (half with ETAs 0.5-15 s) and a worker process running them,
     # 20 at a time, each for 50 ms
@@ -167,7 +167,7 @@ async def test_worker_sigkill_mid_task_three_times_loses_nothing(
         kills=len(interrupted),
         interrupted_mid_task=",".join(map(str, interrupted)),
         delayed_waiting_at_kills=",".join(map(str, waiting)),
-    ).report()
+    ).report(capsys)
     assert count.lost == 0
     assert min(interrupted) > 0, "a kill landed between tasks, not in the middle of one"
     # only the deliveries a killed worker held unacked come back: a prefetch window per kill
