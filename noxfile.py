@@ -1,15 +1,24 @@
-"""Sessions: tests (unit, every CPython 3.11-3.13 found), integration, lint, typecheck, bench.
+"""Sessions: tests (unit, every CPython 3.11-3.13 found), integration, chaos, cluster, lint,
+typecheck, bench.
 
 Interpreters are looked up on PATH and in pyenv (``$(pyenv root)/versions/``); missing ones are
 skipped locally and reported.
+
+The integration sessions bring up the container engine their brokers run in
+(:func:`_container_engine`) and stop it afterwards if they started it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
 import os
 import shutil
+import socket
 import subprocess
+import time
+from collections.abc import Iterator
 
 import nox
 
@@ -45,12 +54,126 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "tests/unit", "-q", *session.posargs)
 
 
+# What `nox -s integration` runs: every integration test, the chaos and cluster ones included (CI
+# must run them). To leave the cluster tests to `nox -s cluster`, make this "not cluster".
+INTEGRATION_MARKERS = ""
+
+CONTAINERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".ci", "containers.sh")
+
+
+def _containers(command: str) -> subprocess.CompletedProcess[str]:
+    """``bash .ci/containers.sh COMMAND``; its log lines go straight to the terminal."""
+    return subprocess.run(["bash", CONTAINERS, command], stdout=subprocess.PIPE, text=True)
+
+
+def _docker_answers(socket_path: str) -> bool:
+    """Whether a Docker engine answers ``/_ping`` on the unix socket ``socket_path``."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(3)
+            sock.connect(socket_path)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            return b" 200 " in sock.recv(1024)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _container_engine(session: nox.Session) -> Iterator[None]:
+    """A Docker engine for the session's brokers, set up before the tests and stopped after them.
+
+    - ``PAOTA_TEST_AMQP_URL`` given, or ``DOCKER_HOST``, or a Docker engine on
+      ``/var/run/docker.sock``: the developer's own set-up, used as it is, never stopped.
+    - Otherwise ``bash .ci/containers.sh up`` (installs and starts the engine, builds the local
+      RabbitMQ image when missing) and its ``env`` goes into the session. If the engine was not
+      running before, the session stops it at the end (``down``), tests passed or not, unless
+      another session still uses it: every session holds a shared lock on ``sessions.lock``
+      meanwhile, and an engine a session started (``session-owned``) is stopped by the last one
+      out. An engine that was running without a session having started it is left running.
+    - If ``up`` cannot work here (not root, no apt-get), the tests run without it: those that need
+      a broker skip, and fail with ``CI=true``.
+    """
+    if os.environ.get("PAOTA_TEST_AMQP_URL"):
+        session.log("PAOTA_TEST_AMQP_URL is set: no container engine is started")
+        yield
+        return
+    if os.environ.get("DOCKER_HOST") or _docker_answers("/var/run/docker.sock"):
+        session.log(f"using the Docker engine at {os.environ.get('DOCKER_HOST', 'the default')}")
+        yield
+        return
+    env = {}
+    for line in _containers("env").stdout.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = value
+    state_dir = env["PAOTA_DOCKER_DIR"]
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+        lock = open(os.path.join(state_dir, "sessions.lock"), "a")  # noqa: SIM115
+    except OSError as exc:
+        session.warn(f"no container engine ({exc}); tests that need one skip (fail with CI=true)")
+        yield
+        return
+    owned = os.path.join(state_dir, "session-owned")
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)  # waits while a session stops the engine
+        was_running = _containers("status").returncode == 0
+        started = time.monotonic()
+        up = _containers("up")
+        took = time.monotonic() - started
+        if not was_running and _containers("status").returncode == 0:
+            open(owned, "w").close()  # even when `up` failed later: it is ours to stop
+        if up.returncode == 0:
+            session.env.update(env)
+            how = "engine already running" if was_running else "engine started"
+            session.log(f"container set-up: {took:.1f} s ({how})")
+        else:
+            session.warn(
+                f"container set-up failed after {took:.1f} s (exit {up.returncode}); tests that "
+                "need a broker skip (fail with CI=true)"
+            )
+        try:
+            yield
+        finally:
+            if not os.path.exists(owned):
+                if was_running:
+                    session.log("the engine was running before this session: left running")
+            else:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    session.log("another session still uses the engine: left running")
+                else:
+                    started = time.monotonic()
+                    if _containers("down").returncode == 0:
+                        session.log(f"engine stopped in {time.monotonic() - started:.1f} s")
+                    else:
+                        session.warn("stopping the engine failed: bash .ci/containers.sh down")
+
+
+def _integration(session: nox.Session, markers: str) -> None:
+    _install(session, "test")
+    args = ["-m", markers] if markers else []
+    with _container_engine(session):
+        session.run("pytest", "tests/integration", "-q", *args, *session.posargs)
+
+
 @nox.session(python="3.11")
 def integration(session: nox.Session) -> None:
-    """Integration tests against a real RabbitMQ (PAOTA_TEST_AMQP_URL) and a MongoDB-protocol
-    server (PAOTA_TEST_MONGO_URI, else mongoeco started by the tests)."""
-    _install(session, "test")
-    session.run("pytest", "tests/integration", "-q", *session.posargs)
+    """Integration tests against real RabbitMQ brokers (containers, or PAOTA_TEST_AMQP_URL) and a
+    MongoDB-protocol server (PAOTA_TEST_MONGO_URI, else mongoeco started by the tests)."""
+    _integration(session, INTEGRATION_MARKERS)
+
+
+@nox.session(python="3.11")
+def chaos(session: nox.Session) -> None:
+    """The integration tests that kill, pause or restart a broker, a worker or the store."""
+    _integration(session, "chaos")
+
+
+@nox.session(python="3.11")
+def cluster(session: nox.Session) -> None:
+    """The integration tests on a RabbitMQ cluster of three nodes in containers."""
+    _integration(session, "cluster")
 
 
 @nox.session(python="3.11")
@@ -63,9 +186,10 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the package."""
+    """mypy --strict on the package; mypy and pyright on the typed-API usage files."""
     _install(session, "dev")
     session.run("mypy", "--strict", "paota")
+    session.run("pytest", "tests/typing", "-q")
 
 
 @nox.session(python="3.11")

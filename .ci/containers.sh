@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # A Docker engine for the integration tests, and the local images they run.
 #
-#   bash .ci/containers.sh up     install the engine if missing, start it (no bridge network,
-#                                 host networking only), build local/rabbitmq:3.10 if missing
-#   bash .ci/containers.sh down   remove the test containers and stop the engine
-#   bash .ci/containers.sh env    print the environment the tests need (eval "$(... env)")
+#   bash .ci/containers.sh up      install the engine if missing, start it (no bridge network,
+#                                  host networking only), build local/rabbitmq:3.10 if missing
+#   bash .ci/containers.sh down    remove the test containers and stop the engine
+#   bash .ci/containers.sh status  exit 0 when the engine answers
+#   bash .ci/containers.sh env     print the environment the tests need (eval "$(... env)")
 #
 # No image registry is reachable on the project's machines, so the RabbitMQ image is built from
 # Debian's own package on a debootstrapped base (see ../shared/CONTAINERS.md). Where Docker Hub is
 # reachable the tests can use the official image instead: PAOTA_TEST_RABBITMQ_IMAGE=rabbitmq:3.13.
+# `up` needs root and, unless docker.io and debootstrap are installed, apt-get (Debian).
+#
+# The engine lives under PAOTA_DOCKER_DIR (/var/lib/paota-docker): socket, data, logs. The nox
+# sessions hold a shared lock on $DIR/sessions.lock while they use it and mark an engine they
+# started with $DIR/session-owned; the last session out stops such an engine (see noxfile.py).
 set -euo pipefail
 
 DIR="${PAOTA_DOCKER_DIR:-/var/lib/paota-docker}"
@@ -19,30 +25,58 @@ export DOCKER_HOST="unix://$SOCK"
 
 log() { echo "containers: $*" >&2; }
 
+# Seconds since $1 (a `date +%s%N` reading), with one decimal.
+since() { awk -v a="$1" -v b="$(date +%s%N)" 'BEGIN { printf "%.1f", (b - a) / 1e9 }'; }
+
 engine_up() { docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+
+need_root() {
+    [ "$(id -u)" = 0 ] && return
+    log "$1 needs root; run Docker yourself (DOCKER_HOST) or set PAOTA_TEST_AMQP_URL"
+    exit 3
+}
 
 install_engine() {
     if command -v dockerd >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 \
         && command -v docker >/dev/null 2>&1; then
         return
     fi
+    need_root "installing docker.io and debootstrap"
+    if ! command -v apt-get >/dev/null 2>&1; then
+        log "no apt-get: install dockerd, the docker CLI and debootstrap, or run Docker yourself"
+        exit 3
+    fi
+    local t
+    t=$(date +%s%N)
     log "installing docker.io and debootstrap from Debian"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap >/dev/null
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y -q docker.io debootstrap >"$DIR/apt.log" 2>&1; then
+        # A fresh machine may not have package lists yet.
+        apt-get update -q >>"$DIR/apt.log" 2>&1
+        apt-get install -y -q docker.io debootstrap >>"$DIR/apt.log" 2>&1 \
+            || { tail -20 "$DIR/apt.log" >&2; exit 1; }
+    fi
+    log "installed in $(since "$t") s"
 }
 
 start_engine() {
-    if engine_up; then
-        return
-    fi
+    need_root "starting dockerd"
+    local t
+    t=$(date +%s%N)
     mkdir -p "$DIR/data" "$DIR/exec"
     log "starting dockerd (socket $SOCK)"
     # No bridge, no iptables: every container uses the host network, traffic stays on loopback.
-    nohup dockerd -H "unix://$SOCK" --data-root "$DIR/data" --exec-root "$DIR/exec" \
+    # The daemon gets a session of its own (a Ctrl-C in the caller's terminal is not for it) and
+    # must not inherit the lock of `up` (fd 9), or it would hold it for its lifetime.
+    setsid nohup dockerd -H "unix://$SOCK" --data-root "$DIR/data" --exec-root "$DIR/exec" \
         --pidfile "$DIR/dockerd.pid" --bridge=none --iptables=false --ip6tables=false \
         --ip-masq=false --storage-driver=overlay2 --exec-opt native.cgroupdriver=cgroupfs \
-        >"$DIR/dockerd.log" 2>&1 &
+        >"$DIR/dockerd.log" 2>&1 9>&- &
     for _ in $(seq 1 60); do
-        engine_up && return
+        if engine_up; then
+            log "dockerd up in $(since "$t") s"
+            return
+        fi
         sleep 0.5
     done
     log "dockerd did not start; its log:"
@@ -65,13 +99,15 @@ mirror() {
 
 build_base() {
     have_image "$BASE_IMAGE" && return
-    local rootfs="$DIR/rootfs"
+    local rootfs="$DIR/rootfs" t
+    t=$(date +%s%N)
     rm -rf "$rootfs"
     log "debootstrap bookworm (minbase) from $(mirror)"
     debootstrap --variant=minbase bookworm "$rootfs" "$(mirror)" >"$DIR/debootstrap.log" 2>&1 \
         || { tail -20 "$DIR/debootstrap.log" >&2; exit 1; }
     tar -C "$rootfs" -c . | docker import - "$BASE_IMAGE" >/dev/null
     rm -rf "$rootfs"
+    log "$BASE_IMAGE made in $(since "$t") s"
 }
 
 build_rabbitmq() {
@@ -81,12 +117,14 @@ build_rabbitmq() {
         *) log "pulling $RABBIT_IMAGE"; docker pull -q "$RABBIT_IMAGE" >/dev/null; return ;;
     esac
     build_base
-    local ctx="$DIR/build-rabbitmq"
+    local ctx="$DIR/build-rabbitmq" t
+    t=$(date +%s%N)
     rm -rf "$ctx" && mkdir -p "$ctx"
     cp "$(dirname "$0")/rabbitmq/Dockerfile" "$(dirname "$0")/rabbitmq/entrypoint.sh" "$ctx/"
     log "building $RABBIT_IMAGE from Debian's rabbitmq-server"
     docker build -q --network host -t "$RABBIT_IMAGE" "$ctx" >/dev/null 2>"$DIR/build.log" \
         || { tail -20 "$DIR/build.log" >&2; exit 1; }
+    log "$RABBIT_IMAGE built in $(since "$t") s"
 }
 
 remove_test_containers() {
@@ -107,11 +145,18 @@ stop_engine() {
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.25
         done
+        log "dockerd stopped"
     fi
+    # dockerd leaves its network namespace mounted; it makes a new one when it starts.
+    if ! engine_up && mountpoint -q "$DIR/exec/netns/default" 2>/dev/null; then
+        umount "$DIR/exec/netns/default" || true
+    fi
+    rm -f "$DIR/session-owned"
 }
 
 print_env() {
     cat <<ENV
+export PAOTA_DOCKER_DIR=$DIR
 export DOCKER_HOST=unix://$SOCK
 export TESTCONTAINERS_RYUK_DISABLED=true
 export TESTCONTAINERS_CONNECTION_MODE=docker_host
@@ -122,14 +167,25 @@ ENV
 
 case "${1:-up}" in
     up)
-        started=$(date +%s)
-        install_engine
-        start_engine
-        remove_test_containers
+        started=$(date +%s%N)
+        if [ "$(id -u)" = 0 ]; then
+            mkdir -p "$DIR"
+            # One `up` at a time: two sessions starting together must not start two daemons.
+            exec 9>"$DIR/up.lock"
+            flock 9
+        fi
+        if ! engine_up; then
+            install_engine
+            start_engine
+            # Containers a crashed run left behind (stopped with the old daemon); on an engine
+            # that was already running they may be another session's brokers, so they stay.
+            remove_test_containers
+        fi
         build_rabbitmq
-        log "ready in $(( $(date +%s) - started )) s ($RABBIT_IMAGE)"
+        log "ready in $(since "$started") s ($RABBIT_IMAGE)"
         ;;
     down) stop_engine ;;
+    status) engine_up ;;
     env) print_env ;;
-    *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
 esac

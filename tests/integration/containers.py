@@ -43,6 +43,7 @@ __all__ = [
     "RabbitNode",
     "docker_reason",
     "free_port",
+    "image_present",
     "rabbitmq_image",
     "start_cluster",
 ]
@@ -94,7 +95,8 @@ def docker_reason() -> str | None:
     return None
 
 
-def _image_present(name: str) -> bool:
+def image_present(name: str) -> bool:
+    """Whether the engine has the image ``name`` (no pull)."""
     import docker
 
     client = docker.from_env(timeout=10)
@@ -112,7 +114,7 @@ def rabbitmq_image() -> str:
     given = os.environ.get("PAOTA_TEST_RABBITMQ_IMAGE")
     if given:
         return given
-    return LOCAL_IMAGE if _image_present(LOCAL_IMAGE) else OFFICIAL_IMAGE
+    return LOCAL_IMAGE if image_present(LOCAL_IMAGE) else OFFICIAL_IMAGE
 
 
 def free_port() -> int:
@@ -274,8 +276,9 @@ class RabbitNode:
     # --- inspection ------------------------------------------------------------------------------
 
     def ctl(self, *args: str, timeout_s: float = 60.0, tool: str = "rabbitmqctl") -> str:
-        """Run ``rabbitmqctl ARGS`` (or ``tool``) against this node inside its container."""
-        command = [tool, "-n", self.node, *args]
+        """Run ``rabbitmqctl ARGS`` (or ``tool``) against this node inside its container, killed
+        after ``timeout_s`` (exit code 124: CalledProcessError)."""
+        command = ["timeout", "-k", "5", f"{timeout_s:g}", tool, "-n", self.node, *args]
         result = self._wrapped.exec_run(command, demux=False)
         output = result.output.decode("utf-8", "replace") if result.output else ""
         if result.exit_code != 0:

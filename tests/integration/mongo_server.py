@@ -3,7 +3,9 @@
 The session fixture :func:`mongo_uri` finds one, in this order:
 
 1. ``PAOTA_TEST_MONGO_URI`` when set (a real MongoDB you run yourself);
-2. a ``mongo`` container (testcontainers) when a Docker engine answers;
+2. a MongoDB container (testcontainers, ordinary port mapping) when a Docker engine answers and
+   either ``PAOTA_TEST_MONGO_IMAGE`` names an image (pulled if missing) or ``mongo:7`` is already
+   present in the engine: there is no failed pull where no registry is reachable;
 3. mongoeco (pure Python, memory engine) behind its wire-protocol proxy, in a subprocess.
 
 If none works: skipped on a laptop, failed in CI (:func:`tests.integration._skip.skip_or_fail`).
@@ -25,7 +27,6 @@ import os
 import selectors
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration._skip import skip_or_fail
+from tests.integration.containers import docker_reason, image_present
 
 __all__ = [
     "MONGOECO_REQUIREMENT",
@@ -55,6 +57,7 @@ VENV_DIR = CACHE_DIR / "mongoeco-venv"
 LAUNCHER = Path(__file__).with_name("mongoeco_launcher.py")
 INSTALL_TIMEOUT_S = 600.0
 START_TIMEOUT_S = 30.0
+MONGO_IMAGE = "mongo:7"
 
 
 class MongoecoUnavailable(RuntimeError):
@@ -259,40 +262,26 @@ class MongoecoServer:
 # --- fixtures ---------------------------------------------------------------------------------
 
 
-def _docker_reachable() -> bool:
-    """Whether a Docker engine answers ``/_ping`` (on ``DOCKER_HOST`` or the default socket)."""
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    if host.startswith("unix://"):
-        path = host[len("unix://") :]
-        if not os.path.exists(path):
-            return False
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(3)
-                sock.connect(path)
-                sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-                return b" 200 " in sock.recv(1024)
-        except OSError:
-            return False
-    try:  # tcp:// or ssh://: let the docker package speak it
-        import docker  # type: ignore[import-untyped]
-
-        client = docker.from_env(timeout=3)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:
-        return False
+def _container_image() -> tuple[str | None, str]:
+    """The MongoDB image to run, or None and why not (see the module docstring)."""
+    reason = docker_reason()
+    if reason is not None:
+        return None, reason
+    given = os.environ.get("PAOTA_TEST_MONGO_IMAGE")
+    if given:
+        return given, ""
+    if image_present(MONGO_IMAGE):
+        return MONGO_IMAGE, ""
+    return None, f"{MONGO_IMAGE} is not in the engine (set PAOTA_TEST_MONGO_IMAGE to pull one)"
 
 
-def _start_container(stack: contextlib.ExitStack) -> str:
+def _start_container(stack: contextlib.ExitStack, image: str) -> str:
     try:
         from testcontainers.community.mongodb import MongoDbContainer
     except ImportError:  # testcontainers before the "community" split
         from testcontainers.mongodb import MongoDbContainer
 
-    container = stack.enter_context(MongoDbContainer("mongo:7"))
+    container = stack.enter_context(MongoDbContainer(image))
     return str(container.get_connection_url())
 
 
@@ -306,13 +295,14 @@ def mongo_uri() -> Iterator[str]:
     reasons = []
     with contextlib.ExitStack() as stack:
         uri = ""
-        if _docker_reachable():
+        image, why_not = _container_image()
+        if image is not None:
             try:
-                uri = _start_container(stack)
+                uri = _start_container(stack, image)
             except Exception as exc:  # fall back to mongoeco; say why if that fails too
-                reasons.append(f"mongo container: {exc}")
+                reasons.append(f"{image} container: {exc}")
         else:
-            reasons.append("no Docker engine")
+            reasons.append(f"no MongoDB container: {why_not}")
         if not uri:
             server = stack.enter_context(contextlib.closing(MongoecoServer()))
             try:

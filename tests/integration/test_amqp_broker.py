@@ -1,20 +1,17 @@
 """The AMQP broker against a real RabbitMQ: the broker contract, then what only AMQP shows.
 
 Each test gets its own exchange and queues (uuid suffix) and deletes them afterwards. The restart
-test stops and starts the local RabbitMQ application with ``rabbitmqctl``; it runs only when
-``rabbitmqctl`` is on PATH and the URL points at this machine.
+tests stop and start the RabbitMQ application (``rabbitmqctl stop_app`` / ``start_app``) of a
+broker of their own, in a container (``rabbit_node``), never the session's broker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import struct
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 import aiormq
 import pytest
@@ -40,10 +37,13 @@ from tests.contracts.broker_contract import (
     requeue,
     sig,
 )
+from tests.integration.chaos_helpers import chaos_config
+from tests.integration.containers import RabbitNode
 
 pytestmark = pytest.mark.integration
 
 ConfigFactory = Callable[..., Config]
+NodeFactory = Callable[..., RabbitNode]
 
 
 @pytest.fixture
@@ -423,14 +423,9 @@ async def test_an_unconnected_broker_says_so(config: Config) -> None:
 # --- RabbitMQ restart ---------------------------------------------------------------------------
 
 
-def _local_rabbitmqctl(url: str) -> str | None:
-    if urlsplit(url).hostname not in {"127.0.0.1", "localhost", "::1"}:
-        return None
-    return shutil.which("rabbitmqctl")
-
-
-def _rabbitmqctl(ctl: str, *args: str) -> None:
-    subprocess.run([ctl, *args], check=True, capture_output=True, timeout=60)
+async def _ctl(node: RabbitNode, *args: str) -> None:
+    """``rabbitmqctl ARGS`` against ``node``, in a thread."""
+    await asyncio.wait_for(asyncio.to_thread(node.ctl, *args), 90)
 
 
 async def _wait_until_amqp_answers(url: str, timeout_s: float) -> None:
@@ -447,12 +442,10 @@ async def _wait_until_amqp_answers(url: str, timeout_s: float) -> None:
 
 
 async def test_consumer_and_publisher_survive_a_rabbitmq_restart(
-    make_config: ConfigFactory, caplog: pytest.LogCaptureFixture
+    rabbit_node: NodeFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = make_config(publish_timeout_s=60.0, heartbeat_interval_s=5)
-    ctl = _local_rabbitmqctl(config.amqp.url)
-    if ctl is None:
-        pytest.skip("needs rabbitmqctl on PATH and a RabbitMQ on this machine")
+    node = await asyncio.to_thread(rabbit_node)
+    config = chaos_config(node.url, publish_timeout_s=60.0, heartbeat_interval_s=5)
     caplog.set_level("WARNING", logger="paota.brokers.amqp")
     received: dict[str, int] = {}
     async with AMQPBroker(config, worker_name="restart") as broker:
@@ -470,13 +463,13 @@ async def test_consumer_and_publisher_survive_a_rabbitmq_restart(
             # when RabbitMQ stops, a publish is attempted during the outage, and RabbitMQ starts
             restarted = False
             try:
-                await asyncio.to_thread(_rabbitmqctl, ctl, "stop_app")
+                await _ctl(node, "stop_app")
                 during = sig(uuid="during-outage")
                 publishing = asyncio.create_task(publish(broker, during))
                 await asyncio.sleep(3.0)  # long enough for a few reconnection attempts
                 assert not publishing.done()  # it waits for the reconnection
             finally:
-                await asyncio.to_thread(_rabbitmqctl, ctl, "start_app")
+                await _ctl(node, "start_app")
                 await _wait_until_amqp_answers(config.amqp.url, 60)
                 restarted = True
             assert restarted
@@ -506,19 +499,17 @@ async def test_consumer_and_publisher_survive_a_rabbitmq_restart(
 
 
 async def test_publish_during_an_outage_raises_when_the_timeout_passes(
-    make_config: ConfigFactory,
+    rabbit_node: NodeFactory,
 ) -> None:
-    config = make_config(publish_timeout_s=2.0)
-    ctl = _local_rabbitmqctl(config.amqp.url)
-    if ctl is None:
-        pytest.skip("needs rabbitmqctl on PATH and a RabbitMQ on this machine")
+    node = await asyncio.to_thread(rabbit_node)
+    config = chaos_config(node.url, publish_timeout_s=2.0)
     async with AMQPBroker(config) as broker:
         try:
-            await asyncio.to_thread(_rabbitmqctl, ctl, "stop_app")
+            await _ctl(node, "stop_app")
             started = time.monotonic()
             with pytest.raises(PublishError, match="no connection"):
                 await publish(broker, sig())
             assert time.monotonic() - started < 4.0
         finally:
-            await asyncio.to_thread(_rabbitmqctl, ctl, "start_app")
+            await _ctl(node, "start_app")
             await _wait_until_amqp_answers(config.amqp.url, 60)

@@ -1,6 +1,7 @@
 """The worker pool on a real RabbitMQ, beyond the pool contract (which runs on RabbitMQ in
 test_pool_contract_amqp.py): priority queues, Go-encoded messages, the CLI in separate processes,
-and a broker restart in the middle of 2,000 tasks."""
+and a broker restart in the middle of 2,000 tasks (on a broker of the test's own,
+``rabbit_node``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import asyncio
 import collections
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,14 +17,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import aiormq
 import pytest
 
 from paota import Config, Signature, WorkerPool
 from paota.stores.memory import MemoryStore
-from tests.integration._skip import skip_or_fail
+from tests.integration.chaos_helpers import chaos_config
+from tests.integration.containers import RabbitNode
 
 pytestmark = pytest.mark.integration
 
@@ -236,17 +236,17 @@ def test_worker_and_send_in_separate_processes(make_config: MakeConfig, tmp_path
 # --- RabbitMQ restart --------------------------------------------------------------------------
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+async def _ctl(node: RabbitNode, *args: str) -> None:
+    """``rabbitmqctl ARGS`` against ``node``, in a thread."""
+    await asyncio.wait_for(asyncio.to_thread(node.ctl, *args), 120)
 
 
 async def test_rabbitmq_restart_in_the_middle_of_2000_tasks_loses_nothing(
-    make_config: MakeConfig, running: Any
+    rabbit_node: Callable[..., RabbitNode], running: Any
 ) -> None:
-    config = make_config()
-    host = urlparse(config.amqp.url).hostname
-    if shutil.which("rabbitmqctl") is None or host not in {"127.0.0.1", "localhost"}:
-        skip_or_fail("restarting RabbitMQ needs rabbitmqctl and a local broker")
+    # a broker of the test's own: it is stopped and started (rabbitmqctl stop_app / start_app)
+    node = await asyncio.to_thread(rabbit_node)
+    config = chaos_config(node.url)
     total = 2000
     seen: collections.Counter[str] = collections.Counter()
 
@@ -270,12 +270,12 @@ async def test_rabbitmq_restart_in_the_middle_of_2000_tasks_loses_nothing(
         assert time.monotonic() < deadline
         await asyncio.sleep(0.01)
     # when RabbitMQ stops and starts in the middle of them
-    await asyncio.to_thread(_rabbitmqctl, "stop_app")
+    await _ctl(node, "stop_app")
     processed_before = len(seen)
     assert processed_before < total, "all tasks ran before the restart: make them slower"
     await asyncio.sleep(1.0)
-    await asyncio.to_thread(_rabbitmqctl, "start_app")
-    await asyncio.to_thread(_rabbitmqctl, "await_startup")
+    await _ctl(node, "start_app")
+    await _ctl(node, "await_startup")
     # then every task runs (at least once), without restarting the pool
     deadline = time.monotonic() + 120
     while len(seen) < total:
