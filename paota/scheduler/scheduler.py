@@ -339,8 +339,9 @@ class Scheduler:
         """An entry for ``schedule``, from where the store says it stands."""
         store = self._store()
         state = await store.get_doc(STATE_KIND, schedule.id)
-        cursor = now
-        since = now.isoformat()
+        added = _time(schedule.extra.get("added_at"))
+        cursor = now if added is None else min(added, now)
+        since = cursor.isoformat()
         if state is None:
             await store.put_doc(STATE_KIND, schedule.id, {"since": since})
         else:

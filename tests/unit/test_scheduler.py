@@ -524,3 +524,18 @@ async def test_a_worker_pool_with_scheduler_true_runs_its_periodic_tasks() -> No
     assert all(r is not None for r in runs)
     assert runs == sorted(runs)  # type: ignore[type-var]
     assert len(set(runs)) == len(runs)
+
+
+async def test_a_runtime_schedule_runs_from_when_it_was_added_not_when_it_was_first_seen(
+    world: World,
+) -> None:
+    pool = world.pool()
+    scheduler = Scheduler(pool, refresh_s=30)
+    await pool.connect()
+    await scheduler.start()
+    book = Schedules(pool.store, clock=world.clock)
+    await book.add(Schedule("added", Every(60), Signature("Print")))  # at 08:00:00
+    world.clock.advance(60)  # the scheduler reads runtime schedules at 08:00:30, 08:01:00 ...
+    [sent] = await scheduler.tick()
+    assert sent.slot == START + timedelta(minutes=1)
+    await pool.close()
