@@ -539,3 +539,25 @@ async def test_a_runtime_schedule_runs_from_when_it_was_added_not_when_it_was_fi
     [sent] = await scheduler.tick()
     assert sent.slot == START + timedelta(minutes=1)
     await pool.close()
+
+
+async def test_the_memory_store_forgets_expired_slot_claims(world: World) -> None:
+    pool = world.pool()
+
+    @pool.periodic(every=1, misfire_grace_s=0)
+    async def each_second() -> None: ...
+
+    scheduler = Scheduler(pool)
+    await pool.connect()
+    await scheduler.start()
+    for _ in range(3000):  # 3000 slots, a claim each, kept for a day beyond the window
+        world.clock.advance(1)
+        await scheduler.tick()
+    kept = len(world.store._claims)
+    world.clock.advance(2 * 86400)
+    for _ in range(1100):
+        world.clock.advance(1)
+        await scheduler.tick()
+    assert kept >= 3000
+    assert len(world.store._claims) <= 1100 + 1024
+    await pool.close()
