@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -840,3 +841,52 @@ def test_the_readme_section_examples_run(tmp_path: Path) -> None:
             [sys.executable, str(script)], capture_output=True, text=True, timeout=60
         )
         assert result.returncode == 0, f"example {i} failed:\n{block}\n{result.stderr}"
+
+
+# --- paota workflow ------------------------------------------------------------------------------
+
+
+async def test_paota_workflow_shows_each_step_with_its_state(rig: Rig) -> None:
+    from paota.cli.workflow import as_json, describe
+
+    inc, boom, report = t(rig, "inc"), t(rig, "boom"), t(rig, "report")
+    handle = await rig.run(
+        paota.chain(inc.signature(1), paota.group(boom.signature(), inc.signature())).on_error(
+            report.signature()
+        )
+    )
+    wf = handle.id
+    states = await handle.states()
+    failed = await handle.failed_task_id()
+    assert describe(handle, states, failed) == [
+        f"workflow {wf}: 3 of 3 steps finished; stopped by {wf}.1.0",
+        f"  chain {wf}",
+        f"    {wf}.0 inc: SUCCEEDED on wf -> 2",
+        f"    group {wf}.1",
+        f"      {wf}.1.0 boom: FAILED on wf ValueError: boom 2",
+        f"      {wf}.1.1 inc: SUCCEEDED on wf -> 3",
+        "  on error:",
+        f'    {wf}.error report: SUCCEEDED on wf -> "reported"',
+    ]
+    doc = as_json(handle, states, failed)
+    assert doc["failed_task_id"] == f"{wf}.1.0"
+    group = doc["root"]["children"][1]
+    assert [(c["id"], c["parent"], c["status"]) for c in group["children"]] == [
+        (f"{wf}.1.0", f"{wf}.1", "FAILED"),
+        (f"{wf}.1.1", f"{wf}.1", "SUCCEEDED"),
+    ]
+    json.dumps(doc)
+
+
+def test_paota_workflow_needs_a_store_and_a_known_id(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from paota.cli import main
+
+    for name in [k for k in os.environ if k.startswith("PAOTA_")]:
+        monkeypatch.delenv(name)
+    assert main(["workflow", "wf_nope"]) == 2
+    assert "results need a store" in capsys.readouterr().err
+    monkeypatch.setenv("PAOTA_STORE", "memory")
+    assert main(["workflow", "wf_nope"]) == 1
+    assert "the store has no workflow 'wf_nope'" in capsys.readouterr().err
