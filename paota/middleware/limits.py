@@ -307,15 +307,18 @@ class _Outage:
     def failed(self, now: float, what: str, exc: BaseException) -> None:
         if self.since is None:
             self.since = now
+            self.failures = 1
             logger.warning(
                 "limits: the store did not answer (%s: %s); tasks with a global limit are "
                 "deferred until it does (fail closed)",
                 what,
                 _describe(exc),
             )
+        elif now < self.retry_at:
+            return  # a call already under way when the outage was noted: no new probe failed
         else:
+            self.failures += 1
             logger.debug("limits: the store still does not answer (%s: %s)", what, _describe(exc))
-        self.failures += 1
         self.backoff_s = min(self.max_s, self.base_s * 2 ** (self.failures - 1))
         self.retry_at = now + self.backoff_s
         self.probe_until = 0.0
@@ -362,7 +365,7 @@ class LimitsMiddleware(Middleware):
         slot_ttl_s: float = 30.0,
         max_throttle_delay_s: float = 30.0,
         outage_backoff_s: float = 0.5,
-        max_outage_backoff_s: float = 30.0,
+        max_outage_backoff_s: float = 5.0,
         seed: int | None = None,
     ) -> None:
         for option, value in (
@@ -437,7 +440,8 @@ class LimitsMiddleware(Middleware):
             )
 
     async def shutdown(self, worker: Any) -> None:
-        """Stop renewing; give back the global slots still held (best effort: they expire)."""
+        """Stop renewing; give back the global slots still held (best effort: they expire); say
+        what the limits did."""
         renewer, self._renewer = self._renewer, None
         if renewer is not None:
             renewer.cancel()
@@ -446,6 +450,17 @@ class LimitsMiddleware(Middleware):
         for limit in self._limits.values():
             for hold in list(limit.holds):
                 await self._release(hold)
+            stats = limit.stats
+            logger.info(
+                "task %s: %d runs started; deferred %d times for concurrency, %d for the rate, %d "
+                "while the store did not answer; %d reserved starts missed",
+                limit.name,
+                stats.started,
+                stats.throttled_concurrency,
+                stats.throttled_rate,
+                stats.throttled_store,
+                stats.missed_reservations,
+            )
 
     # --- the hooks -------------------------------------------------------------------------------
 
