@@ -676,10 +676,12 @@ async def test_misplaced_and_wrong_steps_are_refused_before_anything_is_sent(rig
         await paota.chain(inc.signature(), inc.signature()).send()
     with pytest.raises(TypeError, match=r"step 1 .* no step comes before it"):
         await paota.group(inc.signature(1), inc.signature()).send()
-    with pytest.raises(TypeError, match=r"step 2 must be a step.*a Task: call .signature"):
+    with pytest.raises(TypeError, match=r"step 2 must be a step.*call .signature"):
         paota.chain(inc.signature(1), inc.signature(), inc)
     with pytest.raises(TypeError, match="group step 0 must be a step"):
         paota.group([42])
+    with pytest.raises(TypeError, match=r"TaskSender.*call .signature"):
+        paota.group(inc.with_options(priority=1), inc.signature(1))
     with pytest.raises(ValueError, match="a chain needs at least one step"):
         paota.chain()
     with pytest.raises(ValueError, match="a group needs at least one step"):
