@@ -493,6 +493,17 @@ class Scheduler:
                 extra={"task_id": task_id, "task_name": schedule.task},
             )
             return None
+        except Exception:
+            # A slot that cannot be sent at all (its arguments do not encode, a publish hook
+            # bug...) would fail the same way again: say so once, and go on with the others.
+            logger.exception(
+                "scheduler %s: slot %s of schedule %r could not be sent; skipped",
+                self.name,
+                slot_iso(slot),
+                schedule.id,
+                extra={"task_id": task_id, "task_name": schedule.task},
+            )
+            return False
         done = Sent(schedule.id, slot, task_id)
         self.sent.append(done)
         if len(self.sent) > 10_000:

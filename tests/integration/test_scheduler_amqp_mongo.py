@@ -261,7 +261,8 @@ async def test_three_scheduler_processes_for_two_minutes_send_each_slot_once(
 
 
 async def _docs(mongo: Mongo, kind: str) -> list[Document]:
-    return await mongo.coord.find({"kind": kind}).to_list(None)
+    found: list[Document] = await mongo.coord.find({"kind": kind}).to_list(None)
+    return found
 
 
 def _slots(trigger: Cron | Every, after: datetime, until: datetime) -> list[datetime]:

@@ -561,3 +561,33 @@ async def test_the_memory_store_forgets_expired_slot_claims(world: World) -> Non
     assert kept >= 3000
     assert len(world.store._claims) <= 1100 + 1024
     await pool.close()
+
+
+async def test_a_slot_that_cannot_be_sent_is_logged_and_the_others_go_on(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = world.pool()
+
+    @pool.periodic(every=60, id="a-broken")
+    async def broken() -> None: ...
+
+    @pool.periodic(every=60, id="b-fine")
+    async def fine() -> None: ...
+
+    real_send = pool.send_task
+
+    async def send_task(sig: Signature, **kwargs: Any) -> Any:
+        if sig.name == "broken":
+            raise ValueError("cannot encode")
+        return await real_send(sig, **kwargs)
+
+    pool.send_task = send_task  # type: ignore[method-assign]
+    scheduler = Scheduler(pool)
+    await pool.connect()
+    await scheduler.start()
+    world.clock.advance(60)
+    assert [s.schedule_id for s in await scheduler.tick()] == ["b-fine"]
+    [record] = [r for r in caplog.records if "could not be sent" in r.getMessage()]
+    assert "slot 2026-05-04T08:01:00Z of schedule 'a-broken'" in record.getMessage()
+    assert record.exc_info is not None and "cannot encode" in str(record.exc_info[1])
+    await pool.close()
