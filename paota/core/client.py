@@ -11,9 +11,19 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, Self, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Literal,
+    ParamSpec,
+    Protocol,
+    Self,
+    TypeVar,
+    cast,
+    overload,
+)
 
 from paota.core.clock import Clock, SystemClock
 from paota.core.config import Config
@@ -48,6 +58,10 @@ from paota.core.tasks import (
 
 if TYPE_CHECKING:
     from paota.scheduler.schedule import PeriodicDecorator, Schedule
+    from paota.workflows import TaskSignature
+
+#: How many sends of a batch (``send_many``) are in flight at once by default.
+SEND_MANY_WINDOW = 1000
 
 __all__ = ["Client", "TaskDecorator", "new_task_id"]
 
@@ -454,6 +468,108 @@ class Client:
     def handle(self, task_id: str, queue: str = "") -> TaskHandle[Any]:
         """A handle on a task sent earlier (by id), to read its state and result."""
         return TaskHandle(task_id, Signature("", uuid=task_id), queue, self)
+
+    # --- sending many ----------------------------------------------------------------------------
+
+    @overload
+    async def send_many(
+        self, signatures: Iterable[TaskSignature[R]], *, window: int = SEND_MANY_WINDOW
+    ) -> list[TaskHandle[R]]: ...
+
+    @overload
+    async def send_many(
+        self,
+        signatures: Iterable[Signature | TaskSignature[Any]],
+        *,
+        window: int = SEND_MANY_WINDOW,
+    ) -> list[TaskHandle[Any]]: ...
+
+    async def send_many(
+        self,
+        signatures: Iterable[Signature | TaskSignature[Any]],
+        *,
+        window: int = SEND_MANY_WINDOW,
+    ) -> list[TaskHandle[Any]]:
+        """Send many tasks at once: ``await pool.send_many([add.signature(1, 2), ...])``, or Go
+        :class:`~paota.Signature` objects (as :meth:`send_task` sends them); returns their
+        handles in the order given.
+
+        Up to ``window`` sends are in flight together, so their publishes and RabbitMQ's confirms
+        overlap instead of costing one round trip each. Every item is checked (and every task id
+        assigned) before the first is published: a bad item raises TypeError (or
+        :class:`~paota.ArgumentError`) naming its index, and nothing is sent. Returns once the
+        broker confirmed every task. When some could not be sent, raises
+        :class:`~paota.SendManyError` after the others were: ``.sent`` has the handles of the
+        confirmed ones, ``.failed`` the index, signature and error of each other one. The queue
+        may receive the tasks in a slightly different order than given (sends overlap).
+        """
+        jobs: list[tuple[Signature, str | None, float | None, Mapping[str, Any] | None]] = []
+        for index, item in enumerate(signatures):
+            if isinstance(item, Signature):
+                jobs.append((item, None, None, None))
+                continue
+            from paota.workflows import TaskSignature
+
+            if not isinstance(item, TaskSignature):
+                raise TypeError(
+                    f"send_many: item #{index} is a {type(item).__name__}, expected a "
+                    "paota.Signature or a task's signature (task.signature(...))"
+                )
+            if item.takes_previous:
+                raise TypeError(
+                    f"send_many: item #{index} {item!r} leaves its first parameter for a previous "
+                    "step's result (a workflow step): give every argument"
+                )
+            options = item.options
+            jobs.append(
+                (item.to_signature(), options.queue, options.delay_s, options.headers or None)
+            )
+        return await self._send_batch(jobs, window)
+
+    async def _send_batch(
+        self,
+        jobs: Sequence[tuple[Signature, str | None, float | None, Mapping[str, Any] | None]],
+        window: int,
+    ) -> list[TaskHandle[Any]]:
+        """Send ``jobs`` (signature, queue, delay_s, headers), ``window`` at a time; see
+        :meth:`send_many`."""
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window={window!r} is not valid: expected an integer >= 1")
+        if not jobs:
+            return []
+        # Ids first: a failure can name every task, and sending a failed one again keeps its id.
+        jobs = [
+            (sig if sig.uuid else sig.replace(uuid=new_task_id()), queue, delay_s, headers)
+            for sig, queue, delay_s, headers in jobs
+        ]
+        if not self._connected:
+            await self.connect()
+        results: list[TaskHandle[Any] | Exception | None] = [None] * len(jobs)
+        # Each lane takes the next job when its send is confirmed: a sliding window, in order.
+        upcoming = iter(range(len(jobs)))
+
+        async def lane() -> None:
+            for index in upcoming:
+                sig, queue, delay_s, headers = jobs[index]
+                try:
+                    results[index] = await self.send_task(
+                        sig, queue=queue, delay_s=delay_s, headers=headers
+                    )
+                except Exception as exc:
+                    results[index] = exc
+
+        await asyncio.gather(*(lane() for _ in range(min(window, len(jobs)))))
+        failed = [
+            (index, jobs[index][0], result)
+            for index, result in enumerate(results)
+            if isinstance(result, Exception)
+        ]
+        if failed:
+            from paota.core.errors import SendManyError
+
+            handles = [r if isinstance(r, TaskHandle) else None for r in results]
+            raise SendManyError(handles, failed) from failed[0][2]
+        return cast("list[TaskHandle[Any]]", results)
 
     # --- results ---------------------------------------------------------------------------------
 

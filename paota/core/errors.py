@@ -12,6 +12,7 @@ translated at the adapter boundary and chained with ``raise ... from exc``::
     │   └── TopologyError      a queue/exchange exists with different arguments
     ├── StoreError             the task-state store cannot be reached or failed a write
     ├── TaskTimeoutError       a task ran past its execution limit or waited past its start deadline
+    ├── SendManyError          some tasks of a batch send were not sent (names which, and why)
     └── TaskError              about one task
         ├── TaskFailedError    the task ended FAILED or TIMED_OUT (raised by ``result()``)
         └── ResultTimeoutError the result was not ready within the timeout
@@ -19,7 +20,7 @@ translated at the adapter boundary and chained with ``raise ... from exc``::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "PublishError",
     "RegistrationError",
     "ResultTimeoutError",
+    "SendManyError",
     "StoreError",
     "TaskError",
     "TaskFailedError",
@@ -83,6 +85,32 @@ class TaskTimeoutError(PaotaError, TimeoutError):
     """A task ran longer than ``Config.max_task_execution_duration_s``, or waited longer than its
     ``task_timeout`` to start. Recorded as the error of a TIMED_OUT task (and of a retried attempt).
     """
+
+
+class SendManyError(PaotaError):
+    """A batch send (``send_many``) could not send some of its tasks; the others were sent.
+
+    ``sent`` holds the handles of the tasks the broker confirmed, in the order they were given;
+    ``failed`` holds ``(index, signature, error)`` for each task that was not confirmed (its
+    position in the batch, the :class:`~paota.Signature` with its task id, and what was raised:
+    usually a :class:`PublishError` or a :class:`StoreError`). ``handles`` has one entry per
+    task of the batch: its handle, or None where it failed. Sending the ``failed`` signatures
+    again is safe: their ids are kept, and a task that did arrive after all is run once per copy
+    (at-least-once), as for any send that raised.
+    """
+
+    def __init__(
+        self, handles: Sequence[Any], failed: Sequence[tuple[int, Any, BaseException]]
+    ) -> None:
+        self.handles: list[Any] = list(handles)
+        self.sent: list[Any] = [h for h in self.handles if h is not None]
+        self.failed: list[tuple[int, Any, BaseException]] = list(failed)
+        index, sig, error = self.failed[0]
+        super().__init__(
+            f"{len(self.failed)} of {len(self.handles)} tasks were not sent (the first: #{index} "
+            f"{getattr(sig, 'uuid', '')} {getattr(sig, 'name', '')!r}: {type(error).__name__}: "
+            f"{error}); {len(self.sent)} were sent and confirmed (see .sent and .failed)"
+        )
 
 
 class TaskError(PaotaError):

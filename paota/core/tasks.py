@@ -28,7 +28,7 @@ import functools
 import inspect
 import types
 import typing
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import (
@@ -227,7 +227,14 @@ def go_arg(name: str, value: Any, go_type: str | None, *, task: str, label: str)
 class Binder:
     """Binds a function's parameters to Go args and back (built once per task)."""
 
-    __slots__ = ("_annotations", "_go_types", "_has_var_keyword", "_sig", "task_name")
+    __slots__ = (
+        "_annotations",
+        "_go_types",
+        "_has_var_keyword",
+        "_sig",
+        "single_parameter",
+        "task_name",
+    )
 
     def __init__(self, fn: Callable[..., Any], task_name: str) -> None:
         self.task_name = task_name
@@ -242,6 +249,12 @@ class Binder:
         self._go_types = {name: _go_type(a) for name, a in self._annotations.items()}
         self._has_var_keyword = any(
             p.kind is inspect.Parameter.VAR_KEYWORD for p in self._sig.parameters.values()
+        )
+        params = list(self._sig.parameters.values())
+        #: Whether the function takes exactly one argument, positionally (for ``send_many``).
+        self.single_parameter = len(params) == 1 and params[0].kind in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
         )
 
     def to_args(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[Arg, ...]:
@@ -401,6 +414,11 @@ class TaskSender(Generic[P, R]):
         """Publish the task with these options; returns once the broker has it."""
         return await self._task._send(args, kwargs, self._options)
 
+    async def send_many(self, calls: Iterable[Any], *, window: int = 1000) -> list[TaskHandle[R]]:
+        """Send the task once per item of ``calls``, with these options (see
+        :meth:`Task.send_many`)."""
+        return await self._task._send_many(calls, self._options, window)
+
     @overload
     def signature(self, *args: P.args, **kwargs: P.kwargs) -> TaskSignature[R]: ...
 
@@ -518,6 +536,21 @@ class Task(Generic[P, R]):
         """
         return await self._send(args, kwargs, self.defaults)
 
+    async def send_many(self, calls: Iterable[Any], *, window: int = 1000) -> list[TaskHandle[R]]:
+        """Send the task once per item of ``calls`` and return the handles in that order:
+        ``await add.send_many([(1, 2), (3, 4)])``.
+
+        An item is a tuple of positional arguments, or a dict of keyword arguments; for a task of
+        one parameter, any item that is not a tuple is that argument (``square.send_many([1, 2,
+        3])``; a tuple value goes in a tuple of its own: ``[((1, 2),)]``). For calls checked by the
+        type checker, send ``[add.signature(1, 2), ...]`` with :meth:`paota.Client.send_many`.
+        Every item is bound before anything is published (TypeError or :class:`ArgumentError`
+        naming the item's index); up to ``window`` sends are in flight together; raises
+        :class:`~paota.SendManyError` when some tasks could not be sent (see
+        :meth:`paota.Client.send_many`).
+        """
+        return await self._send_many(calls, self.defaults, window)
+
     @overload
     def signature(self, *args: P.args, **kwargs: P.kwargs) -> TaskSignature[R]: ...
 
@@ -559,6 +592,39 @@ class Task(Generic[P, R]):
             task_timeout=options.task_timeout or 0,
             eta=options.eta,
         )
+
+    async def _send_many(
+        self, calls: Iterable[Any], options: TaskOptions, window: int
+    ) -> list[TaskHandle[R]]:
+        single = self._binder is not None and self._binder.single_parameter
+        jobs = []
+        headers = options.headers or None
+        for index, call in enumerate(calls):
+            args: tuple[Any, ...]
+            kwargs: Mapping[str, Any] = {}
+            if isinstance(call, tuple):
+                args = call
+            elif single:
+                args = (call,)
+            elif isinstance(call, list):
+                args = tuple(call)
+            elif isinstance(call, Mapping):
+                args, kwargs = (), call
+            else:
+                raise TypeError(
+                    f"task {self.name!r}: send_many item #{index} is a {type(call).__name__}; "
+                    "expected a tuple (or list) of positional arguments or a dict of keyword "
+                    "arguments"
+                )
+            try:
+                sig = self._signature(args, kwargs, options)
+            except ArgumentError as exc:
+                raise ArgumentError(f"send_many item #{index}: {exc}") from None
+            except TypeError as exc:
+                raise TypeError(f"send_many item #{index}: {exc}") from None
+            jobs.append((sig, options.queue, options.delay_s, headers))
+        handles = await self._client._send_batch(jobs, window)
+        return cast("list[TaskHandle[R]]", handles)
 
     async def _send(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TaskOptions
