@@ -178,6 +178,7 @@ class MemoryBroker:
         self._delayed: list[tuple[float, int, str, MemoryMessage]] = []
         self._consumers: set[_Consumer] = set()
         self._consumed: set[str] = set()  # queues that have had a consumer
+        self._control: set[asyncio.Queue[bytes | None]] = set()  # control listeners
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._open = False
@@ -216,6 +217,8 @@ class MemoryBroker:
         self._consumers.clear()
         for queue in self._queues.values():
             queue.wakeup.set()
+        for listener in self._control:
+            listener.put_nowait(None)  # the end
 
     async def __aenter__(self) -> MemoryBroker:
         await self.connect()
@@ -361,6 +364,30 @@ class MemoryBroker:
             delivery.message.redelivered = True
             consumer.queue.push(delivery.message)
         consumer.deliveries.clear()
+
+    # control channel -------------------------------------------------------------------------
+
+    async def broadcast_control(self, body: bytes) -> None:
+        """Hand ``body`` to every control listener of this broker (this process only)."""
+        self._check_open()
+        for listener in self._control:
+            listener.put_nowait(bytes(body))
+
+    async def listen_control(self) -> AsyncIterator[bytes | None]:
+        """Control messages broadcast from now on; ``None`` first (nothing was heard before the
+        subscription). Ends when the broker is closed."""
+        self._check_open()
+        listener: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._control.add(listener)
+        try:
+            yield None
+            while not self._closed:
+                body = await listener.get()
+                if body is None:
+                    return
+                yield body
+        finally:
+            self._control.discard(listener)
 
     # parking ---------------------------------------------------------------------------------
 

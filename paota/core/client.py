@@ -27,7 +27,7 @@ from typing import (
 
 from paota.core.clock import Clock, SystemClock
 from paota.core.config import Config
-from paota.core.errors import ConfigError, ResultTimeoutError, TaskFailedError
+from paota.core.errors import BrokerError, ConfigError, ResultTimeoutError, TaskFailedError
 from paota.core.factory import make_broker, make_store
 from paota.core.message import Signature, encode_message
 from paota.core.middleware import Middleware, MiddlewareChain, PublishContext
@@ -602,6 +602,94 @@ class Client:
             wait_s = delay_s if deadline is None else min(delay_s, deadline - loop.time())
             await asyncio.sleep(max(0.0, wait_s))
             delay_s = min(delay_s * 1.5, 0.5)
+
+    # --- cancelling ------------------------------------------------------------------------------
+
+    async def cancel(self, task_id: str, *, reason: str | None = None) -> bool:
+        """Cancel task ``task_id``, queued, delayed or running; True when it is now cancelled,
+        False when it had finished already (its record is final and stays as it is).
+
+        The cancellation is durable first: the store's record of the task's current run becomes
+        CANCELLED (a record is made if the store has none). A worker that receives the message
+        later, even one that starts after this call, acknowledges it without running it. Then
+        it is broadcast on the broker's control channel (when it has one): a running async task
+        receives ``CancelledError``, a running sync task sees ``current_task().cancelled``. A
+        cancelled run is never retried; its ``on_failure`` callback fires once, with
+        ``ErrorInfo("Cancelled", reason)``; ``result()`` raises :class:`~paota.TaskFailedError`
+        with status CANCELLED. ``reason`` defaults to ``"cancelled by <this client's name>"``.
+
+        Raises :class:`~paota.ConfigError` without a store, :class:`~paota.StoreError` when the
+        record cannot be written, and :class:`~paota.BrokerError` when the broadcast fails (the
+        cancellation is recorded then: a running task runs to its end and is recorded as
+        cancelled; calling ``cancel`` again is harmless).
+        """
+        from paota.core.control import encode_cancel
+        from paota.core.protocols import ControlChannel
+
+        if not isinstance(task_id, str) or not task_id:
+            raise ValueError(f"task_id must be a non-empty string, got {task_id!r}")
+        if reason is None:
+            reason = f"cancelled by {self.name}"
+        elif not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, not {type(reason).__name__}")
+        store = self.store
+        if store is None:
+            raise ConfigError(
+                "cancelling a task needs a store, to record the cancellation durably: set "
+                "Config(store='memory' | 'mongodb') (PAOTA_STORE) or pass store=..."
+            )
+        await self.connect()
+        while True:
+            current = await store.get(task_id)
+            if current is not None and current.status.is_final:
+                return False
+            now = self.clock.now()
+            error = ErrorInfo("Cancelled", reason)
+            if current is None:
+                state = task_state(
+                    task_id,
+                    "",
+                    TaskStatus.CANCELLED,
+                    args=[],
+                    attempts=0,
+                    replays=0,
+                    worker="",
+                    created_at=None,
+                    updated_at=now,
+                    error=error,
+                    finished_at=now,
+                )
+            else:
+                registered = self._registry.get(current.name)
+                ttl_s = None if registered is None else registered.result_ttl_s
+                # The same run (replays) and attempt: may_replace accepts a final state there.
+                state = current.replace(
+                    status=TaskStatus.CANCELLED,
+                    result=None,
+                    error=error,
+                    finished_at=now,
+                    updated_at=now,
+                    expires_at=None if ttl_s is None else now + timedelta(seconds=ttl_s),
+                )
+            if await store.record(state):
+                break
+            # Refused: the record moved on meanwhile (a retry, or it finished): look again.
+        broker = self.broker
+        if isinstance(broker, ControlChannel):
+            try:
+                await broker.broadcast_control(encode_cancel(task_id, state.replays, reason))
+            except BrokerError as exc:
+                raise BrokerError(
+                    f"task {task_id} is recorded as CANCELLED, but telling running workers "
+                    f"failed: {exc} (a running task runs to its end and is then recorded as "
+                    "cancelled; cancel again to retry)"
+                ) from exc
+        return True
+
+    def _expires_at(self, name: str, now: datetime) -> datetime | None:
+        task = self._registry.get(name)
+        ttl_s = None if task is None else task.result_ttl_s
+        return None if ttl_s is None else now + timedelta(seconds=ttl_s)
 
     # --- parked messages -------------------------------------------------------------------------
 

@@ -12,9 +12,10 @@ translated at the adapter boundary and chained with ``raise ... from exc``::
     │   └── TopologyError      a queue/exchange exists with different arguments
     ├── StoreError             the task-state store cannot be reached or failed a write
     ├── TaskTimeoutError       a task ran past its execution limit or waited past its start deadline
+    ├── TaskCancelledError     a run was cancelled (raised inside it; its outcome is CANCELLED)
     ├── SendManyError          some tasks of a batch send were not sent (names which, and why)
     └── TaskError              about one task
-        ├── TaskFailedError    the task ended FAILED or TIMED_OUT (raised by ``result()``)
+        ├── TaskFailedError    the task ended FAILED, TIMED_OUT or CANCELLED (raised by ``result()``)
         └── ResultTimeoutError the result was not ready within the timeout
 """
 
@@ -33,6 +34,7 @@ __all__ = [
     "ResultTimeoutError",
     "SendManyError",
     "StoreError",
+    "TaskCancelledError",
     "TaskError",
     "TaskFailedError",
     "TaskTimeoutError",
@@ -113,6 +115,18 @@ class SendManyError(PaotaError):
         )
 
 
+class TaskCancelledError(PaotaError):
+    """The run was cancelled: raised in a cancelled run (``current_task().raise_if_cancelled()``,
+    or by the worker when a cancelled task ends), and raised by a task to cancel itself.
+
+    Its outcome is CANCELLED, never a retry; ``reason`` says who cancelled it or why.
+    """
+
+    def __init__(self, reason: str = "cancelled") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class TaskError(PaotaError):
     """An error about one task; ``task_id`` names it."""
 
@@ -122,7 +136,7 @@ class TaskError(PaotaError):
 
 
 class TaskFailedError(TaskError):
-    """The task ended in FAILED or TIMED_OUT; raised by ``result()``.
+    """The task ended in FAILED, TIMED_OUT or CANCELLED; raised by ``result()``.
 
     ``status`` is the final status, ``error_type`` and ``error_message`` what the task raised (or why
     it was parked), ``traceback`` the (truncated) traceback when there is one.

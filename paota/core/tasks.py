@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -144,8 +145,28 @@ class TaskHandle(Generic[R_co]):
         return cast(R_co, await self._client.result(self.id, timeout=timeout))
 
     async def state(self) -> TaskState | None:
-        """The task's current record in the store (None when the store has none yet)."""
-        return await self._client.require_store().get(self.id)
+        """The task's current record in the store (None when the store has none yet, or the
+        record expired): status, attempts, result or error, and while it runs its ``progress``
+        and ``progress_message``."""
+        store = self._client.require_store()
+        await self._client.connect()
+        return await store.get(self.id)
+
+    async def cancel(self, reason: str | None = None) -> bool:
+        """Cancel the task, queued, delayed or running (see :meth:`paota.Client.cancel`): True
+        when it is now cancelled, False when it had finished already. Needs a store."""
+        return await self._client.cancel(self.id, reason=reason)
+
+
+def check_result_ttl(value: Any) -> float | None:
+    """``result_ttl_s``: None, or a finite number of seconds > 0 (ValueError / TypeError)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"result_ttl_s must be a number of seconds, not {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"result_ttl_s must be a finite number of seconds > 0, got {value!r}")
+    return float(value)
 
 
 # --- binding Python parameters <-> Go args -------------------------------------------------------
@@ -500,7 +521,7 @@ class Task(Generic[P, R]):
         #: sharing the store).
         self.limit_scope = limit_scope or "worker"
         #: How long a finished record (and its result) is kept, in seconds (None: the store's).
-        self.result_ttl_s = result_ttl_s
+        self.result_ttl_s = check_result_ttl(result_ttl_s)
         self.go_style = is_go_style(fn) if go_style is None else go_style
         self.is_async = is_async
         self._binder = None if self.go_style else Binder(fn, name)

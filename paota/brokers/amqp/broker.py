@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from paota.brokers.amqp.connection import ConnectionPool, Deadlines, call_aiormq, close_quietly
 from paota.brokers.amqp.consumer import AMQPDelivery, ConsumerSession, consume, subscribe
+from paota.brokers.amqp.control import broadcast, control_exchange_name, listen
 from paota.brokers.amqp.errors import broker_errors
 from paota.brokers.amqp.properties import message_properties
 from paota.brokers.amqp.publisher import Publisher
@@ -91,6 +92,8 @@ class AMQPBroker:
         self._sessions: set[ConsumerSession] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self.settle_deadlines = Deadlines()
+        #: The fanout exchange of the control channel (cancellations reach running tasks there).
+        self.control_exchange = control_exchange_name(self._amqp.exchange)
         if self._amqp.auto_delete:
             logger.warning(
                 "PAOTA_AMQP_AUTO_DELETE / amqp.auto_delete is ignored: the task queue is always "
@@ -327,6 +330,28 @@ class AMQPBroker:
             return session
 
         return consume(self, lambda: self._state is _State.OPEN, start, queue)
+
+    # --- control channel -------------------------------------------------------------------------
+
+    async def broadcast_control(self, body: bytes) -> None:
+        """Publish ``body`` to every listener of the control exchange (confirmed; see
+        :mod:`paota.brokers.amqp.control`)."""
+        await broadcast(
+            self._require_pool(),
+            self.control_exchange,
+            body,
+            timeout_s=self._amqp.publish_timeout_s,
+        )
+
+    def listen_control(self) -> AsyncIterator[bytes | None]:
+        """The control messages broadcast from now on, ``None`` after each (re)subscription;
+        ends when the broker is closed."""
+        return listen(
+            self._require_pool(),
+            self.control_exchange,
+            timeout_s=self._amqp.connection_timeout_s,
+            is_open=lambda: self._state is _State.OPEN,
+        )
 
     # --- replays ---------------------------------------------------------------------------------
 

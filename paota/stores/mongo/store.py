@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import builtins
 import logging
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import bson
@@ -48,6 +48,7 @@ INDEX_TIMEOUT_S = 300.0
 
 _FINAL_NAMES = [s.value for s in TaskStatus if s.is_final]
 _TTL_INDEX = "finished_at_1"
+_EXPIRY_INDEX = "expires_at_1"
 
 
 class MongoStore(MongoCoordination):
@@ -56,6 +57,10 @@ class MongoStore(MongoCoordination):
     ``connect()`` creates the client (pool of ``max_pool_size``), pings the server and creates the
     indexes ``(status, updated_at)`` and ``(name, created_at)``, plus, when ``result_ttl_s > 0``, a
     TTL index on ``finished_at`` (set on final records only, so unfinished tasks never expire).
+    Per-task result lifetimes (``@pool.task(result_ttl_s=...)``) set ``expires_at`` on final
+    records, with a TTL index of its own (``expireAfterSeconds=0``): a record goes when the first
+    of the two expires. MongoDB's TTL monitor deletes about once a minute; until then
+    :meth:`get` and :meth:`list` already leave an expired record out.
     ``timeout_s`` bounds server selection, connecting, and each operation (pymongo's
     ``timeoutMS``): with the server down or hung, a call raises :class:`StoreError` after about
     ``timeout_s``, and once the server is back the client reconnects by itself.
@@ -149,6 +154,10 @@ class MongoStore(MongoCoordination):
         )
         await collection.create_index(
             [("name", pymongo.ASCENDING), ("created_at", pymongo.ASCENDING)]
+        )
+        # Documents without an expires_at (None) never expire by this index.
+        await collection.create_index(
+            [("expires_at", pymongo.ASCENDING)], name=_EXPIRY_INDEX, expireAfterSeconds=0
         )
         existing = (await collection.index_information()).get(_TTL_INDEX)
         current_ttl = None if existing is None else existing.get("expireAfterSeconds")
@@ -286,7 +295,12 @@ class MongoStore(MongoCoordination):
             doc = await collection.find_one({"_id": task_id})
         except PyMongoError as exc:
             raise self._failed(f"reading task {task_id}", exc) from exc
-        return None if doc is None else _from_document(doc)
+        if doc is None:
+            return None
+        expires = doc.get("expires_at")
+        if expires is not None and expires <= datetime.now(UTC):
+            return None  # expired; the TTL monitor deletes it soon
+        return _from_document(doc)
 
     async def delete(self, task_id: str) -> bool:
         """Delete the record of ``task_id``; returns whether it existed."""
@@ -309,7 +323,9 @@ class MongoStore(MongoCoordination):
         collection = self._require()
         if limit <= 0:  # MongoDB reads limit(0) as "no limit"
             return []
-        query: Document = {}
+        query: Document = {
+            "$or": [{"expires_at": None}, {"expires_at": {"$gt": datetime.now(UTC)}}]
+        }
         if status is not None:
             query["status"] = TaskStatus(status).value
         if name is not None:
