@@ -11,9 +11,31 @@ not counted. Between two measured phases the benchmark pauses ``--pause`` second
 that RabbitMQ finishes deleting the previous queue (on a small machine that work otherwise lands in
 the next measurement). Prints every round, then the best rate of each side and paota's ratio to
 raw, with the client's CPU time per message (``time.process_time``: RabbitMQ runs on the same
-cores). Each run uses fresh queue names and deletes them afterwards.
+cores). Each run uses fresh queue names and deletes them afterwards, except the delay ladders:
+there is one per queue type, ``paota_bench_ladder.q00`` .. (quorum, also declared by the immediate
+runs) and ``paota_bench_ladder.l00`` .. (classic), declared by the first run and kept for the next
+ones (deleting many at-least-once quorum queues at once strands RabbitMQ's dead-letter workers,
+rabbitmq-server#16652; :func:`paota.brokers.amqp.topology.delete_ladder` deletes one queue at a
+time).
+
+Then the cost of the delay ladder's queue type (``amqp.delay_queue_type``):
+
+  (c) ``--delayed-tasks`` no-op tasks (default 5,000), each sent with ``send_task`` and
+      ``eta = now + --delay`` (default 1 s), ``--window`` in flight, while one WorkerPool
+      (concurrency 100, prefetch 100) consumes them; once on the classic ladder, once on the
+      quorum one. Reported: the publish rate (confirmed; the client's CPU includes the pool's,
+      which runs meanwhile), the drain rate (tasks / time from the first run to the last), the
+      extra latency (the last run after the latest ETA, i.e. after the last publish plus the
+      delay) and each task's lateness after its ETA (median and 99th percentile). With
+      ``--broker-pid`` (RabbitMQ's ``beam.smp`` on this machine), also RabbitMQ's CPU time per
+      task from the first publish to the last run, read from ``/proc``: a figure that depends less
+      on what else the machine runs than the rates do (it counts whatever else the broker serves).
+
+Same warm-up, rounds (alternating which queue type goes first) and pauses; then the best of each
+figure (the highest rate, the lowest latency) and the ratio quorum/classic.
 
     python bench/amqp.py [--url amqp://guest:guest@127.0.0.1:5672/] [--tasks 20000] [--rounds 3]
+                         [--delayed-tasks 5000] [--delay 1.0] [--broker-pid PID]
 """
 
 from __future__ import annotations
@@ -26,14 +48,18 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import aiormq
 from aiormq.abc import DeliveredMessage
 
 from paota import AMQPConfig, Config, Signature, WorkerPool
+from paota.brokers.amqp.topology import DELAY_QUEUE_TYPES, Topology
 from paota.core.signature import encode_message
 
 PREFETCH = 100
+#: The delay ladders' name prefix, the same in every run: ladders are kept, not deleted per run.
+LADDER = "paota_bench_ladder"
 
 
 @dataclass
@@ -91,7 +117,9 @@ async def raw_run(url: str, n: int, window: int, pause_s: float) -> tuple[Rate, 
 
         async def on_message(message: DeliveredMessage) -> None:
             nonlocal count
-            await consumer_channel.basic_ack(message.delivery_tag)
+            tag = message.delivery_tag
+            assert tag is not None  # always set on a delivery
+            await consumer_channel.basic_ack(tag)
             count += 1
             if count == n:
                 done.set()
@@ -100,6 +128,7 @@ async def raw_run(url: str, n: int, window: int, pause_s: float) -> tuple[Rate, 
         consume_ok = await consumer_channel.basic_consume(queue, on_message)
         await done.wait()
         consume_rate = timer.rate(n)
+        assert consume_ok.consumer_tag is not None
         await consumer_channel.basic_cancel(consume_ok.consumer_tag)
         await channel.queue_delete(queue)
         return publish_rate, consume_rate
@@ -107,20 +136,27 @@ async def raw_run(url: str, n: int, window: int, pause_s: float) -> tuple[Rate, 
         await connection.close()
 
 
-async def paota_run(url: str, n: int, window: int, pause_s: float) -> tuple[Rate, Rate]:
+def bench_config(url: str, delay_queue_type: str = "quorum") -> Config:
+    """A config with fresh queue and exchange names, on the shared ``delay_queue_type`` ladder."""
     suffix = uuid.uuid4().hex[:8]
-    config = Config(
+    return Config(
         broker="amqp",
         task_queue_name=f"bench_paota_{suffix}",
         amqp=AMQPConfig(
             url=url,
             exchange=f"bench_exchange_{suffix}",
             delayed_queue=f"bench_delayed_{suffix}",
+            delay_ladder=LADDER,
+            delay_queue_type=delay_queue_type,
             failed_queue=f"bench_failed_{suffix}",
             timeout_queue=f"bench_timeout_{suffix}",
             prefetch_count=PREFETCH,
         ),
     )
+
+
+async def paota_run(url: str, n: int, window: int, pause_s: float) -> tuple[Rate, Rate]:
+    config = bench_config(url)
     producer = WorkerPool(config, name="bench-producer")
     async with producer:
         sig = Signature("Noop")
@@ -153,18 +189,184 @@ async def paota_run(url: str, n: int, window: int, pause_s: float) -> tuple[Rate
 
 
 async def _delete_topology(url: str, config: Config) -> None:
-    from paota.brokers.amqp.topology import Topology
-
-    queues, exchanges = Topology.from_config(config).names()
+    """Delete the queues and exchanges of ``config``'s run, but not the shared delay ladder."""
+    topology = Topology.from_config(config)
+    shared = {*topology.ladder_queues, topology.delivery_exchange}
+    queues, exchanges = topology.names()
     connection = await aiormq.connect(url)
     try:
         channel = await connection.channel()
         for queue in queues:
-            await channel.queue_delete(queue)
+            if queue not in shared:
+                await channel.queue_delete(queue)
         for exchange in exchanges:
-            await channel.exchange_delete(exchange)
+            if exchange not in shared:
+                await channel.exchange_delete(exchange)
     finally:
         await connection.close()
+
+
+@dataclass
+class Delayed:
+    """One delayed run: the publish rate; the drain rate (tasks per second from the first run to
+    the last); the extra latency (the last run after the latest ETA) and the lateness of a task
+    after its ETA (median, 99th percentile), in seconds; deliveries the pool found early and
+    delayed again (0 when the ladder never delivers before the ETA)."""
+
+    publish: Rate
+    drain_per_s: float
+    extra_s: float
+    late_p50_s: float
+    late_p99_s: float
+    redelayed: int
+    broker_cpu_us: float | None
+
+    def __str__(self) -> str:
+        text = (
+            f"publish {self.publish}   drain {self.drain_per_s:>7,.0f}/s   "
+            f"extra {self.extra_s:6.3f} s   late p50 {self.late_p50_s:.3f} s "
+            f"p99 {self.late_p99_s:.3f} s"
+        )
+        if self.broker_cpu_us is not None:
+            text += f"   broker {self.broker_cpu_us:5.0f} us cpu"
+        if self.redelayed:
+            text += f"   re-delayed {self.redelayed}"
+        return text
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) that process ``pid`` has used so far (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        # After "pid (comm)": state is field 3, utime and stime are fields 14 and 15.
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def delayed_run(
+    url: str, n: int, window: int, delay_s: float, queue_type: str, broker_pid: int | None
+) -> Delayed:
+    """Send ``n`` tasks due ``delay_s`` after their publish through the ``queue_type`` ladder
+    while one WorkerPool consumes them; ``broker_pid``: RabbitMQ's process, to read its CPU."""
+    config = bench_config(url, queue_type)
+    pool = WorkerPool(config, concurrency=PREFETCH, name="bench-delayed-worker")
+    producer = WorkerPool(config, name="bench-delayed-producer")
+    done = asyncio.Event()
+    lateness: list[float] = []
+    first_run = last_run = broker_cpu_s = 0.0
+
+    @pool.task(name="Noop")
+    async def noop(sig: Signature) -> None:
+        nonlocal first_run, last_run, broker_cpu_s
+        now = time.time()
+        if not lateness:
+            first_run = now
+        lateness.append(now - sig.eta.timestamp() if sig.eta is not None else float("nan"))
+        if len(lateness) == n:
+            last_run = now
+            if broker_pid is not None:
+                broker_cpu_s += process_cpu_s(broker_pid)
+            done.set()
+
+    base = Signature("Noop")
+    delay = timedelta(seconds=delay_s)
+    latest_eta = datetime.now(UTC)
+
+    def send() -> Awaitable[object]:
+        nonlocal latest_eta
+        latest_eta = datetime.now(UTC) + delay
+        return producer.send_task(base.replace(eta=latest_eta))
+
+    timeout_s = delay_s + max(120.0, n / 20)
+    async with pool, producer:
+        worker = asyncio.create_task(pool.start(install_signal_handlers=False))
+        try:
+            if broker_pid is not None:
+                broker_cpu_s = -process_cpu_s(broker_pid)
+            timer = Timer()
+            timer.start()
+            await in_windows(n, window, send)
+            publish_rate = timer.rate(n)
+            try:
+                await asyncio.wait_for(done.wait(), timeout_s)
+            except TimeoutError:
+                # The task queue is kept: stragglers still coming down the ladder land there.
+                raise RuntimeError(
+                    f"{queue_type} ladder: {len(lateness)} of {n} delayed tasks ran within "
+                    f"{timeout_s:g} s; task queue {config.task_queue_name!r} left in place"
+                ) from None
+        finally:
+            await pool.stop()
+            await worker
+    await _delete_topology(url, config)
+    ordered = sorted(lateness)
+    return Delayed(
+        publish=publish_rate,
+        drain_per_s=n / max(last_run - first_run, 1e-9),
+        extra_s=last_run - latest_eta.timestamp(),
+        late_p50_s=_quantile(ordered, 0.50),
+        late_p99_s=_quantile(ordered, 0.99),
+        redelayed=pool.stats.deferred,
+        broker_cpu_us=broker_cpu_s / n * 1e6 if broker_pid is not None else None,
+    )
+
+
+def _compare(label: str, classic: float, quorum: float, unit: str) -> None:
+    ratio = quorum / classic if classic else float("inf")
+    shown = f"{{:>9,.0f}}{unit}" if unit != " s" else f"{{:9.3f}}{unit}"
+    print(
+        f"  {label:<13} classic {shown.format(classic)}   quorum {shown.format(quorum)}   "
+        f"ratio quorum/classic {ratio:.2f}"
+    )
+
+
+async def delayed_section(
+    url: str,
+    n: int,
+    window: int,
+    delay_s: float,
+    rounds: int,
+    pause_s: float,
+    broker_pid: int | None,
+) -> None:
+    print(
+        f"delayed: {n} no-op tasks with eta = now + {delay_s:g} s, {window} publishes in flight, "
+        f"consumed meanwhile by one WorkerPool (concurrency {PREFETCH}, prefetch {PREFETCH}), "
+        f"classic and quorum ladders, best of {rounds} rounds"
+    )
+    warm_up = max(1, n // 10)
+    for kind in DELAY_QUEUE_TYPES:
+        await delayed_run(url, warm_up, min(window, warm_up), delay_s, kind, broker_pid)
+    runs: dict[str, list[Delayed]] = {kind: [] for kind in DELAY_QUEUE_TYPES}
+    for round_ in range(rounds):
+        order = ["classic", "quorum"] if round_ % 2 == 0 else ["quorum", "classic"]
+        for kind in order:
+            await asyncio.sleep(pause_s)
+            run = await delayed_run(url, n, window, delay_s, kind, broker_pid)
+            runs[kind].append(run)
+            print(f"  round {round_ + 1} {kind:<7}  {run}")
+    best_publish = {kind: max(runs[kind], key=lambda r: r.publish.per_s).publish for kind in runs}
+    classic, quorum = best_publish["classic"], best_publish["quorum"]
+    print(
+        f"  {'publish':<13} classic {classic}   quorum {quorum}   "
+        f"ratio quorum/classic {quorum.per_s / classic.per_s:.2f}"
+    )
+    best_drain = {kind: max(r.drain_per_s for r in runs[kind]) for kind in runs}
+    _compare("drain", best_drain["classic"], best_drain["quorum"], "/s")
+    seconds: tuple[tuple[str, Callable[[Delayed], float]], ...] = (
+        ("extra latency", lambda r: r.extra_s),
+        ("late p50", lambda r: r.late_p50_s),
+        ("late p99", lambda r: r.late_p99_s),
+    )
+    for label, figure in seconds:
+        best = {kind: min(map(figure, runs[kind])) for kind in runs}
+        _compare(label, best["classic"], best["quorum"], " s")
+    if broker_pid is not None:
+        cpu = {kind: min(r.broker_cpu_us or 0.0 for r in runs[kind]) for kind in runs}
+        _compare("broker cpu", cpu["classic"], cpu["quorum"], " us")
 
 
 async def main() -> None:
@@ -185,6 +387,21 @@ async def main() -> None:
     parser.add_argument(
         "--pause", type=float, default=2.0, help="seconds between measured phases (default 2)"
     )
+    parser.add_argument(
+        "--delayed-tasks",
+        type=int,
+        default=5_000,
+        help="delayed tasks per run (default 5000; 0 skips the delayed section)",
+    )
+    parser.add_argument(
+        "--delay", type=float, default=1.0, help="delay of the delayed tasks, seconds (default 1)"
+    )
+    parser.add_argument(
+        "--broker-pid",
+        type=int,
+        default=None,
+        help="RabbitMQ's process id on this machine: also report its CPU per delayed task",
+    )
     args = parser.parse_args()
     n, window, pause_s = args.tasks, args.window, args.pause
     print(
@@ -194,8 +411,8 @@ async def main() -> None:
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores")
     runs = {"raw": raw_run, "paota": paota_run}
     warm_up = max(1, n // 10)
-    for side in runs.values():
-        await side(args.url, warm_up, min(window, warm_up), 0.0)
+    for run in runs.values():
+        await run(args.url, warm_up, min(window, warm_up), 0.0)
     best: dict[tuple[str, str], Rate] = {}
     for round_ in range(args.rounds):
         order = ["raw", "paota"] if round_ % 2 == 0 else ["paota", "raw"]
@@ -210,6 +427,16 @@ async def main() -> None:
     for what in ("publish", "consume"):
         raw, ours = best[("raw", what)], best[("paota", what)]
         print(f"  {what}  raw {raw}   paota {ours}   ratio {ours.per_s / raw.per_s:.2f}")
+    if args.delayed_tasks > 0:
+        await delayed_section(
+            args.url,
+            args.delayed_tasks,
+            window,
+            args.delay,
+            args.rounds,
+            pause_s,
+            args.broker_pid,
+        )
 
 
 if __name__ == "__main__":
