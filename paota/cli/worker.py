@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -187,6 +186,8 @@ async def _supervise(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env[ARGS_ENV] = json.dumps(child_args)
     with contextlib.ExitStack() as cleanup:
+        import tempfile  # here: it imports shutil, bz2 and lzma, which a worker does not need
+
         if args.metrics_port is not None and not env.get("PROMETHEUS_MULTIPROC_DIR"):
             # Without a shared directory each child would answer scrapes with its own numbers.
             env["PROMETHEUS_MULTIPROC_DIR"] = cleanup.enter_context(
