@@ -23,7 +23,7 @@ from typing import Any
 
 from paota.core.clock import Clock, ManualClock, SystemClock
 from paota.core.errors import BrokerError, PublishError
-from paota.core.protocols import Delivery, OutgoingMessage, ParkQueue, Rewrite
+from paota.core.protocols import Delivery, OutgoingMessage, ParkQueue, QueueStat, Rewrite
 
 __all__ = ["DelayRecord", "MemoryBroker", "MemoryDelivery", "MemoryMessage"]
 
@@ -449,6 +449,20 @@ class MemoryBroker:
         self._check_open()
         names = [self._default_queue, *self._parking.values(), *(queues or ())]
         return {name: self.depth(name) for name in dict.fromkeys(names)}
+
+    async def queue_stats(self, queues: Iterable[str]) -> dict[str, QueueStat | None]:
+        """Messages ready and consumers subscribed per queue, None for a queue never used
+        (:class:`~paota.core.protocols.QueueStats`)."""
+        self._check_open()
+        stats: dict[str, QueueStat | None] = {}
+        for name in queues:
+            q = self._queues.get(name)
+            if q is None:
+                stats[name] = None
+                continue
+            consumers = sum(1 for c in self._consumers if c.queue is q and not c.cancelled)
+            stats[name] = QueueStat(ready=len(q.ready), consumers=consumers)
+        return stats
 
     def _busy(self) -> bool:
         for q in self._queues.values():

@@ -694,10 +694,16 @@ class Client:
     # --- parked messages -------------------------------------------------------------------------
 
     async def requeue_parked(
-        self, queue: ParkQueue, *, reason: str | None = None, limit: int | None = None
+        self,
+        queue: ParkQueue,
+        *,
+        reason: str | None = None,
+        limit: int | None = None,
+        task_ids: Iterable[str] | None = None,
     ) -> int:
-        """Move parked messages (only those with ``x-paota-reason == reason``, when given) back to
-        the queue each came from, as new runs with their retries reset; returns how many moved.
+        """Move parked messages (only those with ``x-paota-reason == reason``, when given, and
+        only the messages of ``task_ids``, when given) back to the queue each came from, as new
+        runs with their retries reset; returns how many moved.
 
         A message whose origin is unknown (parked by the Go library) goes to the config's task
         queue. A message that does not decode moves unchanged (it is parked again as
@@ -713,4 +719,12 @@ class Client:
             now=self.clock.now,
             parking={self.broker.parking_queue(q) for q in ParkQueue},
         )
+        if task_ids is not None:
+            from paota.core.protocols import Message
+
+            wanted, replay = frozenset(task_ids), rewrite
+
+            def rewrite(message: Message) -> OutgoingMessage | None:
+                return replay(message) if message.message_id in wanted else None
+
         return await self.broker.replay_parked(queue, rewrite, limit=limit)

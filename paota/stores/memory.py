@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from paota.core.clock import Clock, SystemClock
 from paota.core.errors import StoreError
+from paota.core.protocols import ListCursor
 from paota.core.state import ErrorInfo, TaskState, TaskStatus, may_replace
 from paota.stores.memory_coordination import MemoryCoordination
 
@@ -131,26 +132,47 @@ class MemoryStore(MemoryCoordination):
         status: TaskStatus | None = None,
         name: str | None = None,
         limit: int = 100,
+        queue: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        cursor: ListCursor | None = None,
     ) -> builtins.list[TaskState]:
-        """Records filtered by ``status`` and/or ``name``, newest ``created_at`` first (records
-        without one last), at most ``limit``."""
+        """Records filtered by ``status``, ``name``, ``queue`` and creation time, newest
+        ``created_at`` first (ties by task id, descending; records without one last), after
+        ``cursor``, at most ``limit`` (see :meth:`paota.core.protocols.Store.list`)."""
         self._check_open()
         if limit <= 0:
             return []
         self._purge()
-        found = [
+        timed = created_after is not None or created_before is not None
+        end = None if cursor is None else _newest_first(cursor)
+        found = (
             s
             for s in self._records.values()
-            if (status is None or s.status == status) and (name is None or s.name == name)
-        ]
-        found.sort(key=_newest_first, reverse=True)
-        return found[:limit]
+            if (status is None or s.status == status)
+            and (name is None or s.name == name)
+            and (queue is None or s.queue == queue)
+            and (not timed or _created_within(s, created_after, created_before))
+            and (end is None or _newest_first(s) < end)
+        )
+        # The page only, not a sorted copy of every record.
+        return heapq.nlargest(limit, found, key=_newest_first)
 
 
-def _newest_first(state: TaskState) -> tuple[bool, datetime]:
-    # Sorted in reverse: records with a created_at come first, newest first; those without go last.
+def _created_within(state: TaskState, after: datetime | None, before: datetime | None) -> bool:
     created = state.created_at
-    return (True, created) if created is not None else (False, _EPOCH)
+    if created is None:
+        return False
+    return (after is None or created >= after) and (before is None or created < before)
+
+
+def _newest_first(state: TaskState | ListCursor) -> tuple[bool, datetime, str]:
+    # Sorted in reverse: records with a created_at come first, newest first (ties by task id);
+    # those without go last.
+    created = state.created_at
+    if created is None:
+        return (False, _EPOCH, state.task_id)
+    return (True, created, state.task_id)
 
 
 _EPOCH = datetime.min.replace(tzinfo=UTC)

@@ -30,7 +30,7 @@ from paota.brokers.amqp.topology import (
     declare,
 )
 from paota.core.errors import BrokerError, PublishError
-from paota.core.protocols import Delivery, OutgoingMessage, ParkQueue, Rewrite
+from paota.core.protocols import Delivery, OutgoingMessage, ParkQueue, QueueStat, Rewrite
 
 if TYPE_CHECKING:
     from aiormq.abc import AbstractChannel, AbstractConnection
@@ -416,6 +416,37 @@ class AMQPBroker:
         finally:
             await close_quietly(channel)
         return depths
+
+    async def queue_stats(self, queues: Iterable[str]) -> dict[str, QueueStat | None]:
+        """Messages ready and consumers per queue, from a passive declare of each; None for a
+        queue that does not exist (:class:`~paota.core.protocols.QueueStats`). Raises
+        :class:`~paota.BrokerError` when RabbitMQ cannot answer."""
+        import aiormq
+
+        pool = self._require_pool()
+        timeout_s = self._amqp.connection_timeout_s
+        loop = asyncio.get_running_loop()
+        stats: dict[str, QueueStat | None] = {}
+        with broker_errors("reading queue statistics"):
+            channel = await pool.open_channel(loop.time() + timeout_s)
+            try:
+                for name in dict.fromkeys(queues):
+                    try:
+                        declared = await call_aiormq(
+                            channel.queue_declare(name, passive=True), timeout_s
+                        )
+                    except aiormq.ChannelNotFoundEntity:
+                        # A missing queue closes the channel (404): say so, go on on a new one.
+                        stats[name] = None
+                        channel = await pool.open_channel(loop.time() + timeout_s)
+                        continue
+                    stats[name] = QueueStat(
+                        ready=int(declared.message_count or 0),
+                        consumers=int(declared.consumer_count or 0),
+                    )
+            finally:
+                await close_quietly(channel)
+        return stats
 
 
 def _delay_ms(delay_s: float) -> int:

@@ -30,6 +30,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from paota.core.config import Config, redact_url
 from paota.core.errors import StoreError
+from paota.core.protocols import ListCursor
 from paota.core.state import ErrorInfo, TaskState, TaskStatus
 from paota.stores.mongo.coordination import MongoCoordination, create_coordination_indexes
 
@@ -155,6 +156,15 @@ class MongoStore(MongoCoordination):
         await collection.create_index(
             [("name", pymongo.ASCENDING), ("created_at", pymongo.ASCENDING)]
         )
+        # Listing newest first (the management API pages through these), all or by status or
+        # queue, without sorting in memory however many records there are.
+        newest: builtins.list[tuple[str, Any]] = [
+            ("created_at", pymongo.DESCENDING),
+            ("_id", pymongo.DESCENDING),
+        ]
+        await collection.create_index(newest)
+        await collection.create_index([("status", pymongo.ASCENDING), *newest])
+        await collection.create_index([("queue", pymongo.ASCENDING), *newest])
         # Documents without an expires_at (None) never expire by this index.
         await collection.create_index(
             [("expires_at", pymongo.ASCENDING)], name=_EXPIRY_INDEX, expireAfterSeconds=0
@@ -317,9 +327,15 @@ class MongoStore(MongoCoordination):
         status: TaskStatus | None = None,
         name: str | None = None,
         limit: int = 100,
+        queue: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        cursor: ListCursor | None = None,
     ) -> builtins.list[TaskState]:
-        """Records filtered by ``status`` and/or ``name``, newest ``created_at`` first (records
-        without one last), at most ``limit``."""
+        """Records filtered by ``status``, ``name``, ``queue`` and creation time, newest
+        ``created_at`` first (ties by task id, descending; records without one last), after
+        ``cursor``, at most ``limit`` (see :meth:`paota.core.protocols.Store.list`). One indexed
+        query: the server sorts and pages, nothing is read beyond the page."""
         collection = self._require()
         if limit <= 0:  # MongoDB reads limit(0) as "no limit"
             return []
@@ -330,11 +346,40 @@ class MongoStore(MongoCoordination):
             query["status"] = TaskStatus(status).value
         if name is not None:
             query["name"] = name
+        if queue is not None:
+            query["queue"] = queue
+        if created_after is not None or created_before is not None:
+            created: Document = {}
+            if created_after is not None:
+                created["$gte"] = created_after
+            if created_before is not None:
+                created["$lt"] = created_before
+            query["created_at"] = created
+        if cursor is not None:
+            query["$and"] = [_after(cursor)]
         try:
-            cursor = collection.find(query).sort("created_at", pymongo.DESCENDING).limit(limit)
-            return [_from_document(doc) async for doc in cursor]
+            found = (
+                collection.find(query)
+                .sort([("created_at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)])
+                .limit(limit)
+            )
+            return [_from_document(doc) async for doc in found]
         except PyMongoError as exc:
             raise self._failed("listing tasks", exc) from exc
+
+
+def _after(cursor: ListCursor) -> Document:
+    """The records after ``cursor`` in list order (a null ``created_at`` sorts last: a range
+    query on dates never matches it, so those records are asked for by name)."""
+    if cursor.created_at is None:
+        return {"created_at": None, "_id": {"$lt": cursor.task_id}}
+    return {
+        "$or": [
+            {"created_at": {"$lt": cursor.created_at}},
+            {"created_at": cursor.created_at, "_id": {"$lt": cursor.task_id}},
+            {"created_at": None},
+        ]
+    }
 
 
 def _password(uri: str) -> str:
