@@ -459,12 +459,16 @@ class Drain:
     cpu_us: float
     rss_mib: float
     hwm_mib: float
+    broker_cpu_us: float | None = None
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"{self.per_s:>9,.0f}/s {self.cpu_us:5.1f} us cpu   rss {self.rss_mib:4.1f} MiB "
             f"(peak {self.hwm_mib:4.1f} MiB) per process"
         )
+        if self.broker_cpu_us is not None:
+            text += f"   broker {self.broker_cpu_us:5.1f} us cpu"
+        return text
 
 
 def worker_env(config: Config, directory: str) -> dict[str, str]:
@@ -503,8 +507,11 @@ def _progress(folder: Path) -> list[dict[str, float]]:
     return progress
 
 
-async def processes_run(url: str, n: int, processes: int, window: int, pause_s: float) -> Drain:
-    """Fill a queue with ``n`` tasks, then drain it with ``paota worker --processes``."""
+async def processes_run(
+    url: str, n: int, processes: int, window: int, pause_s: float, broker_pid: int | None = None
+) -> Drain:
+    """Fill a queue with ``n`` tasks, then drain it with ``paota worker --processes``;
+    ``broker_pid``: RabbitMQ's process, to read its CPU per task too."""
     config = bench_config(url)
     async with Client(config, name="bench-filler") as producer:
         await producer.send_many([Signature("Noop") for _ in range(n)], window=window)
@@ -533,6 +540,7 @@ async def processes_run(url: str, n: int, processes: int, window: int, pause_s: 
                 await asyncio.sleep(0.01)
             pids = [int(path.name.split("-")[1]) for path in holding]
             cpu_s = -sum(process_cpu_s(pid) for pid in pids)
+            broker_s = -process_cpu_s(broker_pid) if broker_pid is not None else 0.0
             started = time.time()
             (folder / "go").touch()
             deadline = time.monotonic() + max(120.0, n / 100)
@@ -545,6 +553,8 @@ async def processes_run(url: str, n: int, processes: int, window: int, pause_s: 
                     raise RuntimeError(f"{done} of {n} tasks ran with {processes} processes")
                 await asyncio.sleep(0.02)
             cpu_s += sum(process_cpu_s(pid) for pid in pids)
+            if broker_pid is not None:
+                broker_s += process_cpu_s(broker_pid)
             finished = max(p["last"] for p in progress)
         finally:
             if supervisor.returncode is None:
@@ -556,6 +566,7 @@ async def processes_run(url: str, n: int, processes: int, window: int, pause_s: 
         cpu_us=cpu_s / n * 1e6,
         rss_mib=max(p["rss"] for p in progress) / 1024,
         hwm_mib=max(p["hwm"] for p in progress) / 1024,
+        broker_cpu_us=broker_s / n * 1e6 if broker_pid is not None else None,
     )
 
 
@@ -567,6 +578,7 @@ async def processes_section(
     rounds: int,
     pause_s: float,
     raw_consume: Rate | None,
+    broker_pid: int | None = None,
 ) -> None:
     counts = sorted({1, processes})
     print(
@@ -578,7 +590,7 @@ async def processes_section(
     for round_ in range(rounds):
         for p in counts if round_ % 2 == 0 else reversed(counts):
             await asyncio.sleep(pause_s)
-            run = await processes_run(url, n, p, window, pause_s)
+            run = await processes_run(url, n, p, window, pause_s, broker_pid)
             runs[p].append(run)
             print(f"  round {round_ + 1} {p} process{'es' if p > 1 else '  '}  {run}")
     best = {p: max(runs[p], key=lambda r: r.per_s) for p in counts}
@@ -595,6 +607,18 @@ async def processes_section(
             f"  {processes} processes / 1 process: best {many / one:.2f}   median "
             f"{medians[processes] / medians[1]:.2f}"
         )
+    for p in counts:
+        broker = best[p].broker_cpu_us
+        if broker is not None:
+            # What the cores allow: every task costs the workers' CPU and the broker's, and the
+            # machine has os.cpu_count() cores for both (and whatever else it runs).
+            total = best[p].cpu_us + broker
+            cores = os.cpu_count() or 1
+            print(
+                f"  {p} process{'es' if p > 1 else '  '}  cpu per task: workers "
+                f"{best[p].cpu_us:.1f} + broker {broker:.1f} = {total:.1f} us; {cores} cores "
+                f"allow at most {cores * 1e6 / total:,.0f}/s"
+            )
 
 
 async def main() -> None:
@@ -668,6 +692,7 @@ async def main() -> None:
             args.rounds,
             pause_s,
             best.get(("raw", "consume")),
+            args.broker_pid,
         )
     if "delayed" in sections and args.delayed_tasks > 0:
         await delayed_section(

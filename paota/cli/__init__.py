@@ -31,6 +31,7 @@ COMMANDS = [
     "schedules",
     "workers",
     "workflow",
+    "web",
 ]
 
 

@@ -23,6 +23,7 @@ def test_all_matches_public_names() -> None:
         "workflows",
         "scheduler",
         "supervisor",
+        "web",
     }
     assert set(paota.__all__) - {"__version__"} == public - modules
 
