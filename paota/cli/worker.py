@@ -174,13 +174,20 @@ async def _run_pool(args: argparse.Namespace, child: Any = None) -> int:
     return 0
 
 
+def _check_reload_dirs(args: argparse.Namespace) -> None:
+    if args.reload_dirs and not args.reload:
+        raise ConfigError("--reload-dir is valid with --reload only")
+    for directory in args.reload_dirs or ():
+        if not os.path.isdir(directory):
+            raise ConfigError(f"--reload-dir {directory!r} is not a directory")
+
+
 async def _supervise(args: argparse.Namespace) -> int:
     """Run the supervisor: children re-run this command with the same options."""
     from paota.supervisor import Supervisor
 
     processes = args.processes if args.processes is not None else 1
-    if args.reload_dirs and not args.reload:
-        raise ConfigError("--reload-dir is valid with --reload only")
+    _check_reload_dirs(args)
     child_args = {k: v for k, v in vars(args).items() if k not in _SUPERVISOR_ONLY}
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
     env = dict(os.environ)

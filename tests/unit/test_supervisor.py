@@ -87,6 +87,11 @@ def test_reload_dir_without_reload_is_refused(capsys: pytest.CaptureFixture[str]
     assert "--reload-dir is valid with --reload only" in capsys.readouterr().err
 
 
+def test_a_reload_dir_must_be_a_directory(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["worker", "--reload", "--reload-dir", "/no/such/dir", "app:pool"]) == 2
+    assert "--reload-dir '/no/such/dir' is not a directory" in capsys.readouterr().err
+
+
 def test_supervised_is_only_for_a_supervisor_s_children(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
