@@ -197,9 +197,9 @@ class Runner:
             if cancelled is None:
                 raise
             raise cancelled from exc
-        if ctx._cancel_reason is None and running.get(task_id) is ctx and not self._also:
+        if ctx._cancel_reason is None and not self._also:  # then running[task_id] is ctx
             del running[task_id]
-            ctx._progress = ctx._cancel_target = None
+            ctx._progress = None
             return result
         cancelled = self._leave(ctx)
         if cancelled is not None:

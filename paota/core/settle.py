@@ -165,7 +165,13 @@ class Settler:
         """Publish, record, run the hooks, ack (see the module docs)."""
         store = self._store
         recorded = False  # the store holds this outcome already (it was read from there)
-        if store is not None and sig is not None and type(outcome) in _MAY_BE_CANCELLED:
+        kind = type(outcome)
+        if (
+            kind is not Succeeded
+            and kind in _MAY_BE_CANCELLED
+            and store is not None
+            and sig is not None
+        ):
             cancelled = await self._cancelled_run(delivery, sig)
             if cancelled is not None:
                 outcome, recorded = cancelled, True

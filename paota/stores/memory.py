@@ -77,7 +77,8 @@ class MemoryStore(MemoryCoordination):
             self._check_open()
         records = self._records
         current = records.get(state.task_id)
-        if current is not None and current.expires_at is not None and self._expired(current):
+        # self._expiring is empty unless some record has an expiry: nothing to check then.
+        if self._expiring and current is not None and self._expired(current):
             current = None  # gone: as good as absent
         if not may_replace(current, state):
             return False
