@@ -22,6 +22,7 @@ from paota.brokers.amqp.errors import broker_errors
 from paota.brokers.amqp.properties import message_properties
 from paota.brokers.amqp.publisher import Publisher
 from paota.brokers.amqp.replay import replay_parked
+from paota.brokers.amqp.tolerant import install as _tolerate_non_utf8
 from paota.brokers.amqp.topology import (
     DELAY_QUEUE_TYPES,
     MAX_DELAY_S,
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["MAX_DELAY_S", "AMQPBroker", "AMQPDelivery"]
 
 logger = logging.getLogger("paota.brokers.amqp")
+
+_tolerate_non_utf8()
 
 
 class _State(enum.Enum):
