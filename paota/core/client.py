@@ -83,6 +83,16 @@ class TaskDecorator(Protocol):
     def __call__(self, fn: Callable[P, Any]) -> Task[P, Any]: ...
 
 
+def _identified(sig: Signature, now: datetime) -> Signature:
+    """``sig`` with a task id and a creation time (``now``) where it has none."""
+    if sig.uuid and sig.created_at is not None:
+        return sig
+    return sig.replace(
+        uuid=sig.uuid or new_task_id(),
+        created_at=now if sig.created_at is None else sig.created_at,
+    )
+
+
 def new_task_id() -> str:
     """``task_`` and a random (version 4) UUID, as ``f"task_{uuid4()}"`` but twice as fast."""
     h = os.urandom(16).hex()
@@ -538,8 +548,10 @@ class Client:
         if not jobs:
             return []
         # Ids first: a failure can name every task, and sending a failed one again keeps its id.
+        # The creation time too, in the same copy (send_task would make a second one for it).
+        now = self.clock.now()
         jobs = [
-            (sig if sig.uuid else sig.replace(uuid=new_task_id()), queue, delay_s, headers)
+            (_identified(sig, now), queue, delay_s, headers)
             for sig, queue, delay_s, headers in jobs
         ]
         if not self._connected:
