@@ -608,16 +608,20 @@ async def processes_section(
             f"{medians[processes] / medians[1]:.2f}"
         )
     for p in counts:
-        broker = best[p].broker_cpu_us
-        if broker is not None:
+        brokers = [r.broker_cpu_us for r in runs[p] if r.broker_cpu_us is not None]
+        if brokers:
             # What the cores allow: every task costs the workers' CPU and the broker's, and the
-            # machine has os.cpu_count() cores for both (and whatever else it runs).
-            total = best[p].cpu_us + broker
+            # machine has os.cpu_count() cores for both (and whatever else it runs). Medians of
+            # the rounds: the CPU per task varies less than the rates, but it varies.
+            workers = statistics.median(r.cpu_us for r in runs[p])
+            broker = statistics.median(brokers)
+            total = workers + broker
             cores = os.cpu_count() or 1
             print(
-                f"  {p} process{'es' if p > 1 else '  '}  cpu per task: workers "
-                f"{best[p].cpu_us:.1f} + broker {broker:.1f} = {total:.1f} us; {cores} cores "
-                f"allow at most {cores * 1e6 / total:,.0f}/s"
+                f"  {p} process{'es' if p > 1 else '  '}  cpu per task (medians): workers "
+                f"{workers:.1f} + broker {broker:.1f} = {total:.1f} us; {cores} cores allow at "
+                f"most {cores * 1e6 / total:,.0f}/s, {p} process{'es' if p > 1 else ''} at most "
+                f"{min(cores, p) * 1e6 / workers:,.0f}/s"
             )
 
 
