@@ -34,30 +34,52 @@ Then the cost of the delay ladder's queue type (``amqp.delay_queue_type``):
 Same warm-up, rounds (alternating which queue type goes first) and pauses; then the best of each
 figure (the highest rate, the lowest latency) and the ratio quorum/classic.
 
+Then the batch send and the processes (issue 11):
+
+  (d) batch send: N no-op tasks in one ``client.send_many(signatures)`` (``--window`` sends in
+      flight, sliding), against raw confirmed publishing of (a) and ``send_task`` in windows; and
+      a plain ``await send_task(...)`` loop on a tenth of the tasks, one round trip per task.
+  (e) drain with ``paota worker amqp_worker:pool --processes P`` (``bench/amqp_worker.py``: the
+      supervisor and P worker processes, concurrency 100, prefetch 100 each), P = 1 and P =
+      ``--processes`` (default: one per core). The queue is filled first; each worker process
+      holds its first deliveries until every one consumes, so start-up is not counted; the rate
+      is the tasks over the time from that moment to the last task's end. Reported with the
+      worker processes' CPU per task and each one's resident memory (now and peak, ``VmRSS`` /
+      ``VmHWM``), and the ratios P / 1 and to the raw consumer of (b).
+
+Every section prints its rounds, then the best (and the median) of each side.
+
     python bench/amqp.py [--url amqp://guest:guest@127.0.0.1:5672/] [--tasks 20000] [--rounds 3]
-                         [--delayed-tasks 5000] [--delay 1.0] [--broker-pid PID]
+                         [--delayed-tasks 5000] [--delay 1.0] [--broker-pid PID] [--processes P]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
+import signal
+import statistics
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import aiormq
 from aiormq.abc import DeliveredMessage
 
-from paota import AMQPConfig, Config, Signature, WorkerPool
+from paota import AMQPConfig, Client, Config, Signature, WorkerPool
 from paota.brokers.amqp.topology import DELAY_QUEUE_TYPES, Topology
 from paota.core.signature import encode_message
 
 PREFETCH = 100
+HERE = Path(__file__).resolve().parent
 #: The delay ladders' name prefix, the same in every run: ladders are kept, not deleted per run.
 LADDER = "paota_bench_ladder"
 
@@ -273,11 +295,11 @@ async def delayed_run(
 
     base = Signature("Noop")
     delay = timedelta(seconds=delay_s)
-    latest_eta = datetime.now(timezone.utc)
+    latest_eta = datetime.now(UTC)
 
     def send() -> Awaitable[object]:
         nonlocal latest_eta
-        latest_eta = datetime.now(timezone.utc) + delay
+        latest_eta = datetime.now(UTC) + delay
         return producer.send_task(base.replace(eta=latest_eta))
 
     timeout_s = delay_s + max(120.0, n / 20)
@@ -292,7 +314,7 @@ async def delayed_run(
             publish_rate = timer.rate(n)
             try:
                 await asyncio.wait_for(done.wait(), timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 # The task queue is kept: stragglers still coming down the ladder land there.
                 raise RuntimeError(
                     f"{queue_type} ladder: {len(lateness)} of {n} delayed tasks ran within "
@@ -369,6 +391,240 @@ async def delayed_section(
         _compare("broker cpu", cpu["classic"], cpu["quorum"], " us")
 
 
+# --- batch send -----------------------------------------------------------------------------------
+
+
+async def batch_run(url: str, n: int, window: int) -> Rate:
+    """``n`` no-op tasks in one ``send_many``, ``window`` sends in flight."""
+    config = bench_config(url)
+    async with Client(config, name="bench-batch") as producer:
+        signatures = [Signature("Noop") for _ in range(n)]
+        timer = Timer()
+        timer.start()
+        handles = await producer.send_many(signatures, window=window)
+        rate = timer.rate(n)
+        assert len(handles) == n
+    await _delete_topology(url, config)
+    return rate
+
+
+async def sequential_run(url: str, n: int) -> Rate:
+    """``n`` no-op tasks sent one after the other: ``await send_task(...)`` in a loop."""
+    config = bench_config(url)
+    async with Client(config, name="bench-sequential") as producer:
+        sig = Signature("Noop")
+        timer = Timer()
+        timer.start()
+        for _ in range(n):
+            await producer.send_task(sig)
+        rate = timer.rate(n)
+    await _delete_topology(url, config)
+    return rate
+
+
+async def batch_section(
+    url: str, n: int, window: int, rounds: int, pause_s: float, raw_publish: Rate | None
+) -> None:
+    print(
+        f"batch send: {n} no-op tasks in one send_many ({window} in flight), best of {rounds} "
+        f"rounds; a plain send loop on {max(1, n // 10)}"
+    )
+    await batch_run(url, max(1, n // 10), window)
+    batches: list[Rate] = []
+    for round_ in range(rounds):
+        await asyncio.sleep(pause_s)
+        rate = await batch_run(url, n, window)
+        batches.append(rate)
+        print(f"  round {round_ + 1} send_many  {rate}")
+    await asyncio.sleep(pause_s)
+    sequential = await sequential_run(url, max(1, n // 10))
+    best = max(batches, key=lambda r: r.per_s)
+    median = statistics.median(r.per_s for r in batches)
+    line = f"  send_many {best} (median {median:,.0f}/s)   send loop {sequential}"
+    line += f"   send_many/loop {best.per_s / sequential.per_s:.1f}"
+    if raw_publish is not None:
+        line += f"   ratio to raw publish {best.per_s / raw_publish.per_s:.2f}"
+    print(line)
+
+
+# --- several worker processes --------------------------------------------------------------------
+
+
+@dataclass
+class Drain:
+    """One drain by supervised worker processes: the rate (tasks per second), the worker
+    processes' CPU per task, and the largest resident memory of one of them, now and at peak."""
+
+    per_s: float
+    cpu_us: float
+    rss_mib: float
+    hwm_mib: float
+    broker_cpu_us: float | None = None
+
+    def __str__(self) -> str:
+        text = (
+            f"{self.per_s:>9,.0f}/s {self.cpu_us:5.1f} us cpu   rss {self.rss_mib:4.1f} MiB "
+            f"(peak {self.hwm_mib:4.1f} MiB) per process"
+        )
+        if self.broker_cpu_us is not None:
+            text += f"   broker {self.broker_cpu_us:5.1f} us cpu"
+        return text
+
+
+def worker_env(config: Config, directory: str) -> dict[str, str]:
+    """The environment of ``paota worker amqp_worker:pool`` for ``config``'s topology."""
+    amqp = config.amqp
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAOTA_")}
+    env.update(
+        PAOTA_BROKER="amqp",
+        PAOTA_AMQP_URL=amqp.url,
+        PAOTA_AMQP_EXCHANGE=amqp.exchange,
+        PAOTA_AMQP_DELAYED_QUEUE=amqp.delayed_queue,
+        PAOTA_AMQP_DELAY_LADDER=amqp.delay_ladder,
+        PAOTA_AMQP_DELAY_QUEUE_TYPE=amqp.delay_queue_type,
+        PAOTA_AMQP_FAILED_QUEUE=amqp.failed_queue,
+        PAOTA_AMQP_TIMEOUT_QUEUE=amqp.timeout_queue,
+        PAOTA_AMQP_PREFETCH_COUNT=str(PREFETCH),
+        PAOTA_QUEUE_NAME=config.task_queue_name,
+        PYTHONPATH=os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        BENCH_DIR=directory,
+    )
+    return env
+
+
+def _files(folder: Path, pattern: str) -> list[Path]:
+    return list(folder.glob(pattern))
+
+
+def _progress(folder: Path) -> list[dict[str, float]]:
+    """What each worker process last reported (``bench/amqp_worker.py``)."""
+    progress = []
+    for path in folder.glob("progress-*.json"):
+        try:
+            progress.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue  # replaced as it was read
+    return progress
+
+
+async def processes_run(
+    url: str, n: int, processes: int, window: int, pause_s: float, broker_pid: int | None = None
+) -> Drain:
+    """Fill a queue with ``n`` tasks, then drain it with ``paota worker --processes``;
+    ``broker_pid``: RabbitMQ's process, to read its CPU per task too."""
+    config = bench_config(url)
+    async with Client(config, name="bench-filler") as producer:
+        await producer.send_many([Signature("Noop") for _ in range(n)], window=window)
+    await asyncio.sleep(pause_s)
+    with tempfile.TemporaryDirectory(prefix="paota-bench-") as directory:
+        folder = Path(directory)
+        supervisor = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "paota",
+            "--log-level",
+            "WARNING",
+            "worker",
+            "--processes",
+            str(processes),
+            "amqp_worker:pool",
+            env=worker_env(config, directory),
+            cwd=str(HERE),
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while len(holding := _files(folder, "holding-*")) < processes:
+                if time.monotonic() > deadline or supervisor.returncode is not None:
+                    raise RuntimeError(f"{len(holding)} of {processes} worker processes consume")
+                await asyncio.sleep(0.01)
+            pids = [int(path.name.split("-")[1]) for path in holding]
+            cpu_s = -sum(process_cpu_s(pid) for pid in pids)
+            broker_s = -process_cpu_s(broker_pid) if broker_pid is not None else 0.0
+            started = time.time()
+            (folder / "go").touch()
+            deadline = time.monotonic() + max(120.0, n / 100)
+            while True:
+                progress = _progress(folder)
+                if sum(p["count"] for p in progress) >= n:
+                    break
+                if time.monotonic() > deadline:
+                    done = sum(p["count"] for p in progress)
+                    raise RuntimeError(f"{done} of {n} tasks ran with {processes} processes")
+                await asyncio.sleep(0.02)
+            cpu_s += sum(process_cpu_s(pid) for pid in pids)
+            if broker_pid is not None:
+                broker_s += process_cpu_s(broker_pid)
+            finished = max(p["last"] for p in progress)
+        finally:
+            if supervisor.returncode is None:
+                supervisor.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(supervisor.wait(), 120)
+    await _delete_topology(url, config)
+    return Drain(
+        per_s=n / (finished - started),
+        cpu_us=cpu_s / n * 1e6,
+        rss_mib=max(p["rss"] for p in progress) / 1024,
+        hwm_mib=max(p["hwm"] for p in progress) / 1024,
+        broker_cpu_us=broker_s / n * 1e6 if broker_pid is not None else None,
+    )
+
+
+async def processes_section(
+    url: str,
+    n: int,
+    processes: int,
+    window: int,
+    rounds: int,
+    pause_s: float,
+    raw_consume: Rate | None,
+    broker_pid: int | None = None,
+) -> None:
+    counts = sorted({1, processes})
+    print(
+        f"processes: {n} no-op tasks drained by paota worker --processes P (concurrency "
+        f"{PREFETCH}, prefetch {PREFETCH} each), P in {counts}, best of {rounds} rounds"
+    )
+    await processes_run(url, max(PREFETCH * processes * 2, n // 10), processes, window, 0.0)
+    runs: dict[int, list[Drain]] = {p: [] for p in counts}
+    for round_ in range(rounds):
+        for p in counts if round_ % 2 == 0 else reversed(counts):
+            await asyncio.sleep(pause_s)
+            run = await processes_run(url, n, p, window, pause_s, broker_pid)
+            runs[p].append(run)
+            print(f"  round {round_ + 1} {p} process{'es' if p > 1 else '  '}  {run}")
+    best = {p: max(runs[p], key=lambda r: r.per_s) for p in counts}
+    for p in counts:
+        median = statistics.median(r.per_s for r in runs[p])
+        line = f"  {p} process{'es' if p > 1 else '  '}  {best[p]}   (median {median:,.0f}/s)"
+        if raw_consume is not None:
+            line += f"   ratio to raw consume {best[p].per_s / raw_consume.per_s:.2f}"
+        print(line)
+    if len(counts) > 1:
+        one, many = best[1].per_s, best[processes].per_s
+        medians = {p: statistics.median(r.per_s for r in runs[p]) for p in counts}
+        print(
+            f"  {processes} processes / 1 process: best {many / one:.2f}   median "
+            f"{medians[processes] / medians[1]:.2f}"
+        )
+    for p in counts:
+        brokers = [r.broker_cpu_us for r in runs[p] if r.broker_cpu_us is not None]
+        if brokers:
+            # What the cores allow: every task costs the workers' CPU and the broker's, and the
+            # machine has os.cpu_count() cores for both (and whatever else it runs). Medians of
+            # the rounds: the CPU per task varies less than the rates, but it varies.
+            workers = statistics.median(r.cpu_us for r in runs[p])
+            broker = statistics.median(brokers)
+            total = workers + broker
+            cores = os.cpu_count() or 1
+            print(
+                f"  {p} process{'es' if p > 1 else '  '}  cpu per task (medians): workers "
+                f"{workers:.1f} + broker {broker:.1f} = {total:.1f} us; {cores} cores allow at "
+                f"most {cores * 1e6 / total:,.0f}/s, {p} process{'es' if p > 1 else ''} at most "
+                f"{min(cores, p) * 1e6 / workers:,.0f}/s"
+            )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -397,6 +653,19 @@ async def main() -> None:
         "--delay", type=float, default=1.0, help="delay of the delayed tasks, seconds (default 1)"
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes of the processes section, beside one (default: one per core; "
+        "0 skips the section)",
+    )
+    parser.add_argument(
+        "--sections",
+        default="immediate,batch,processes,delayed",
+        help="the sections to run, comma-separated (default: all of "
+        "immediate,batch,processes,delayed)",
+    )
+    parser.add_argument(
         "--broker-pid",
         type=int,
         default=None,
@@ -409,25 +678,27 @@ async def main() -> None:
         f"best of {args.rounds} rounds"
     )
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores")
-    runs = {"raw": raw_run, "paota": paota_run}
-    warm_up = max(1, n // 10)
-    for run in runs.values():
-        await run(args.url, warm_up, min(window, warm_up), 0.0)
+    sections = {name.strip() for name in args.sections.split(",") if name.strip()}
+    unknown = sections - {"immediate", "batch", "processes", "delayed"}
+    if unknown:
+        parser.error(f"--sections: unknown {sorted(unknown)}; expected immediate,batch,...")
     best: dict[tuple[str, str], Rate] = {}
-    for round_ in range(args.rounds):
-        order = ["raw", "paota"] if round_ % 2 == 0 else ["paota", "raw"]
-        for side in order:
-            await asyncio.sleep(pause_s)
-            rates = await runs[side](args.url, n, window, pause_s)
-            print(f"  round {round_ + 1} {side:<5}  publish {rates[0]}   consume {rates[1]}")
-            for what, rate in zip(("publish", "consume"), rates, strict=True):
-                kept = best.get((side, what))
-                if kept is None or rate.per_s > kept.per_s:
-                    best[(side, what)] = rate
-    for what in ("publish", "consume"):
-        raw, ours = best[("raw", what)], best[("paota", what)]
-        print(f"  {what}  raw {raw}   paota {ours}   ratio {ours.per_s / raw.per_s:.2f}")
-    if args.delayed_tasks > 0:
+    if "immediate" in sections:
+        best = await immediate_section(args.url, n, window, args.rounds, pause_s)
+    if "batch" in sections:
+        await batch_section(args.url, n, window, args.rounds, pause_s, best.get(("raw", "publish")))
+    if "processes" in sections and args.processes > 0:
+        await processes_section(
+            args.url,
+            n,
+            args.processes,
+            window,
+            args.rounds,
+            pause_s,
+            best.get(("raw", "consume")),
+            args.broker_pid,
+        )
+    if "delayed" in sections and args.delayed_tasks > 0:
         await delayed_section(
             args.url,
             args.delayed_tasks,
@@ -437,6 +708,34 @@ async def main() -> None:
             pause_s,
             args.broker_pid,
         )
+
+
+async def immediate_section(
+    url: str, n: int, window: int, rounds: int, pause_s: float
+) -> dict[tuple[str, str], Rate]:
+    """(a) and (b): the best rate of each (side, what), after printing the rounds."""
+    runs = {"raw": raw_run, "paota": paota_run}
+    warm_up = max(1, n // 10)
+    for run in runs.values():
+        await run(url, warm_up, min(window, warm_up), 0.0)
+    seen: dict[tuple[str, str], list[Rate]] = {}
+    for round_ in range(rounds):
+        order = ["raw", "paota"] if round_ % 2 == 0 else ["paota", "raw"]
+        for side in order:
+            await asyncio.sleep(pause_s)
+            rates = await runs[side](url, n, window, pause_s)
+            print(f"  round {round_ + 1} {side:<5}  publish {rates[0]}   consume {rates[1]}")
+            for what, rate in zip(("publish", "consume"), rates, strict=True):
+                seen.setdefault((side, what), []).append(rate)
+    best = {key: max(rates, key=lambda r: r.per_s) for key, rates in seen.items()}
+    for what in ("publish", "consume"):
+        raw, ours = best[("raw", what)], best[("paota", what)]
+        medians = [statistics.median(r.per_s for r in seen[(side, what)]) for side in runs]
+        print(
+            f"  {what}  raw {raw}   paota {ours}   ratio {ours.per_s / raw.per_s:.2f}   "
+            f"(medians {medians[0]:,.0f}/s and {medians[1]:,.0f}/s: {medians[1] / medians[0]:.2f})"
+        )
+    return best
 
 
 if __name__ == "__main__":

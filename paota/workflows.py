@@ -42,7 +42,7 @@ from paota.core.errors import ConfigError, ResultTimeoutError, TaskFailedError
 from paota.core.message import Signature, encode_json
 from paota.core.protocols import Coordination
 from paota.core.state import TaskState, TaskStatus
-from paota.core.tasks import ArgumentError, Task, TaskHandle, TaskOptions
+from paota.core.tasks import ArgumentError, Task, TaskHandle, TaskOptions, TaskSender
 from paota.middleware.workflows import ERROR_PATH, Engine, Plan, PlanNode, failed_key
 
 if TYPE_CHECKING:
@@ -229,7 +229,7 @@ def _json_headers(headers: Mapping[str, Any], name: str) -> dict[str, Any]:
 def _check_step(step: Any, where: str) -> Step:
     if isinstance(step, Node | Signature):
         return step
-    hint = " (a Task: call .signature(...) on it)" if isinstance(step, Task) else ""
+    hint = " (call .signature(...) on it)" if isinstance(step, Task | TaskSender) else ""
     raise TypeError(
         f"{where} must be a step: task.signature(...), paota.chain, paota.group or a "
         f"paota.Signature; got {type(step).__name__} {step!r:.80}{hint}"

@@ -23,7 +23,7 @@ from typing import Any
 
 from paota.core.clock import Clock, ManualClock, SystemClock
 from paota.core.errors import BrokerError, PublishError
-from paota.core.protocols import Delivery, OutgoingMessage, ParkQueue, Rewrite
+from paota.core.protocols import Delivery, OutgoingMessage, ParkQueue, QueueStat, Rewrite
 
 __all__ = ["DelayRecord", "MemoryBroker", "MemoryDelivery", "MemoryMessage"]
 
@@ -178,6 +178,7 @@ class MemoryBroker:
         self._delayed: list[tuple[float, int, str, MemoryMessage]] = []
         self._consumers: set[_Consumer] = set()
         self._consumed: set[str] = set()  # queues that have had a consumer
+        self._control: set[asyncio.Queue[bytes | None]] = set()  # control listeners
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._open = False
@@ -216,6 +217,8 @@ class MemoryBroker:
         self._consumers.clear()
         for queue in self._queues.values():
             queue.wakeup.set()
+        for listener in self._control:
+            listener.put_nowait(None)  # the end
 
     async def __aenter__(self) -> MemoryBroker:
         await self.connect()
@@ -362,6 +365,30 @@ class MemoryBroker:
             consumer.queue.push(delivery.message)
         consumer.deliveries.clear()
 
+    # control channel -------------------------------------------------------------------------
+
+    async def broadcast_control(self, body: bytes) -> None:
+        """Hand ``body`` to every control listener of this broker (this process only)."""
+        self._check_open()
+        for listener in self._control:
+            listener.put_nowait(bytes(body))
+
+    async def listen_control(self) -> AsyncIterator[bytes | None]:
+        """Control messages broadcast from now on; ``None`` first (nothing was heard before the
+        subscription). Ends when the broker is closed."""
+        self._check_open()
+        listener: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._control.add(listener)
+        try:
+            yield None
+            while not self._closed:
+                body = await listener.get()
+                if body is None:
+                    return
+                yield body
+        finally:
+            self._control.discard(listener)
+
     # parking ---------------------------------------------------------------------------------
 
     def parked(self, queue: ParkQueue) -> list[MemoryMessage]:
@@ -422,6 +449,20 @@ class MemoryBroker:
         self._check_open()
         names = [self._default_queue, *self._parking.values(), *(queues or ())]
         return {name: self.depth(name) for name in dict.fromkeys(names)}
+
+    async def queue_stats(self, queues: Iterable[str]) -> dict[str, QueueStat | None]:
+        """Messages ready and consumers subscribed per queue, None for a queue never used
+        (:class:`~paota.core.protocols.QueueStats`)."""
+        self._check_open()
+        stats: dict[str, QueueStat | None] = {}
+        for name in queues:
+            q = self._queues.get(name)
+            if q is None:
+                stats[name] = None
+                continue
+            consumers = sum(1 for c in self._consumers if c.queue is q and not c.cancelled)
+            stats[name] = QueueStat(ready=len(q.ready), consumers=consumers)
+        return stats
 
     def _busy(self) -> bool:
         for q in self._queues.values():

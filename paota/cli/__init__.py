@@ -21,7 +21,18 @@ from paota.core.errors import ConfigError, PaotaError
 __all__ = ["COMMANDS", "main", "parse_arg", "parse_queues"]
 
 #: The subcommands' modules (``paota.cli.<name>``), in help order.
-COMMANDS = ["worker", "send", "demo", "requeue", "scheduler", "schedules", "workers"]
+COMMANDS = [
+    "worker",
+    "send",
+    "demo",
+    "requeue",
+    "cancel",
+    "scheduler",
+    "schedules",
+    "workers",
+    "workflow",
+    "web",
+]
 
 
 def _commands() -> dict[str, ModuleType]:

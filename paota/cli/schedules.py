@@ -120,7 +120,7 @@ async def run(args: argparse.Namespace) -> int:
         )
     await store.connect()
     try:
-        book = Schedules(store, code=code, clock=clock)  # type: ignore[arg-type]
+        book = Schedules(store, code=code, clock=clock)
         if action == "list":
             return await _list(book, count=args.next, as_json=args.json)
         if action == "add":

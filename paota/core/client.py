@@ -11,13 +11,23 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, Self, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Literal,
+    ParamSpec,
+    Protocol,
+    Self,
+    TypeVar,
+    cast,
+    overload,
+)
 
 from paota.core.clock import Clock, SystemClock
 from paota.core.config import Config
-from paota.core.errors import ConfigError, ResultTimeoutError, TaskFailedError
+from paota.core.errors import BrokerError, ConfigError, ResultTimeoutError, TaskFailedError
 from paota.core.factory import make_broker, make_store
 from paota.core.message import Signature, encode_message
 from paota.core.middleware import Middleware, MiddlewareChain, PublishContext
@@ -48,6 +58,10 @@ from paota.core.tasks import (
 
 if TYPE_CHECKING:
     from paota.scheduler.schedule import PeriodicDecorator, Schedule
+    from paota.workflows import TaskSignature
+
+#: How many sends of a batch (``send_many``) are in flight at once by default.
+SEND_MANY_WINDOW = 1000
 
 __all__ = ["Client", "TaskDecorator", "new_task_id"]
 
@@ -67,6 +81,16 @@ class TaskDecorator(Protocol):
     def __call__(self, fn: Callable[P, R]) -> SyncTask[P, R]: ...
 
     def __call__(self, fn: Callable[P, Any]) -> Task[P, Any]: ...
+
+
+def _identified(sig: Signature, now: datetime) -> Signature:
+    """``sig`` with a task id and a creation time (``now``) where it has none."""
+    if sig.uuid and sig.created_at is not None:
+        return sig
+    return sig.replace(
+        uuid=sig.uuid or new_task_id(),
+        created_at=now if sig.created_at is None else sig.created_at,
+    )
 
 
 def new_task_id() -> str:
@@ -455,6 +479,110 @@ class Client:
         """A handle on a task sent earlier (by id), to read its state and result."""
         return TaskHandle(task_id, Signature("", uuid=task_id), queue, self)
 
+    # --- sending many ----------------------------------------------------------------------------
+
+    @overload
+    async def send_many(
+        self, signatures: Iterable[TaskSignature[R]], *, window: int = SEND_MANY_WINDOW
+    ) -> list[TaskHandle[R]]: ...
+
+    @overload
+    async def send_many(
+        self,
+        signatures: Iterable[Signature | TaskSignature[Any]],
+        *,
+        window: int = SEND_MANY_WINDOW,
+    ) -> list[TaskHandle[Any]]: ...
+
+    async def send_many(
+        self,
+        signatures: Iterable[Signature | TaskSignature[Any]],
+        *,
+        window: int = SEND_MANY_WINDOW,
+    ) -> list[TaskHandle[Any]]:
+        """Send many tasks at once: ``await pool.send_many([add.signature(1, 2), ...])``, or Go
+        :class:`~paota.Signature` objects (as :meth:`send_task` sends them); returns their
+        handles in the order given.
+
+        Up to ``window`` sends are in flight together, so their publishes and RabbitMQ's confirms
+        overlap instead of costing one round trip each. Every item is checked (and every task id
+        assigned) before the first is published: a bad item raises TypeError (or
+        :class:`~paota.ArgumentError`) naming its index, and nothing is sent. Returns once the
+        broker confirmed every task. When some could not be sent, raises
+        :class:`~paota.SendManyError` after the others were: ``.sent`` has the handles of the
+        confirmed ones, ``.failed`` the index, signature and error of each other one. The queue
+        may receive the tasks in a slightly different order than given (sends overlap).
+        """
+        jobs: list[tuple[Signature, str | None, float | None, Mapping[str, Any] | None]] = []
+        for index, item in enumerate(signatures):
+            if isinstance(item, Signature):
+                jobs.append((item, None, None, None))
+                continue
+            from paota.workflows import TaskSignature
+
+            if not isinstance(item, TaskSignature):
+                raise TypeError(
+                    f"send_many: item #{index} is a {type(item).__name__}, expected a "
+                    "paota.Signature or a task's signature (task.signature(...))"
+                )
+            if item.takes_previous:
+                raise TypeError(
+                    f"send_many: item #{index} {item!r} leaves its first parameter for a previous "
+                    "step's result (a workflow step): give every argument"
+                )
+            options = item.options
+            jobs.append(
+                (item.to_signature(), options.queue, options.delay_s, options.headers or None)
+            )
+        return await self._send_batch(jobs, window)
+
+    async def _send_batch(
+        self,
+        jobs: Sequence[tuple[Signature, str | None, float | None, Mapping[str, Any] | None]],
+        window: int,
+    ) -> list[TaskHandle[Any]]:
+        """Send ``jobs`` (signature, queue, delay_s, headers), ``window`` at a time; see
+        :meth:`send_many`."""
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window={window!r} is not valid: expected an integer >= 1")
+        if not jobs:
+            return []
+        # Ids first: a failure can name every task, and sending a failed one again keeps its id.
+        # The creation time too, in the same copy (send_task would make a second one for it).
+        now = self.clock.now()
+        jobs = [
+            (_identified(sig, now), queue, delay_s, headers)
+            for sig, queue, delay_s, headers in jobs
+        ]
+        if not self._connected:
+            await self.connect()
+        results: list[TaskHandle[Any] | Exception | None] = [None] * len(jobs)
+        # Each lane takes the next job when its send is confirmed: a sliding window, in order.
+        upcoming = iter(range(len(jobs)))
+
+        async def lane() -> None:
+            for index in upcoming:
+                sig, queue, delay_s, headers = jobs[index]
+                try:
+                    results[index] = await self.send_task(
+                        sig, queue=queue, delay_s=delay_s, headers=headers
+                    )
+                except Exception as exc:
+                    results[index] = exc
+
+        await asyncio.gather(*(lane() for _ in range(min(window, len(jobs)))))
+        failed = [
+            (index, jobs[index][0], result)
+            for index, result in enumerate(results)
+            if isinstance(result, Exception)
+        ]
+        if failed:
+            from paota.core.errors import SendManyError
+
+            handles = [r if isinstance(r, TaskHandle) else None for r in results]
+            raise SendManyError(handles, failed) from failed[0][2]
+        return cast("list[TaskHandle[Any]]", results)
+
     # --- results ---------------------------------------------------------------------------------
 
     async def result(self, task_id: str, timeout: float | None = 30.0) -> Any:
@@ -487,13 +615,107 @@ class Client:
             await asyncio.sleep(max(0.0, wait_s))
             delay_s = min(delay_s * 1.5, 0.5)
 
+    # --- cancelling ------------------------------------------------------------------------------
+
+    async def cancel(self, task_id: str, *, reason: str | None = None) -> bool:
+        """Cancel task ``task_id``, queued, delayed or running; True when it is now cancelled,
+        False when it had finished already (its record is final and stays as it is).
+
+        The cancellation is durable first: the store's record of the task's current run becomes
+        CANCELLED (a record is made if the store has none). A worker that receives the message
+        later, even one that starts after this call, acknowledges it without running it. Then
+        it is broadcast on the broker's control channel (when it has one): a running async task
+        receives ``CancelledError``, a running sync task sees ``current_task().cancelled``. A
+        cancelled run is never retried; its ``on_failure`` callback fires once, with
+        ``ErrorInfo("Cancelled", reason)``; ``result()`` raises :class:`~paota.TaskFailedError`
+        with status CANCELLED. ``reason`` defaults to ``"cancelled by <this client's name>"``.
+
+        Raises :class:`~paota.ConfigError` without a store, :class:`~paota.StoreError` when the
+        record cannot be written, and :class:`~paota.BrokerError` when the broadcast fails (the
+        cancellation is recorded then: a running task runs to its end and is recorded as
+        cancelled; calling ``cancel`` again is harmless).
+        """
+        from paota.core.control import encode_cancel
+        from paota.core.protocols import ControlChannel
+
+        if not isinstance(task_id, str) or not task_id:
+            raise ValueError(f"task_id must be a non-empty string, got {task_id!r}")
+        if reason is None:
+            reason = f"cancelled by {self.name}"
+        elif not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, not {type(reason).__name__}")
+        store = self.store
+        if store is None:
+            raise ConfigError(
+                "cancelling a task needs a store, to record the cancellation durably: set "
+                "Config(store='memory' | 'mongodb') (PAOTA_STORE) or pass store=..."
+            )
+        await self.connect()
+        while True:
+            current = await store.get(task_id)
+            if current is not None and current.status.is_final:
+                return False
+            now = self.clock.now()
+            error = ErrorInfo("Cancelled", reason)
+            if current is None:
+                state = task_state(
+                    task_id,
+                    "",
+                    TaskStatus.CANCELLED,
+                    args=[],
+                    attempts=0,
+                    replays=0,
+                    worker="",
+                    created_at=None,
+                    updated_at=now,
+                    error=error,
+                    finished_at=now,
+                )
+            else:
+                registered = self._registry.get(current.name)
+                ttl_s = None if registered is None else registered.result_ttl_s
+                # The same run (replays) and attempt: may_replace accepts a final state there.
+                state = current.replace(
+                    status=TaskStatus.CANCELLED,
+                    result=None,
+                    error=error,
+                    finished_at=now,
+                    updated_at=now,
+                    expires_at=None if ttl_s is None else now + timedelta(seconds=ttl_s),
+                )
+            if await store.record(state):
+                break
+            # Refused: the record moved on meanwhile (a retry, or it finished): look again.
+        broker = self.broker
+        if isinstance(broker, ControlChannel):
+            try:
+                await broker.broadcast_control(encode_cancel(task_id, state.replays, reason))
+            except BrokerError as exc:
+                raise BrokerError(
+                    f"task {task_id} is recorded as CANCELLED, but telling running workers "
+                    f"failed: {exc} (a running task runs to its end and is then recorded as "
+                    "cancelled; cancel again to retry)"
+                ) from exc
+        return True
+
+    def _expires_at(self, name: str, now: datetime) -> datetime | None:
+        task = self._registry.get(name)
+        ttl_s = None if task is None else task.result_ttl_s
+        return None if ttl_s is None else now + timedelta(seconds=ttl_s)
+
     # --- parked messages -------------------------------------------------------------------------
 
     async def requeue_parked(
-        self, queue: ParkQueue, *, reason: str | None = None, limit: int | None = None
+        self,
+        queue: ParkQueue,
+        *,
+        reason: str | None = None,
+        limit: int | None = None,
+        task_ids: Iterable[str] | None = None,
     ) -> int:
-        """Move parked messages (only those with ``x-paota-reason == reason``, when given) back to
-        the queue each came from, as new runs with their retries reset; returns how many moved.
+        """Move parked messages (only those with ``x-paota-reason == reason``, when given, and
+        only the messages of ``task_ids``, when given) back to the queue each came from, as new
+        runs with their retries reset; returns how many moved.
 
         A message whose origin is unknown (parked by the Go library) goes to the config's task
         queue. A message that does not decode moves unchanged (it is parked again as
@@ -509,4 +731,12 @@ class Client:
             now=self.clock.now,
             parking={self.broker.parking_queue(q) for q in ParkQueue},
         )
+        if task_ids is not None:
+            from paota.core.protocols import Message
+
+            wanted, replay = frozenset(task_ids), rewrite
+
+            def rewrite(message: Message) -> OutgoingMessage | None:
+                return replay(message) if message.message_id in wanted else None
+
         return await self.broker.replay_parked(queue, rewrite, limit=limit)

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from paota.core.errors import PaotaError
+from paota.core.errors import PaotaError, TaskCancelledError
 
 if TYPE_CHECKING:
     from paota.core.message import Signature
+    from paota.core.state import TaskState
 
 __all__ = [
     "SCHEDULED_AT_HEADER",
@@ -38,6 +40,41 @@ class NotInTaskError(PaotaError, LookupError):
     """:func:`current_task` was called outside a running task."""
 
 
+#: The longest progress message a task may report.
+PROGRESS_MESSAGE_MAX = 1000
+
+
+class ProgressSink(Protocol):
+    """Where a run's progress goes (the pool's progress writer, see
+    :mod:`paota.middleware.progress`)."""
+
+    async def write(self, task: TaskContext, fraction: float, message: str) -> None:
+        """Record ``fraction`` and ``message`` for ``task`` (rate-limited, last one wins)."""
+        ...
+
+    def write_threadsafe(self, task: TaskContext, fraction: float, message: str) -> None:
+        """:meth:`write` from any thread, without waiting for it."""
+        ...
+
+
+def check_progress(fraction: Any, message: Any) -> tuple[float, str]:
+    """``(fraction, message)`` if they are a progress report, else TypeError / ValueError saying
+    what is wrong and what is allowed."""
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+        raise TypeError(
+            f"progress must be a number from 0 to 1, not {type(fraction).__name__} {fraction!r}"
+        )
+    if not math.isfinite(fraction) or not 0 <= fraction <= 1:
+        raise ValueError(f"progress must be a number from 0 to 1, got {fraction!r}")
+    if not isinstance(message, str):
+        raise TypeError(f"a progress message must be a str, not {type(message).__name__}")
+    if len(message) > PROGRESS_MESSAGE_MAX:
+        raise ValueError(
+            f"a progress message is at most {PROGRESS_MESSAGE_MAX} characters, got {len(message)}"
+        )
+    return float(fraction), message
+
+
 class TaskContext:
     """One delivery of one task on a worker: what it is, where it came from, and room for
     middleware to keep per-run data (``data``).
@@ -45,9 +82,26 @@ class TaskContext:
     ``attempt`` is the signature's ``retries_done`` (0 for the first run), ``queue`` the queue the
     message was consumed from, ``headers`` the message headers (read-only), ``worker`` the name of
     the pool running it.
+
+    A running task reports its progress with ``await progress(0.4, "resized 4 of 10")`` (or
+    :meth:`progress_nowait` from a sync task's thread), and learns that it was cancelled from
+    :attr:`cancelled` / :meth:`raise_if_cancelled` (see :meth:`paota.Client.cancel`).
     """
 
-    __slots__ = ("_log_extra", "data", "headers", "queue", "signature", "started_at", "worker")
+    __slots__ = (
+        "_cancel_reason",
+        "_cancel_sent",
+        "_cancel_target",
+        "_log_extra",
+        "_progress",
+        "_record",
+        "data",
+        "headers",
+        "queue",
+        "signature",
+        "started_at",
+        "worker",
+    )
 
     def __init__(
         self,
@@ -65,6 +119,56 @@ class TaskContext:
         self.started_at = started_at
         self.data: dict[str, Any] = {}
         self._log_extra: dict[str, Any] | None = None
+        # Set by the runner while the task runs (see paota.core.runner): why it was cancelled,
+        # the asyncio task to cancel, the one that was cancelled, where progress goes.
+        self._cancel_reason: str | None = None
+        self._cancel_target: Any = None
+        self._cancel_sent: Any = None
+        self._progress: ProgressSink | None = None
+        # The STARTED record the pool wrote for this run: a progress report is that record with
+        # the progress fields.
+        self._record: TaskState | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run was cancelled (thread-safe: a sync task polls it)."""
+        return self._cancel_reason is not None
+
+    @property
+    def cancel_reason(self) -> str | None:
+        """Why the run was cancelled (None while it is not)."""
+        return self._cancel_reason
+
+    def raise_if_cancelled(self) -> None:
+        """Raise :class:`~paota.TaskCancelledError` if the run was cancelled (for sync tasks,
+        which cannot be interrupted: call it between steps)."""
+        reason = self._cancel_reason
+        if reason is not None:
+            raise TaskCancelledError(reason)
+
+    async def progress(self, fraction: float, message: str = "") -> None:
+        """Report progress: ``fraction`` done (0 to 1) and what is going on; the store's record
+        of the task shows it (``state.progress``, ``state.progress_message``) while it runs.
+
+        Writes are rate-limited (at most one per task every 0.5 s; the last report wins and is
+        written when the interval is over). Without a store it does nothing. Raises TypeError /
+        ValueError for a fraction outside 0..1 or a message that is not a str of at most 1,000
+        characters.
+        """
+        fraction, message = check_progress(fraction, message)
+        self.raise_if_cancelled()
+        sink = self._progress
+        if sink is not None:
+            await sink.write(self, fraction, message)
+            # A write the store refused because the task was cancelled tells the task here.
+            self.raise_if_cancelled()
+
+    def progress_nowait(self, fraction: float, message: str = "") -> None:
+        """:meth:`progress` without waiting for the write: thread-safe, for sync tasks."""
+        fraction, message = check_progress(fraction, message)
+        sink = self._progress
+        if sink is not None:
+            sink.write_threadsafe(self, fraction, message)
 
     @property
     def id(self) -> str:

@@ -12,14 +12,16 @@ translated at the adapter boundary and chained with ``raise ... from exc``::
     │   └── TopologyError      a queue/exchange exists with different arguments
     ├── StoreError             the task-state store cannot be reached or failed a write
     ├── TaskTimeoutError       a task ran past its execution limit or waited past its start deadline
+    ├── TaskCancelledError     a run was cancelled (raised inside it; its outcome is CANCELLED)
+    ├── SendManyError          some tasks of a batch send were not sent (names which, and why)
     └── TaskError              about one task
-        ├── TaskFailedError    the task ended FAILED or TIMED_OUT (raised by ``result()``)
+        ├── TaskFailedError    the task ended FAILED, TIMED_OUT or CANCELLED (raised by ``result()``)
         └── ResultTimeoutError the result was not ready within the timeout
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -30,7 +32,9 @@ __all__ = [
     "PublishError",
     "RegistrationError",
     "ResultTimeoutError",
+    "SendManyError",
     "StoreError",
+    "TaskCancelledError",
     "TaskError",
     "TaskFailedError",
     "TaskTimeoutError",
@@ -85,6 +89,44 @@ class TaskTimeoutError(PaotaError, TimeoutError):
     """
 
 
+class SendManyError(PaotaError):
+    """A batch send (``send_many``) could not send some of its tasks; the others were sent.
+
+    ``sent`` holds the handles of the tasks the broker confirmed, in the order they were given;
+    ``failed`` holds ``(index, signature, error)`` for each task that was not confirmed (its
+    position in the batch, the :class:`~paota.Signature` with its task id, and what was raised:
+    usually a :class:`PublishError` or a :class:`StoreError`). ``handles`` has one entry per
+    task of the batch: its handle, or None where it failed. Sending the ``failed`` signatures
+    again is safe: their ids are kept, and a task that did arrive after all is run once per copy
+    (at-least-once), as for any send that raised.
+    """
+
+    def __init__(
+        self, handles: Sequence[Any], failed: Sequence[tuple[int, Any, BaseException]]
+    ) -> None:
+        self.handles: list[Any] = list(handles)
+        self.sent: list[Any] = [h for h in self.handles if h is not None]
+        self.failed: list[tuple[int, Any, BaseException]] = list(failed)
+        index, sig, error = self.failed[0]
+        super().__init__(
+            f"{len(self.failed)} of {len(self.handles)} tasks were not sent (the first: #{index} "
+            f"{getattr(sig, 'uuid', '')} {getattr(sig, 'name', '')!r}: {type(error).__name__}: "
+            f"{error}); {len(self.sent)} were sent and confirmed (see .sent and .failed)"
+        )
+
+
+class TaskCancelledError(PaotaError):
+    """The run was cancelled: raised in a cancelled run (``current_task().raise_if_cancelled()``,
+    or by the worker when a cancelled task ends), and raised by a task to cancel itself.
+
+    Its outcome is CANCELLED, never a retry; ``reason`` says who cancelled it or why.
+    """
+
+    def __init__(self, reason: str = "cancelled") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class TaskError(PaotaError):
     """An error about one task; ``task_id`` names it."""
 
@@ -94,7 +136,7 @@ class TaskError(PaotaError):
 
 
 class TaskFailedError(TaskError):
-    """The task ended in FAILED or TIMED_OUT; raised by ``result()``.
+    """The task ended in FAILED, TIMED_OUT or CANCELLED; raised by ``result()``.
 
     ``status`` is the final status, ``error_type`` and ``error_message`` what the task raised (or why
     it was parked), ``traceback`` the (truncated) traceback when there is one.

@@ -14,7 +14,6 @@ Protocols can also be passed to ``WorkerPool(broker=..., store=...)`` directly.
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from typing import Any
 
 from paota.core.clock import Clock
@@ -27,6 +26,15 @@ __all__ = ["BROKER_GROUP", "STORE_GROUP", "backend_names", "make_broker", "make_
 BROKER_GROUP = "paota.brokers"
 STORE_GROUP = "paota.stores"
 _BUILTIN = {BROKER_GROUP: ("memory", "amqp"), STORE_GROUP: ("memory", "mongodb")}
+
+
+def entry_points(*, group: str) -> Any:
+    """The installed entry points of ``group``. ``importlib.metadata`` is imported here, on
+    first use: it costs every worker process about 3 MB of memory, and the built-in backends never
+    need it."""
+    from importlib import metadata
+
+    return metadata.entry_points(group=group)
 
 
 def backend_names(group: str) -> tuple[str, ...]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
 
-from paota.core.errors import TaskTimeoutError
+from paota.core.errors import TaskCancelledError, TaskTimeoutError
 from paota.core.message import Signature
 from paota.core.protocols import MAX_DELAY_S, ParkQueue, ParkReason
 from paota.core.state import ErrorInfo, TaskStatus
@@ -214,10 +214,13 @@ def decide(
     Fibonacci backoff capped at ``retry_backoff_cap_s``; then it is parked: an execution timeout
     (:class:`~paota.TaskTimeoutError`) in the timeout queue (``exec-timeout``, TIMED_OUT), anything
     else in the failed queue (``retries-exhausted``, FAILED). Arguments that do not fit the task
-    (:class:`~paota.core.tasks.BindError`) park at once (``bad-arguments``).
+    (:class:`~paota.core.tasks.BindError`) park at once (``bad-arguments``). A cancelled run
+    (:class:`~paota.TaskCancelledError`) is :class:`Cancelled`, never retried.
     """
     if exc is None:
         return Succeeded(result)
+    if isinstance(exc, TaskCancelledError):
+        return Cancelled(exc.reason)
     from paota.core.tasks import BindError
 
     if isinstance(exc, BindError):

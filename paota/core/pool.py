@@ -294,6 +294,12 @@ class WorkerPool(Client):
                     except asyncio.CancelledError:
                         await _quietly(delivery.reject(requeue=True))
                         raise
+                    if self._is_stopping():
+                        # Asked to stop while waiting for the slot (a signal, or a middleware
+                        # such as a supervised child's recycling): no new run starts.
+                        slots.release()
+                        await _quietly(delivery.reject(requeue=True))
+                        return
                     task = asyncio.create_task(self._run_delivery(delivery, slots))
                     self._inflight.add(task)
                     task.add_done_callback(self._inflight.discard)

@@ -35,12 +35,15 @@ __all__ = [
     "ControlChannel",
     "Coordination",
     "Delivery",
+    "ListCursor",
     "Message",
     "OutgoingMessage",
     "ParkInfo",
     "ParkQueue",
     "ParkReason",
     "QueueDepths",
+    "QueueStat",
+    "QueueStats",
     "Rewrite",
     "Store",
     "check_seconds",
@@ -283,6 +286,25 @@ class Delivery(Message, Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ListCursor:
+    """Where a page of :meth:`Store.list` ended: the last record's ``created_at`` and task id.
+
+    :meth:`Store.list` orders records newest ``created_at`` first, ties by task id (descending),
+    records without a ``created_at`` last; ``list(cursor=ListCursor.of(last))`` continues right
+    after ``last``, so paging sees every record once, however many are added meanwhile (new ones
+    are newer: they come before the first page).
+    """
+
+    created_at: datetime | None
+    task_id: str
+
+    @classmethod
+    def of(cls, state: TaskState) -> ListCursor:
+        """The cursor right after ``state`` in list order."""
+        return cls(state.created_at, state.task_id)
+
+
 Rewrite = Callable[[Message], "OutgoingMessage | None"]
 """What :meth:`Broker.replay_parked` asks of the core for each parked message: the message to
 publish in its place, or None to leave it parked."""
@@ -375,8 +397,18 @@ class Store(Protocol):
         status: TaskStatus | None = None,
         name: str | None = None,
         limit: int = 100,
+        queue: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        cursor: ListCursor | None = None,
     ) -> list[TaskState]:
-        """Records filtered by status and/or name, newest (``created_at``) first, at most ``limit``."""
+        """Records filtered by status, name and/or queue, newest (``created_at``) first (ties by
+        task id, descending; records without ``created_at`` last), at most ``limit``.
+
+        ``created_after`` / ``created_before`` keep records created at or after / before those
+        times (records without ``created_at`` are left out when either is given); ``cursor``
+        continues after the record it was made of (:meth:`ListCursor.of`).
+        """
         ...
 
     async def delete(self, task_id: str) -> bool:
@@ -465,6 +497,25 @@ class QueueDepths(Protocol):
         """``{queue: messages ready}`` for the task queue, both parking queues and ``queues``;
         a queue that does not exist counts 0. Messages delivered and not yet acknowledged, and
         delayed messages not yet due, are not ready."""
+        ...
+
+
+@dataclass(frozen=True)
+class QueueStat:
+    """One queue as the broker sees it: messages ready, and consumers subscribed."""
+
+    ready: int
+    consumers: int
+
+
+@runtime_checkable
+class QueueStats(Protocol):
+    """Messages ready and consumers per queue (optional broker capability; the management API
+    reads it). Both built-in brokers have it."""
+
+    async def queue_stats(self, queues: Iterable[str]) -> dict[str, QueueStat | None]:
+        """``{queue: QueueStat}`` for each of ``queues``; None for a queue that does not exist.
+        Raises :class:`~paota.BrokerError` when the broker cannot answer."""
         ...
 
 

@@ -12,15 +12,24 @@
 A failure of step 1 or 2 (:class:`~paota.BrokerError`, :class:`~paota.StoreError`) leaves the
 delivery unacked: the caller returns it to the broker, which redelivers it (at-least-once). Nothing
 is acked before its outcome is durable.
+
+A cancelled task (:meth:`paota.Client.cancel` records CANCELLED in the store first) is told apart
+here, at no cost on the path of a task that runs and succeeds: before an outcome that would send
+the message on or skip it (retry, deferral, return, parking, a duplicate: what a refused STARTED
+record gives) and after a final record the store refused, the record is read; when it is CANCELLED
+for this run, the delivery is settled as :class:`~paota.core.outcome.Cancelled` instead (ack,
+nothing published). A run's Cancelled outcome fires its hooks once: the first worker to settle it
+claims it in the store (when the store has the Coordination capability); a later copy of the
+message is a Duplicate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from paota.core.clock import Clock
 from paota.core.context import TaskContext
@@ -54,9 +63,18 @@ from paota.core.protocols import (
 )
 from paota.core.state import ErrorInfo, TaskState, TaskStatus, task_state
 
-__all__ = ["Settler", "parked_copy", "resend", "wire_args"]
+__all__ = [
+    "CANCEL_CLAIM_TTL_S",
+    "Settler",
+    "parked_copy",
+    "resend",
+    "result_lifetimes",
+    "wire_args",
+]
 
 logger = logging.getLogger("paota.core.pool")
+
+T = TypeVar("T")
 
 
 def wire_args(sig: Signature) -> list[dict[str, Any]]:
@@ -85,8 +103,33 @@ def parked_copy(delivery: Delivery, queue: str, info: ParkInfo) -> OutgoingMessa
     return resend(delivery, queue, headers={**delivery.headers, **info.headers()})
 
 
+#: Outcomes before which the settler asks the store whether the run was cancelled.
+_MAY_BE_CANCELLED = frozenset({Duplicate, Park, Retry, Defer, Return})
+#: Final outcomes whose refused record may mean that the run was cancelled meanwhile.
+_FINAL_RUN = frozenset({Succeeded, Park})
+#: How long the claim "this run's cancellation was settled" is kept in the store, in seconds.
+CANCEL_CLAIM_TTL_S = 7 * 24 * 3600.0
+
+
+def result_lifetimes(registry: Any) -> Callable[[str], float | None] | None:
+    """For a :class:`Settler`: the result lifetime of a task by name (``result_ttl_s`` of the
+    registered task), or None when no registered task has one (records then never expire early)."""
+    if not any(getattr(registry.get(name), "result_ttl_s", None) for name in registry):
+        return None
+
+    def lifetime(name: str) -> float | None:
+        task = registry.get(name)
+        return None if task is None else task.result_ttl_s
+
+    return lifetime
+
+
 class Settler:
-    """Settles deliveries for one worker pool (see the module docs)."""
+    """Settles deliveries for one worker pool (see the module docs).
+
+    ``result_ttl(name)`` gives a task's result lifetime in seconds (None: the store's): final
+    records of that task get ``expires_at`` that long after they finished.
+    """
 
     def __init__(
         self,
@@ -97,13 +140,18 @@ class Settler:
         worker: str,
         middleware: MiddlewareChain,
         stopping: Callable[[], bool],
+        result_ttl: Callable[[str], float | None] | None = None,
     ) -> None:
+        from paota.core.protocols import Coordination
+
         self._broker = broker
         self._store = store
         self._clock = clock
         self._worker = worker
         self._middleware = middleware
         self._stopping = stopping
+        self._result_ttl = result_ttl
+        self._coordination = store if isinstance(store, Coordination) else None
 
     # --- the sequence ----------------------------------------------------------------------------
 
@@ -115,13 +163,33 @@ class Settler:
         ctx: TaskContext,
     ) -> None:
         """Publish, record, run the hooks, ack (see the module docs)."""
+        store = self._store
+        recorded = False  # the store holds this outcome already (it was read from there)
+        kind = type(outcome)
+        if (
+            kind is not Succeeded
+            and kind in _MAY_BE_CANCELLED
+            and store is not None
+            and sig is not None
+        ):
+            cancelled = await self._cancelled_run(delivery, sig)
+            if cancelled is not None:
+                outcome, recorded = cancelled, True
         copy = self._copy(delivery, sig, outcome)
         if copy is not None:
             await self._broker.publish(copy)
-        if sig is not None and self._store is not None:
-            state = self._state_after(delivery, sig, outcome, ctx)
+        if sig is not None and store is not None:
+            state = None if recorded else self._state_after(delivery, sig, outcome, ctx)
             if state is not None:
-                await self.record(state)
+                if self._result_ttl is not None and state.status.is_final:
+                    state = self._expiring(state)
+                if not await self.record(state) and type(outcome) in _FINAL_RUN:
+                    # Refused: the run was cancelled while it ran (or a duplicate finished first).
+                    cancelled = await self._cancelled_run(delivery, sig)
+                    if cancelled is not None:
+                        outcome = cancelled
+            if type(outcome) is Cancelled and not await self._first_to_settle(delivery, sig):
+                outcome = Duplicate()
         _log(outcome, sig, delivery, ctx)
         if self._middleware:
             await self._middleware.after_outcome(ctx, outcome)
@@ -170,6 +238,59 @@ class Settler:
             origin_queue=delivery.queue,
         )
         return parked_copy(delivery, self._broker.parking_queue(outcome.queue), info)
+
+    # --- cancellations and lifetimes -------------------------------------------------------------
+
+    async def _cancelled_run(self, delivery: Delivery, sig: Signature) -> Cancelled | None:
+        """Cancelled, when the store has this run (task and replays) as CANCELLED."""
+        store = self._store
+        assert store is not None
+        state = await self._patiently(lambda: store.get(sig.uuid), "read", sig)
+        if state is None or state.status is not TaskStatus.CANCELLED:
+            return None
+        if state.replays != header_int(delivery.headers.get(REPLAYS_HEADER)):
+            return None  # an older run was cancelled, or this message is of an older run
+        return Cancelled(state.error.message if state.error is not None else "cancelled")
+
+    async def _first_to_settle(self, delivery: Delivery, sig: Signature) -> bool:
+        """Whether this worker is the first to settle the run's cancellation (its hooks fire)."""
+        coordination = self._coordination
+        if coordination is None:
+            return True
+        replays = header_int(delivery.headers.get(REPLAYS_HEADER))
+        key = f"paota.cancel-settled:{sig.uuid}:{replays}"
+        return await self._patiently(
+            lambda: coordination.claim(key, self._worker, ttl_s=CANCEL_CLAIM_TTL_S), "claim", sig
+        )
+
+    def _expiring(self, state: TaskState) -> TaskState:
+        """``state`` with ``expires_at`` when its task has a result lifetime."""
+        assert self._result_ttl is not None
+        ttl_s = self._result_ttl(state.name)
+        if ttl_s is None:
+            return state
+        finished = state.finished_at or self._clock.now()
+        return state.replace(expires_at=finished + timedelta(seconds=ttl_s))
+
+    async def _patiently(self, call: Callable[[], Awaitable[T]], what: str, sig: Signature) -> T:
+        """``await call()``, waiting out a store outage as :meth:`record` does."""
+        delay_s = 0.1
+        while True:
+            try:
+                return await call()
+            except StoreError as exc:
+                if self._stopping():
+                    raise
+                logger.warning(
+                    "task %s: store %s failed: %s; retrying in %.1fs",
+                    sig.uuid,
+                    what,
+                    exc,
+                    delay_s,
+                    extra={"task_id": sig.uuid, "task_name": sig.name},
+                )
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
 
     # --- step 2: what to record ------------------------------------------------------------------
 

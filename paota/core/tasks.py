@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import types
 import typing
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import (
@@ -144,8 +145,28 @@ class TaskHandle(Generic[R_co]):
         return cast(R_co, await self._client.result(self.id, timeout=timeout))
 
     async def state(self) -> TaskState | None:
-        """The task's current record in the store (None when the store has none yet)."""
-        return await self._client.require_store().get(self.id)
+        """The task's current record in the store (None when the store has none yet, or the
+        record expired): status, attempts, result or error, and while it runs its ``progress``
+        and ``progress_message``."""
+        store = self._client.require_store()
+        await self._client.connect()
+        return await store.get(self.id)
+
+    async def cancel(self, reason: str | None = None) -> bool:
+        """Cancel the task, queued, delayed or running (see :meth:`paota.Client.cancel`): True
+        when it is now cancelled, False when it had finished already. Needs a store."""
+        return await self._client.cancel(self.id, reason=reason)
+
+
+def check_result_ttl(value: Any) -> float | None:
+    """``result_ttl_s``: None, or a finite number of seconds > 0 (ValueError / TypeError)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"result_ttl_s must be a number of seconds, not {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"result_ttl_s must be a finite number of seconds > 0, got {value!r}")
+    return float(value)
 
 
 # --- binding Python parameters <-> Go args -------------------------------------------------------
@@ -227,7 +248,14 @@ def go_arg(name: str, value: Any, go_type: str | None, *, task: str, label: str)
 class Binder:
     """Binds a function's parameters to Go args and back (built once per task)."""
 
-    __slots__ = ("_annotations", "_go_types", "_has_var_keyword", "_sig", "task_name")
+    __slots__ = (
+        "_annotations",
+        "_go_types",
+        "_has_var_keyword",
+        "_sig",
+        "single_parameter",
+        "task_name",
+    )
 
     def __init__(self, fn: Callable[..., Any], task_name: str) -> None:
         self.task_name = task_name
@@ -242,6 +270,12 @@ class Binder:
         self._go_types = {name: _go_type(a) for name, a in self._annotations.items()}
         self._has_var_keyword = any(
             p.kind is inspect.Parameter.VAR_KEYWORD for p in self._sig.parameters.values()
+        )
+        params = list(self._sig.parameters.values())
+        #: Whether the function takes exactly one argument, positionally (for ``send_many``).
+        self.single_parameter = len(params) == 1 and params[0].kind in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
         )
 
     def to_args(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[Arg, ...]:
@@ -401,6 +435,11 @@ class TaskSender(Generic[P, R]):
         """Publish the task with these options; returns once the broker has it."""
         return await self._task._send(args, kwargs, self._options)
 
+    async def send_many(self, calls: Iterable[Any], *, window: int = 1000) -> list[TaskHandle[R]]:
+        """Send the task once per item of ``calls``, with these options (see
+        :meth:`Task.send_many`)."""
+        return await self._task._send_many(calls, self._options, window)
+
     @overload
     def signature(self, *args: P.args, **kwargs: P.kwargs) -> TaskSignature[R]: ...
 
@@ -482,7 +521,7 @@ class Task(Generic[P, R]):
         #: sharing the store).
         self.limit_scope = limit_scope or "worker"
         #: How long a finished record (and its result) is kept, in seconds (None: the store's).
-        self.result_ttl_s = result_ttl_s
+        self.result_ttl_s = check_result_ttl(result_ttl_s)
         self.go_style = is_go_style(fn) if go_style is None else go_style
         self.is_async = is_async
         self._binder = None if self.go_style else Binder(fn, name)
@@ -517,6 +556,21 @@ class Task(Generic[P, R]):
         that cannot travel) before anything is published.
         """
         return await self._send(args, kwargs, self.defaults)
+
+    async def send_many(self, calls: Iterable[Any], *, window: int = 1000) -> list[TaskHandle[R]]:
+        """Send the task once per item of ``calls`` and return the handles in that order:
+        ``await add.send_many([(1, 2), (3, 4)])``.
+
+        An item is a tuple of positional arguments, or a dict of keyword arguments; for a task of
+        one parameter, any item that is not a tuple is that argument (``square.send_many([1, 2,
+        3])``; a tuple value goes in a tuple of its own: ``[((1, 2),)]``). For calls checked by the
+        type checker, send ``[add.signature(1, 2), ...]`` with :meth:`paota.Client.send_many`.
+        Every item is bound before anything is published (TypeError or :class:`ArgumentError`
+        naming the item's index); up to ``window`` sends are in flight together; raises
+        :class:`~paota.SendManyError` when some tasks could not be sent (see
+        :meth:`paota.Client.send_many`).
+        """
+        return await self._send_many(calls, self.defaults, window)
 
     @overload
     def signature(self, *args: P.args, **kwargs: P.kwargs) -> TaskSignature[R]: ...
@@ -559,6 +613,39 @@ class Task(Generic[P, R]):
             task_timeout=options.task_timeout or 0,
             eta=options.eta,
         )
+
+    async def _send_many(
+        self, calls: Iterable[Any], options: TaskOptions, window: int
+    ) -> list[TaskHandle[R]]:
+        single = self._binder is not None and self._binder.single_parameter
+        jobs = []
+        headers = options.headers or None
+        for index, call in enumerate(calls):
+            args: tuple[Any, ...]
+            kwargs: Mapping[str, Any] = {}
+            if isinstance(call, tuple):
+                args = call
+            elif single:
+                args = (call,)
+            elif isinstance(call, list):
+                args = tuple(call)
+            elif isinstance(call, Mapping):
+                args, kwargs = (), call
+            else:
+                raise TypeError(
+                    f"task {self.name!r}: send_many item #{index} is a {type(call).__name__}; "
+                    "expected a tuple (or list) of positional arguments or a dict of keyword "
+                    "arguments"
+                )
+            try:
+                sig = self._signature(args, kwargs, options)
+            except ArgumentError as exc:
+                raise ArgumentError(f"send_many item #{index}: {exc}") from None
+            except TypeError as exc:
+                raise TypeError(f"send_many item #{index}: {exc}") from None
+            jobs.append((sig, options.queue, options.delay_s, headers))
+        handles = await self._client._send_batch(jobs, window)
+        return cast("list[TaskHandle[R]]", handles)
 
     async def _send(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TaskOptions

@@ -17,12 +17,12 @@ from paota.middleware.callbacks import CallbacksMiddleware
 if TYPE_CHECKING:
     from paota.core.pool import WorkerPool
 
-__all__ = ["heartbeats", "inner", "outer"]
+__all__ = ["heartbeats", "inner", "outer", "run_control"]
 
 
 def outer(pool: WorkerPool) -> list[Middleware]:
     """Built-in middleware placed before the user's (counting comes first of all)."""
-    return [pool._stats, *heartbeats(pool)]
+    return [pool._stats, *run_control(pool), *heartbeats(pool)]
 
 
 def heartbeats(pool: WorkerPool) -> list[Middleware]:
@@ -41,6 +41,23 @@ def heartbeats(pool: WorkerPool) -> list[Middleware]:
     if any(isinstance(m, HeartbeatMiddleware) for m in pool.middleware):
         return []
     return [HeartbeatMiddleware(interval_s)]
+
+
+def run_control(pool: WorkerPool) -> list[Middleware]:
+    """Cancelling running tasks (a broker with a control channel) and writing their progress (a
+    store). Both have startup and shutdown hooks only: a pool pays nothing per task for them."""
+    from paota.core.protocols import ControlChannel
+
+    items: list[Middleware] = []
+    if isinstance(pool.broker, ControlChannel):
+        from paota.middleware.cancel import CancellationMiddleware
+
+        items.append(CancellationMiddleware())
+    if pool.store is not None:
+        from paota.middleware.progress import ProgressMiddleware
+
+        items.append(ProgressMiddleware())
+    return items
 
 
 def inner(pool: WorkerPool) -> list[Middleware]:

@@ -9,13 +9,25 @@ Its ``admit`` hook decides before each run:
 1. **Concurrency.** The run takes one of ``max_concurrency`` slots. With all of them taken, the
    delivery is deferred through the broker's delay (:class:`~paota.Defer` ``"throttled"``) and
    holds nothing while it waits. The slot is given back when the run ends, whatever its outcome
-   (success, failure, timeout, cancellation, a duplicate that never ran).
+   (success, failure, timeout, cancellation, a duplicate that never ran). A sync task over its time
+   limit gives its slot back when the limit fires, though its thread runs on (it cannot be
+   stopped).
 2. **Rate.** ``rate="N/s"`` (or ``/m``, ``/h``; ``N`` may be a decimal, ``"2.5/s"``) spaces starts
    at least ``period / N`` apart. A run that has its slot reserves the next start time: now, and it
    runs; later, and it gives its slot back and is deferred exactly to its reserved start, which the
    deferred copy carries in the ``x-paota-rate-reserved`` header, so that it starts without a
    second reservation when it comes back (a burst of throttled tasks comes back one interval
-   apart, not all at once).
+   apart, not all at once). A copy that comes back early waits again for its start; one that comes
+   back more than one interval late (a worker too busy to take it in time) takes a new start, and
+   so does one deferred meanwhile for another reason (all slots taken, the store out). So the
+   starts granted are never closer than ``period / N`` (at most N in any period), and a copy is let
+   through at most one interval after the start it was granted; the run itself follows after its
+   slot's store calls and the pool's STARTED record. Over any longer time the runs keep within N
+   per period; within one period they can bunch by the spread of those latencies (one late start
+   next to on-time ones makes N + 1). When the broker usually delivers later than one interval (at
+   high rates), the tolerance grows to twice that usual lateness, at most 1 s, so that copies do
+   not miss their starts for ever; a period can then hold that many more starts.
+   :data:`GRANTED_KEY` in the run's context data is the start it was granted.
 
 A throttled delivery never counts as a retry (``retries_done`` is unchanged), is never parked for
 throttling, and is logged at DEBUG only. Other tasks of the same queue keep flowing: a throttled
@@ -111,6 +123,8 @@ DEFAULT_RUN_ESTIMATE_S = 1.0
 MIN_THROTTLE_DELAY_S = 0.01
 #: Deferrals are stretched or shrunk by up to this fraction, so workers do not fall into step.
 JITTER = 0.1
+#: A copy that comes back later than this after its reserved start always takes a new one.
+MAX_GRACE_S = 1.0
 
 
 # --- the options ---------------------------------------------------------------------------------
@@ -197,9 +211,8 @@ class LimitStats:
     throttled_store: int = 0
     """Deliveries deferred because the store did not answer (fail closed)."""
     missed_reservations: int = 0
-    """Deliveries that came back more than one interval after their reserved start and reserved
-    again (deferred by the concurrency limit meanwhile, or a worker too busy to take them in
-    time)."""
+    """Deliveries that came back too late after their reserved start (a worker too busy to take
+    them in time) and reserved again."""
     lost_slots: int = 0
     """Global slots that expired while their run went on (the store was out longer than the
     slot's time to live); the limit may have been exceeded meanwhile."""
@@ -211,12 +224,13 @@ class _Hold:
     between ``admit`` and the run) frees its local slot when it is forgotten, and its global
     slot stops being renewed and expires."""
 
-    __slots__ = ("__weakref__", "holder", "limit", "released")
+    __slots__ = ("__weakref__", "holder", "limit", "lost", "released")
 
     def __init__(self, limit: _Limit, holder: str) -> None:
         self.limit = limit
         self.holder = holder
         self.released = False
+        self.lost = False
 
 
 class _Limit:
@@ -234,6 +248,7 @@ class _Limit:
         self.next_start: datetime | None = None  # worker scope
         self.horizon = 0.0  # when the last concurrency deferral is due back (monotonic)
         self.run_estimate_s: float | None = None
+        self.late_s = 0.0  # how late reserved copies usually come back (mean)
         self.stats = LimitStats()
 
     def describe(self) -> str:
@@ -252,6 +267,19 @@ class _Limit:
         start = now if last is None or last + step <= now else last + step
         self.next_start = start
         return (start - now).total_seconds()
+
+    def grace_s(self) -> float:
+        """How late a copy may come back and still start on its reservation: one interval, or
+        twice the usual lateness when the broker delivers later than that (so that a slow broker
+        does not make every copy miss its start and take a new one, for ever), at most
+        :data:`MAX_GRACE_S`."""
+        assert self.rate is not None
+        return min(MAX_GRACE_S, max(self.rate.interval_s, 2 * self.late_s))
+
+    def observe_lateness(self, late_s: float) -> None:
+        """Fold how late one reserved copy came back into the mean (each sample at most
+        :data:`MAX_GRACE_S`, so a burst of stale copies moves it little)."""
+        self.late_s = 0.9 * self.late_s + 0.1 * min(max(late_s, 0.0), MAX_GRACE_S)
 
     def observe(self, duration_s: float) -> None:
         """Fold one run's duration into the mean that paces concurrency deferrals."""
@@ -307,15 +335,18 @@ class _Outage:
     def failed(self, now: float, what: str, exc: BaseException) -> None:
         if self.since is None:
             self.since = now
+            self.failures = 1
             logger.warning(
                 "limits: the store did not answer (%s: %s); tasks with a global limit are "
                 "deferred until it does (fail closed)",
                 what,
                 _describe(exc),
             )
+        elif now < self.retry_at:
+            return  # a call already under way when the outage was noted: no new probe failed
         else:
+            self.failures += 1
             logger.debug("limits: the store still does not answer (%s: %s)", what, _describe(exc))
-        self.failures += 1
         self.backoff_s = min(self.max_s, self.base_s * 2 ** (self.failures - 1))
         self.retry_at = now + self.backoff_s
         self.probe_until = 0.0
@@ -362,7 +393,7 @@ class LimitsMiddleware(Middleware):
         slot_ttl_s: float = 30.0,
         max_throttle_delay_s: float = 30.0,
         outage_backoff_s: float = 0.5,
-        max_outage_backoff_s: float = 30.0,
+        max_outage_backoff_s: float = 5.0,
         seed: int | None = None,
     ) -> None:
         for option, value in (
@@ -437,7 +468,8 @@ class LimitsMiddleware(Middleware):
             )
 
     async def shutdown(self, worker: Any) -> None:
-        """Stop renewing; give back the global slots still held (best effort: they expire)."""
+        """Stop renewing; give back the global slots still held (best effort: they expire); say
+        what the limits did."""
         renewer, self._renewer = self._renewer, None
         if renewer is not None:
             renewer.cancel()
@@ -446,6 +478,17 @@ class LimitsMiddleware(Middleware):
         for limit in self._limits.values():
             for hold in list(limit.holds):
                 await self._release(hold)
+            stats = limit.stats
+            logger.info(
+                "task %s: %d runs started; deferred %d times for concurrency, %d for the rate, %d "
+                "while the store did not answer; %d reserved starts missed",
+                limit.name,
+                stats.started,
+                stats.throttled_concurrency,
+                stats.throttled_rate,
+                stats.throttled_store,
+                stats.missed_reservations,
+            )
 
     # --- the hooks -------------------------------------------------------------------------------
 
@@ -456,6 +499,7 @@ class LimitsMiddleware(Middleware):
             return None
         clock = self._clock
         assert clock is not None
+        arrived = clock.now()  # a reserved start's lateness does not count the slot's store call
         hold: _Hold | None = None
         try:
             if limit.max_concurrency is not None:
@@ -466,9 +510,9 @@ class LimitsMiddleware(Middleware):
                         clock.monotonic(), self.max_throttle_delay_s, self._rng
                     )
                     self._debug(task, delay_s, f"all {limit.max_concurrency} slots taken")
-                    return Defer(delay_s, "throttled")
+                    return self._defer_dropping_reservation(task, delay_s)
             if limit.rate is not None:
-                deferral = await self._check_rate(limit, task)
+                deferral = await self._check_rate(limit, task, arrived)
                 if deferral is not None:
                     if hold is not None:
                         await self._release(hold)
@@ -479,7 +523,7 @@ class LimitsMiddleware(Middleware):
             limit.stats.throttled_store += 1
             delay_s = self._outage.delay(clock.monotonic(), self._rng)
             self._debug(task, delay_s, "the store does not answer")
-            return Defer(delay_s, "throttled")
+            return self._defer_dropping_reservation(task, delay_s)
         if hold is not None:
             task.data[_HOLD] = hold
         limit.stats.started += 1
@@ -509,6 +553,14 @@ class LimitsMiddleware(Middleware):
         hold: _Hold | None = task.data.get(_HOLD)
         if hold is not None and not hold.released:
             await self._release(hold)
+
+    def _defer_dropping_reservation(self, task: TaskContext, delay_s: float) -> Defer:
+        # A copy deferred for another reason than its start will not come back at that start:
+        # its reservation is void (it reserves again), and its lateness says nothing about the
+        # broker's.
+        if task.headers.get(RESERVED_HEADER):
+            return Defer(delay_s, "throttled", headers={RESERVED_HEADER: ""})
+        return Defer(delay_s, "throttled")
 
     # --- concurrency -----------------------------------------------------------------------------
 
@@ -553,61 +605,71 @@ class LimitsMiddleware(Middleware):
             )
 
     async def _renew_forever(self) -> None:
-        store = self._store
-        assert store is not None
         while True:
             await asyncio.sleep(self.slot_ttl_s / 3)
-            for limit in self._limits.values():
-                if not limit.is_global or limit.max_concurrency is None:
+            try:
+                await self._renew()
+            except Exception:  # a bug here must not stop the renewals for good
+                logger.exception("limits: renewing the slots failed")
+
+    async def _renew(self) -> None:
+        store = self._store
+        assert store is not None
+        for limit in self._limits.values():
+            if not limit.is_global or limit.max_concurrency is None:
+                continue
+            for hold in list(limit.holds):
+                if hold.released:
                     continue
-                for hold in list(limit.holds):
-                    if hold.released:
-                        continue
-                    try:
-                        kept = await self._call(
-                            "renewing a slot",
-                            functools.partial(
-                                store.acquire_slot,
-                                limit.slot_key,
-                                hold.holder,
-                                limit.max_concurrency,
-                                ttl_s=self.slot_ttl_s,
-                            ),
-                        )
-                    except _StoreDown:
-                        continue
-                    if not kept and not hold.released:
-                        limit.stats.lost_slots += 1
-                        logger.warning(
-                            "task %s: its concurrency slot (%s) expired while it ran and was "
-                            "taken by another run: the store was out longer than the slot's "
-                            "%.0fs lease; max_concurrency=%d may be exceeded until it ends",
-                            limit.name,
+                try:
+                    kept = await self._call(
+                        "renewing a slot",
+                        functools.partial(
+                            store.acquire_slot,
+                            limit.slot_key,
                             hold.holder,
-                            self.slot_ttl_s,
                             limit.max_concurrency,
-                        )
+                            ttl_s=self.slot_ttl_s,
+                        ),
+                    )
+                except _StoreDown:
+                    continue  # the outage is noted; the lease may run out meanwhile
+                if not kept and not hold.released and not hold.lost:
+                    hold.lost = True
+                    limit.stats.lost_slots += 1
+                    logger.warning(
+                        "task %s: its concurrency slot (%s) expired while it ran and was taken by "
+                        "another run: the store was out longer than the slot's %.0fs lease; "
+                        "max_concurrency=%d may be exceeded until it ends",
+                        limit.name,
+                        hold.holder,
+                        self.slot_ttl_s,
+                        limit.max_concurrency,
+                    )
 
     # --- rate ------------------------------------------------------------------------------------
 
-    async def _check_rate(self, limit: _Limit, task: TaskContext) -> Outcome | None:
+    async def _check_rate(
+        self, limit: _Limit, task: TaskContext, arrived: datetime
+    ) -> Outcome | None:
         rate = limit.rate
         clock = self._clock
         assert rate is not None and clock is not None
-        now = clock.now()
         book = "global" if limit.is_global else self._book
         reserved = reservation(task.headers, task.attempt, book)
         if reserved is not None:
-            early_s = (reserved - now).total_seconds()
+            early_s = (reserved - arrived).total_seconds()
             if early_s > EARLY_TOLERANCE_S:  # back before its start (a requeue): wait for it
                 limit.stats.throttled_rate += 1
                 self._debug(task, early_s, "waiting for its reserved start")
                 return Defer(early_s, "throttled")
-            if -early_s <= rate.interval_s:
+            limit.observe_lateness(-early_s)
+            if -early_s <= limit.grace_s():
                 task.data[GRANTED_KEY] = reserved
                 return None
-            # Later than one interval: starting now could crowd the starts reserved since.
+            # Much later than its start: starting now could crowd the starts reserved since.
             limit.stats.missed_reservations += 1
+        now = clock.now()
         if limit.is_global:
             store = self._store
             assert store is not None

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ERROR_PATH",
+    "LEASE_S",
     "PLAN_KIND",
     "STEP_HEADER",
     "Engine",
@@ -89,9 +91,13 @@ ERROR_PATH = "error"
 """The path (and id suffix) of a workflow's error callback."""
 
 _SENT = "paota.wf.sent"
+_LEASE = "paota.wf.publishing"
 _GROUP = "paota.wf.group"
 _FAILED = "paota.wf.failed"
 _PLAN_CACHE = 256
+LEASE_S = 60.0
+"""How long a worker publishing a step holds it (longer than a publish may take); another
+delivery of the same step waits for it, and takes over when the lease has expired."""
 _FANOUT = 64  # publishes or writes in flight at once when a group starts or steps are cancelled
 
 
@@ -361,12 +367,32 @@ class Engine:
         entry.users += 1
         try:
             async with entry.lock:
-                if await self._coord.get_claim(f"{_SENT}:{node.id}") is None:
-                    await self._publish(plan, node, previous, mark=True)
+                await self._publish_once(plan, node, previous)
         finally:
             entry.users -= 1
             if not entry.users:
                 del self._locks[node.id]
+
+    async def _publish_once(self, plan: Plan, node: PlanNode, previous: Any) -> None:
+        # A lease picks one publisher among deliveries advancing at once (a redelivered copy of
+        # a step beside the original, on another worker); the others wait for its marker. A
+        # lease left by a worker that died while publishing expires, and the next one publishes.
+        coord = self._coord
+        sent, lease = f"{_SENT}:{node.id}", f"{_LEASE}:{node.id}"
+        me = f"{self.worker}:{uuid.uuid4().hex}"
+        while True:
+            if await coord.claim(lease, me, ttl_s=LEASE_S):
+                if await coord.get_claim(sent) is None:
+                    await self._publish(plan, node, previous, mark=True)
+                return
+            wait_s = 0.01
+            while await coord.get_claim(sent) is None:
+                if await coord.get_claim(lease) is None:
+                    break  # its publisher is gone: take over
+                await asyncio.sleep(wait_s)
+                wait_s = min(wait_s * 2, 1.0)
+            else:
+                return  # published by the lease's holder
 
     async def _publish(self, plan: Plan, node: PlanNode, previous: Any, *, mark: bool) -> None:
         try:

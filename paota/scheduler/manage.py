@@ -62,14 +62,14 @@ class Schedules:
     pool declares with ``@pool.periodic``, for listing and pausing)."""
 
     def __init__(
-        self, store: Coordination, *, code: Sequence[Schedule] = (), clock: Clock | None = None
+        self, store: object, *, code: Sequence[Schedule] = (), clock: Clock | None = None
     ) -> None:
         if not isinstance(store, Coordination):
             raise ConfigError(
                 f"runtime schedules need a store with the Coordination capability (memory or "
                 f"mongodb), got {type(store).__name__}"
             )
-        self.store = store
+        self.store: Coordination = store
         self.code = {s.id: s for s in code}
         self.clock = clock or SystemClock()
 
@@ -87,9 +87,10 @@ class Schedules:
                 f"schedule {schedule.id!r} exists already; remove it first or replace it "
                 "(replace=True, paota schedules add --replace)"
             )
-        await self.store.put_doc(
-            SCHEDULE_KIND, schedule.id, schedule.replace(source="runtime").to_doc()
-        )
+        doc = schedule.replace(source="runtime").to_doc()
+        # Its slots start from now, even for a scheduler that first sees it a while later.
+        doc["added_at"] = self.clock.now().isoformat()
+        await self.store.put_doc(SCHEDULE_KIND, schedule.id, doc)
 
     async def pause(self, schedule_id: str) -> None:
         """Pause a schedule: no slot is sent while it is paused (they are not caught up later)."""

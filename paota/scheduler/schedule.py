@@ -74,6 +74,7 @@ class Schedule:
     ``catch_up=False`` runs a slot only when a scheduler sees it on time (within
     :data:`~paota.scheduler.scheduler.ON_TIME_S`). ``source`` is ``"code"`` (``@periodic``) or
     ``"runtime"`` (added through :class:`~paota.scheduler.Schedules` or ``paota schedules add``).
+    ``extra`` keeps what a runtime schedule's document says beyond that (``added_at``).
     """
 
     id: str
@@ -160,6 +161,7 @@ class Schedule:
             catch_up=bool(doc.get("catch_up", True)),
             paused=bool(doc.get("paused", False)),
             source=str(doc.get("source") or "runtime"),
+            extra={k: doc[k] for k in ("added_at",) if doc.get(k)},
         )
 
 

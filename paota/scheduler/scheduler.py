@@ -339,8 +339,9 @@ class Scheduler:
         """An entry for ``schedule``, from where the store says it stands."""
         store = self._store()
         state = await store.get_doc(STATE_KIND, schedule.id)
-        cursor = now
-        since = now.isoformat()
+        added = _time(schedule.extra.get("added_at"))
+        cursor = now if added is None else min(added, now)
+        since = cursor.isoformat()
         if state is None:
             await store.put_doc(STATE_KIND, schedule.id, {"since": since})
         else:
@@ -492,6 +493,17 @@ class Scheduler:
                 extra={"task_id": task_id, "task_name": schedule.task},
             )
             return None
+        except Exception:
+            # A slot that cannot be sent at all (its arguments do not encode, a publish hook
+            # bug...) would fail the same way again: say so once, and go on with the others.
+            logger.exception(
+                "scheduler %s: slot %s of schedule %r could not be sent; skipped",
+                self.name,
+                slot_iso(slot),
+                schedule.id,
+                extra={"task_id": task_id, "task_name": schedule.task},
+            )
+            return False
         done = Sent(schedule.id, slot, task_id)
         self.sent.append(done)
         if len(self.sent) > 10_000:

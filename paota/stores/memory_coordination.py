@@ -16,6 +16,8 @@ from paota.core.clock import Clock
 
 __all__ = ["MemoryCoordination"]
 
+_SWEEP_EVERY = 1024  # claims made between two sweeps of the expired ones
+
 
 class MemoryCoordination:
     """Claims, sets, slots, start reservations and documents kept in dicts."""
@@ -25,6 +27,7 @@ class MemoryCoordination:
     def _coordination_init(self, clock: Clock) -> None:
         self._clock = clock
         self._claims: dict[str, tuple[str, float | None]] = {}
+        self._claims_made = 0
         self._sets: dict[str, tuple[list[str], float | None]] = {}
         self._slots: dict[str, dict[str, float]] = {}
         self._starts: dict[str, datetime] = {}
@@ -47,6 +50,11 @@ class MemoryCoordination:
         if held is not None and self._alive(held[1]):
             return False
         self._claims[key] = (owner, self._expiry(ttl_s))
+        self._claims_made += 1
+        if self._claims_made % _SWEEP_EVERY == 0:
+            # A scheduler makes a claim per slot, each expiring a day later: without a sweep a
+            # long-lived process would keep every one of them.
+            self._claims = {k: v for k, v in self._claims.items() if self._alive(v[1])}
         return True
 
     async def get_claim(self, key: str) -> str | None:

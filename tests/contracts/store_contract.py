@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from paota.core.errors import StoreError
+from paota.core.protocols import ListCursor
 from paota.core.state import ErrorInfo, TaskState, TaskStatus, may_replace
 
 if TYPE_CHECKING:
@@ -314,6 +315,56 @@ class StoreContract:
         await store.record(undated)
         await store.record(dated)
         assert await store.list() == [dated, undated]
+
+    async def test_list_filters_by_queue_and_by_creation_time(self, store: Store) -> None:
+        states = await self._fill(store)
+        newest_first = sorted(states, key=lambda s: s.created_at or T0, reverse=True)
+        await store.record(make_state("t-list-emails", P, queue="emails", created_at=T0))
+        assert [s.task_id for s in await store.list(queue="emails")] == ["t-list-emails"]
+        assert await store.list(queue="nowhere") == []
+        # created_after is inclusive, created_before exclusive
+        window = await store.list(
+            created_after=T0 + timedelta(seconds=3), created_before=T0 + timedelta(seconds=7)
+        )
+        assert window == [s for s in newest_first if 3 <= (s.created_at - T0).seconds < 7]
+        assert await store.list(created_before=T0) == []
+        assert [s.task_id for s in await store.list(status=OK, queue="", limit=1)] == [
+            next(s.task_id for s in newest_first if s.status is OK)
+        ]
+
+    async def test_cursor_paging_sees_every_record_once_in_order(self, store: Store) -> None:
+        # given records sharing creation times (ties are ordered by task id) and some without one
+        states = [
+            make_state(
+                f"t-page-{i:02}", [P, S, OK, FAIL][i % 4], created_at=T0 + timedelta(seconds=i // 3)
+            )
+            for i in range(14)
+        ]
+        states += [make_state(f"t-page-undated-{i}", P, created_at=None) for i in range(3)]
+        for state in random.Random(5).sample(states, len(states)):
+            await store.record(state)
+        expected = sorted(
+            states,
+            key=lambda s: (s.created_at is not None, s.created_at or T0, s.task_id),
+            reverse=True,
+        )
+        # when paging three at a time
+        pages: list[list[TaskState]] = []
+        cursor: ListCursor | None = None
+        while True:
+            page = await store.list(limit=3, cursor=cursor)
+            if not page:
+                break
+            pages.append(page)
+            cursor = ListCursor.of(page[-1])
+        # then every record comes once, in list order, and a page after the last is empty
+        assert [s for page in pages for s in page] == expected
+        assert all(len(page) == 3 for page in pages[:-1])
+        # and a cursor combines with the filters
+        failed = [s for s in expected if s.status is FAIL]
+        first = await store.list(status=FAIL, limit=2)
+        rest = await store.list(status=FAIL, cursor=ListCursor.of(first[-1]))
+        assert first + rest == failed
 
     async def test_delete_returns_whether_the_record_existed(self, store: Store) -> None:
         await store.record(make_state("t-delete", OK))

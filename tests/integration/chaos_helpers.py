@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -266,7 +266,7 @@ async def send_all(
                 return
             eta = None
             if task.delay_s > 0:
-                eta = datetime.now(timezone.utc) + timedelta(seconds=task.delay_s)
+                eta = datetime.now(UTC) + timedelta(seconds=task.delay_s)
             started = time.monotonic()
             result.started += 1
             try:
@@ -368,5 +368,5 @@ async def bounded(aw: Awaitable[Any], timeout_s: float, what: str) -> Any:
     """Await ``aw`` at most ``timeout_s``; fail with ``what`` (never hang)."""
     try:
         return await asyncio.wait_for(aw, timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise AssertionError(f"{what}: still waiting after {timeout_s:g} s") from None

@@ -22,7 +22,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -72,7 +72,7 @@ def poison_set() -> list[Poison]:
     now = int(time.time())
     weird_headers = {  # every AMQP field type RabbitMQ passes through
         "x-decimal": Decimal("3.14"),
-        "x-timestamp": datetime(2026, 1, 1, tzinfo=timezone.utc),
+        "x-timestamp": datetime(2026, 1, 1, tzinfo=UTC),
         "x-bytes": bytearray(b"\x00\xff"),
         "x-void": None,
         "x-table": {"nested": {"deeper": [1, "two", 3.0]}},
@@ -145,7 +145,7 @@ def poison_set() -> list[Poison]:
             {
                 "task_name": "work",
                 "uuid": "poison-b-timestamp",
-                "created_at": datetime.fromtimestamp(now, timezone.utc),
+                "created_at": datetime.fromtimestamp(now, UTC),
             },
             content_type="application/octet-stream",
         ),

@@ -43,7 +43,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiormq
@@ -368,7 +368,7 @@ async def test_worker_loses_its_node_in_the_middle_of_10000_tasks(
     @worker.task(name="cluster_work")
     async def work(sig: Signature) -> None:
         started = time.monotonic()
-        if sig.eta is not None and datetime.now(timezone.utc) < sig.eta - EARLY_TOLERANCE:
+        if sig.eta is not None and datetime.now(UTC) < sig.eta - EARLY_TOLERANCE:
             runs.early.append(sig.uuid)
         if sig.uuid.endswith("_flaky") and sig.retries_done == 0:
             runs.failed_attempts[sig.uuid] += 1
@@ -378,7 +378,7 @@ async def test_worker_loses_its_node_in_the_middle_of_10000_tasks(
 
     def make(i: int) -> Signature:
         if i % 10 == 3:
-            eta = datetime.now(timezone.utc) + timedelta(seconds=1.0 + (i % 11) / 10)
+            eta = datetime.now(UTC) + timedelta(seconds=1.0 + (i % 11) / 10)
             return Signature("cluster_work", uuid=f"task_{i:05d}_eta", eta=eta)
         if i % 10 == 7:
             return Signature("cluster_work", uuid=f"task_{i:05d}_flaky", retry_count=3)

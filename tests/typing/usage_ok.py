@@ -56,3 +56,12 @@ async def workflows() -> None:
     nested = paota.chain(inc.signature(1), paota.group(inc.signature(), add.signature(5)))
     lists: list[int] = await (await nested.send()).result()
     print(last, results, summed, lists)
+
+
+async def batches() -> None:
+    # a batch of one task's signatures keeps the result type; a task's send_many too
+    sums: list[TaskHandle[int]] = await pool.send_many([add.signature(1, 2), inc.signature(3)])
+    added: list[TaskHandle[int]] = await add.send_many([(1, 2), (3, 4)])
+    greeted: list[TaskHandle[str]] = await greet.with_options(queue="x").send_many([("Ada",)])
+    first: int = await sums[0].result()
+    print(added, greeted, first)

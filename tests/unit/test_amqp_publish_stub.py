@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any
 
+import aiormq
 import pytest
 from pamqp import commands as spec
 
@@ -36,6 +37,8 @@ class StubChannel:
             await asyncio.Future()
         if what == "gone":  # aiormq cancels the futures of a closed channel
             raise asyncio.CancelledError
+        if what == "nack":
+            raise aiormq.DeliveryError(None, spec.Basic.Nack(delivery_tag=self.calls))
         return spec.Basic.Ack(delivery_tag=self.calls)
 
 
@@ -44,9 +47,13 @@ class StubPool:
 
     def __init__(self, channel: StubChannel) -> None:
         self.channel = channel
+        self.discarded = 0
 
     def ready_publish_channel(self) -> StubChannel:
         return self.channel
+
+    async def discard_publish_channel(self, channel: StubChannel) -> None:
+        self.discarded += 1
 
     async def publish_channel(self, deadline: float | None) -> StubChannel:
         return self.channel
@@ -102,3 +109,18 @@ async def test_cancelling_a_publish_cancels_it() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_nack_is_published_again_on_a_new_channel_until_acked() -> None:
+    broker, channel = make(["nack", "nack", "ack"], timeout_s=5)
+    await broker.publish(message("t-nack"))
+    assert channel.calls == 3
+    assert broker._pool.discarded == 2  # type: ignore[union-attr]
+
+
+async def test_nacks_until_the_publish_timeout_fail_with_publish_error() -> None:
+    broker, _ = make(["nack"], timeout_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(PublishError, match=r"rejected \(nack\)"):
+        await broker.publish(message("t-nacked"))
+    assert time.monotonic() - started < 1.5

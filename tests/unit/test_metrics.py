@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("prometheus_client")
-
 from paota import (
     Cancelled,
     Config,

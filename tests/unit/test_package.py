@@ -14,7 +14,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_all_matches_public_names() -> None:
     public = {name for name in vars(paota) if not name.startswith("_")}
-    modules = {"core", "brokers", "stores", "cli", "middleware", "workflows", "scheduler"}
+    modules = {
+        "core",
+        "brokers",
+        "stores",
+        "cli",
+        "middleware",
+        "workflows",
+        "scheduler",
+        "supervisor",
+        "web",
+    }
     assert set(paota.__all__) - {"__version__"} == public - modules
 
 

@@ -524,3 +524,70 @@ async def test_a_worker_pool_with_scheduler_true_runs_its_periodic_tasks() -> No
     assert all(r is not None for r in runs)
     assert runs == sorted(runs)  # type: ignore[type-var]
     assert len(set(runs)) == len(runs)
+
+
+async def test_a_runtime_schedule_runs_from_when_it_was_added_not_when_it_was_first_seen(
+    world: World,
+) -> None:
+    pool = world.pool()
+    scheduler = Scheduler(pool, refresh_s=30)
+    await pool.connect()
+    await scheduler.start()
+    book = Schedules(pool.store, clock=world.clock)
+    await book.add(Schedule("added", Every(60), Signature("Print")))  # at 08:00:00
+    world.clock.advance(60)  # the scheduler reads runtime schedules at 08:00:30, 08:01:00 ...
+    [sent] = await scheduler.tick()
+    assert sent.slot == START + timedelta(minutes=1)
+    await pool.close()
+
+
+async def test_the_memory_store_forgets_expired_slot_claims(world: World) -> None:
+    pool = world.pool()
+
+    @pool.periodic(every=1, misfire_grace_s=0)
+    async def each_second() -> None: ...
+
+    scheduler = Scheduler(pool)
+    await pool.connect()
+    await scheduler.start()
+    for _ in range(3000):  # 3000 slots, a claim each, kept for a day beyond the window
+        world.clock.advance(1)
+        await scheduler.tick()
+    kept = len(world.store._claims)
+    world.clock.advance(2 * 86400)
+    for _ in range(1100):
+        world.clock.advance(1)
+        await scheduler.tick()
+    assert kept >= 3000
+    assert len(world.store._claims) <= 1100 + 1024
+    await pool.close()
+
+
+async def test_a_slot_that_cannot_be_sent_is_logged_and_the_others_go_on(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = world.pool()
+
+    @pool.periodic(every=60, id="a-broken")
+    async def broken() -> None: ...
+
+    @pool.periodic(every=60, id="b-fine")
+    async def fine() -> None: ...
+
+    real_send = pool.send_task
+
+    async def send_task(sig: Signature, **kwargs: Any) -> Any:
+        if sig.name == "broken":
+            raise ValueError("cannot encode")
+        return await real_send(sig, **kwargs)
+
+    pool.send_task = send_task  # type: ignore[method-assign]
+    scheduler = Scheduler(pool)
+    await pool.connect()
+    await scheduler.start()
+    world.clock.advance(60)
+    assert [s.schedule_id for s in await scheduler.tick()] == ["b-fine"]
+    [record] = [r for r in caplog.records if "could not be sent" in r.getMessage()]
+    assert "slot 2026-05-04T08:01:00Z of schedule 'a-broken'" in record.getMessage()
+    assert record.exc_info is not None and "cannot encode" in str(record.exc_info[1])
+    await pool.close()

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -671,10 +676,12 @@ async def test_misplaced_and_wrong_steps_are_refused_before_anything_is_sent(rig
         await paota.chain(inc.signature(), inc.signature()).send()
     with pytest.raises(TypeError, match=r"step 1 .* no step comes before it"):
         await paota.group(inc.signature(1), inc.signature()).send()
-    with pytest.raises(TypeError, match=r"step 2 must be a step.*a Task: call .signature"):
+    with pytest.raises(TypeError, match=r"step 2 must be a step.*call .signature"):
         paota.chain(inc.signature(1), inc.signature(), inc)
     with pytest.raises(TypeError, match="group step 0 must be a step"):
         paota.group([42])
+    with pytest.raises(TypeError, match=r"TaskSender.*call .signature"):
+        paota.group(inc.with_options(priority=1), inc.signature(1))
     with pytest.raises(ValueError, match="a chain needs at least one step"):
         paota.chain()
     with pytest.raises(ValueError, match="a group needs at least one step"):
@@ -751,3 +758,137 @@ async def test_a_producer_client_sends_a_workflow_its_workers_run() -> None:
         if rig.worker is not None:
             await rig.worker
         await producer.close()
+
+
+async def test_two_pools_running_copies_of_a_member_publish_the_callback_once() -> None:
+    # given two pools (as two processes) on one broker and store, and a member queued twice
+    first = make_rig(4)
+    second = Rig(
+        WorkerPool(
+            Config(), 4, "wf2", broker=first.broker, store=first.store, clock=first.broker.clock
+        ),
+        first.broker,
+        first.store,
+    )
+    add_tasks(second)
+    second.runs = first.runs
+    await first.pool.connect()
+    try:
+        inc, total = t(first, "inc"), t(first, "total")
+        handle = await paota.chord([inc.signature(i) for i in range(6)], total.signature()).send()
+        for member in (f"{handle.id}.0.4", f"{handle.id}.0.5"):
+            await first.broker.publish_raw(*await copy_of(first, member))
+        # when both pools run
+        await first.start()
+        await second.start()
+        await first.idle()
+        # then the callback was published and ran once
+        assert await handle.result(timeout=1) == sum(range(1, 7))
+        assert first.count("total") == 1
+    finally:
+        await second.pool.stop()
+        await first.pool.close()
+        for rig in (first, second):
+            if rig.worker is not None:
+                await rig.worker
+
+
+class DropsFirstPublish(MemoryBroker):
+    """A memory broker whose first publish of workflow step ``path`` fails."""
+
+    def __init__(self, path: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.path = path
+        self.failed = 0
+
+    async def publish(self, message: paota.OutgoingMessage) -> None:
+        if message.message_id.partition(".")[2] == self.path and not self.failed:
+            self.failed += 1
+            raise paota.PublishError("not confirmed")
+        await super().publish(message)
+
+
+async def test_a_publish_that_failed_midway_is_taken_over_once_its_lease_expires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("paota.middleware.workflows.LEASE_S", 0.05)
+    clock = ManualClock()
+    broker, store = DropsFirstPublish("1", clock=clock), MemoryStore()
+    rig = Rig(WorkerPool(Config(), 4, "wf", broker=broker, store=store, clock=clock), broker, store)
+    add_tasks(rig)
+    await rig.pool.connect()
+    try:
+        inc, total = t(rig, "inc"), t(rig, "total")
+        # the member that completes the group fails to publish the callback: its delivery goes
+        # back to the broker holding the lease; its redelivery waits the lease out, then publishes
+        handle = await rig.run(paota.chord([inc.signature(1), inc.signature(2)], total.signature()))
+        assert broker.failed == 1
+        assert await handle.result(timeout=2) == 5
+        assert rig.count("total") == 1
+        assert rig.pool.stats.duplicates == 1
+    finally:
+        await rig.pool.close()
+        if rig.worker is not None:
+            await rig.worker
+
+
+def test_the_readme_section_examples_run(tmp_path: Path) -> None:
+    section = Path(__file__).resolve().parents[2] / "docs" / "readme" / "workflows.md"
+    blocks = re.findall(r"```python\n(.*?)```", section.read_text(), flags=re.S)
+    assert len(blocks) == 2
+    for i, block in enumerate(blocks):
+        script = tmp_path / f"workflow_example_{i}.py"
+        script.write_text(block)
+        result = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, f"example {i} failed:\n{block}\n{result.stderr}"
+
+
+# --- paota workflow ------------------------------------------------------------------------------
+
+
+async def test_paota_workflow_shows_each_step_with_its_state(rig: Rig) -> None:
+    from paota.cli.workflow import as_json, describe
+
+    inc, boom, report = t(rig, "inc"), t(rig, "boom"), t(rig, "report")
+    handle = await rig.run(
+        paota.chain(inc.signature(1), paota.group(boom.signature(), inc.signature())).on_error(
+            report.signature()
+        )
+    )
+    wf = handle.id
+    states = await handle.states()
+    failed = await handle.failed_task_id()
+    assert describe(handle, states, failed) == [
+        f"workflow {wf}: 3 of 3 steps finished; stopped by {wf}.1.0",
+        f"  chain {wf}",
+        f"    {wf}.0 inc: SUCCEEDED on wf -> 2",
+        f"    group {wf}.1",
+        f"      {wf}.1.0 boom: FAILED on wf ValueError: boom 2",
+        f"      {wf}.1.1 inc: SUCCEEDED on wf -> 3",
+        "  on error:",
+        f'    {wf}.error report: SUCCEEDED on wf -> "reported"',
+    ]
+    doc = as_json(handle, states, failed)
+    assert doc["failed_task_id"] == f"{wf}.1.0"
+    group = doc["root"]["children"][1]
+    assert [(c["id"], c["parent"], c["status"]) for c in group["children"]] == [
+        (f"{wf}.1.0", f"{wf}.1", "FAILED"),
+        (f"{wf}.1.1", f"{wf}.1", "SUCCEEDED"),
+    ]
+    json.dumps(doc)
+
+
+def test_paota_workflow_needs_a_store_and_a_known_id(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from paota.cli import main
+
+    for name in [k for k in os.environ if k.startswith("PAOTA_")]:
+        monkeypatch.delenv(name)
+    assert main(["workflow", "wf_nope"]) == 2
+    assert "results need a store" in capsys.readouterr().err
+    monkeypatch.setenv("PAOTA_STORE", "memory")
+    assert main(["workflow", "wf_nope"]) == 1
+    assert "the store has no workflow 'wf_nope'" in capsys.readouterr().err

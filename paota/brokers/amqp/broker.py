@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from paota.brokers.amqp.connection import ConnectionPool, Deadlines, call_aiormq, close_quietly
 from paota.brokers.amqp.consumer import AMQPDelivery, ConsumerSession, consume, subscribe
+from paota.brokers.amqp.control import broadcast, control_exchange_name, listen
 from paota.brokers.amqp.errors import broker_errors
 from paota.brokers.amqp.properties import message_properties
 from paota.brokers.amqp.publisher import Publisher
 from paota.brokers.amqp.replay import replay_parked
+from paota.brokers.amqp.tolerant import install as _tolerate_non_utf8
 from paota.brokers.amqp.topology import (
     DELAY_QUEUE_TYPES,
     MAX_DELAY_S,
@@ -29,7 +31,7 @@ from paota.brokers.amqp.topology import (
     declare,
 )
 from paota.core.errors import BrokerError, PublishError
-from paota.core.protocols import Delivery, OutgoingMessage, ParkQueue, Rewrite
+from paota.core.protocols import Delivery, OutgoingMessage, ParkQueue, QueueStat, Rewrite
 
 if TYPE_CHECKING:
     from aiormq.abc import AbstractChannel, AbstractConnection
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["MAX_DELAY_S", "AMQPBroker", "AMQPDelivery"]
 
 logger = logging.getLogger("paota.brokers.amqp")
+
+_tolerate_non_utf8()
 
 
 class _State(enum.Enum):
@@ -91,6 +95,8 @@ class AMQPBroker:
         self._sessions: set[ConsumerSession] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self.settle_deadlines = Deadlines()
+        #: The fanout exchange of the control channel (cancellations reach running tasks there).
+        self.control_exchange = control_exchange_name(self._amqp.exchange)
         if self._amqp.auto_delete:
             logger.warning(
                 "PAOTA_AMQP_AUTO_DELETE / amqp.auto_delete is ignored: the task queue is always "
@@ -328,6 +334,28 @@ class AMQPBroker:
 
         return consume(self, lambda: self._state is _State.OPEN, start, queue)
 
+    # --- control channel -------------------------------------------------------------------------
+
+    async def broadcast_control(self, body: bytes) -> None:
+        """Publish ``body`` to every listener of the control exchange (confirmed; see
+        :mod:`paota.brokers.amqp.control`)."""
+        await broadcast(
+            self._require_pool(),
+            self.control_exchange,
+            body,
+            timeout_s=self._amqp.publish_timeout_s,
+        )
+
+    def listen_control(self) -> AsyncIterator[bytes | None]:
+        """The control messages broadcast from now on, ``None`` after each (re)subscription;
+        ends when the broker is closed."""
+        return listen(
+            self._require_pool(),
+            self.control_exchange,
+            timeout_s=self._amqp.connection_timeout_s,
+            is_open=lambda: self._state is _State.OPEN,
+        )
+
     # --- replays ---------------------------------------------------------------------------------
 
     async def replay_parked(
@@ -391,6 +419,37 @@ class AMQPBroker:
         finally:
             await close_quietly(channel)
         return depths
+
+    async def queue_stats(self, queues: Iterable[str]) -> dict[str, QueueStat | None]:
+        """Messages ready and consumers per queue, from a passive declare of each; None for a
+        queue that does not exist (:class:`~paota.core.protocols.QueueStats`). Raises
+        :class:`~paota.BrokerError` when RabbitMQ cannot answer."""
+        import aiormq
+
+        pool = self._require_pool()
+        timeout_s = self._amqp.connection_timeout_s
+        loop = asyncio.get_running_loop()
+        stats: dict[str, QueueStat | None] = {}
+        with broker_errors("reading queue statistics"):
+            channel = await pool.open_channel(loop.time() + timeout_s)
+            try:
+                for name in dict.fromkeys(queues):
+                    try:
+                        declared = await call_aiormq(
+                            channel.queue_declare(name, passive=True), timeout_s
+                        )
+                    except aiormq.ChannelNotFoundEntity:
+                        # A missing queue closes the channel (404): say so, go on on a new one.
+                        stats[name] = None
+                        channel = await pool.open_channel(loop.time() + timeout_s)
+                        continue
+                    stats[name] = QueueStat(
+                        ready=int(declared.message_count or 0),
+                        consumers=int(declared.consumer_count or 0),
+                    )
+            finally:
+                await close_quietly(channel)
+        return stats
 
 
 def _delay_ms(delay_s: float) -> int:

@@ -390,6 +390,14 @@ class ConnectionPool:
                 slot.channel = channel
                 return channel
 
+    async def discard_publish_channel(self, channel: AbstractChannel) -> None:
+        """Close ``channel`` if it is a slot's publishing channel; the next publish opens a new
+        one (:meth:`publish_channel`)."""
+        for slot in self._slots:
+            if slot.channel is channel:
+                slot.channel = None
+        await close_quietly(channel)
+
     async def open_channel(
         self, deadline: float | None, *, publisher_confirms: bool = False
     ) -> AbstractChannel:

@@ -63,7 +63,7 @@ def _encode_table(table: Mapping[str, Any], *, top_level: bool = False) -> bytes
         if not isinstance(key, str):
             raise TypeError(f"header names must be str, not {type(key).__name__} ({key!r})")
         try:
-            parts.append(encode.short_string(key))
+            parts.append(_short_string(key))
             parts.append(_encode_value(table[key], int64=top_level and key in GO_INT64_HEADERS))
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"header {key!r}: {exc}") from exc
@@ -93,10 +93,12 @@ _CONTENT_TYPE, _HEADERS, _DELIVERY_MODE, _PRIORITY, _MESSAGE_ID = (
 
 
 def _short_string(value: Any) -> bytes:
-    """pamqp's ``encode.short_string``: UTF-8, at most 255 bytes, one length byte first."""
+    """pamqp's ``encode.short_string`` (UTF-8, at most 255 bytes, one length byte first), except
+    that what :mod:`paota.brokers.amqp.tolerant` decoded from bytes that were not UTF-8 is
+    encoded back to those same bytes."""
     if not isinstance(value, str):
         raise TypeError(f"str required, received {type(value)}")
-    data = value.encode("utf-8")
+    data = value.encode("utf-8", "surrogateescape")
     if len(data) > 255:
         raise TypeError("string exceeds maximum length of 255 bytes")
     return _BYTE.pack(len(data)) + data

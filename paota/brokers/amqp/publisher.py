@@ -125,6 +125,16 @@ class Publisher:
                             raise
                         last_error = redeclare_exc
                     continue
+                if failure is Failure.NACKED and loop.time() + 0.1 < deadline:
+                    # RabbitMQ nacks when a queue cannot take the message now: a quorum queue
+                    # whose leader just died keeps nacking a channel that first published to it
+                    # then (seen on 3.10 for tens of seconds). Publish again on a new channel,
+                    # until the deadline, rather than fail the send.
+                    last_error = exc
+                    logger.debug("%s: nacked by RabbitMQ; publishing again", what)
+                    await pool.discard_publish_channel(channel)
+                    await asyncio.sleep(0.1)
+                    continue
                 if failure is Failure.GONE:
                     # The connection went away before the confirm: publish again on the next
                     # ready connection (at-least-once: RabbitMQ may have kept the first copy).

@@ -63,6 +63,7 @@ limit and leaves the node's at-least-once queues unable to dead-letter until it 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -90,6 +91,8 @@ __all__ = [
     "delete_ladder",
     "strip_ladder_deaths",
 ]
+
+logger = logging.getLogger("paota.brokers.amqp")
 
 #: Levels of the delay ladder; the longest representable delay is 2**DELAY_LEVELS - 1 ms.
 DELAY_LEVELS = 30
@@ -395,10 +398,18 @@ async def declare(channel: AbstractChannel, topology: Topology, *, timeout_s: fl
     arguments, ``ACCESS_REFUSED``, ...) closes the channel and raises
     :class:`~paota.core.errors.TopologyError` with RabbitMQ's reply text, which names the queue and
     the argument that differs. Connection errors propagate unchanged.
+
+    In a cluster, a classic queue lives on one node; while that node is down RabbitMQ refuses to
+    declare it (``NOT_FOUND - home node ... is down or inaccessible``). Such a queue (Go's delayed
+    queue, typically, which Go declares classic) is skipped with a WARNING, with its bindings, so a
+    connection to a surviving node still comes up; everything else is declared as usual.
     """
     import aiormq
 
+    unreachable: set[str] = set()
     for kind, label, item in _steps(topology):
+        if isinstance(item, QueueBinding) and item.queue in unreachable:
+            continue
         try:
             if isinstance(item, ExchangeSpec):
                 await channel.exchange_declare(
@@ -426,6 +437,16 @@ async def declare(channel: AbstractChannel, topology: Topology, *, timeout_s: fl
                 )
         except aiormq.ChannelClosed as exc:
             reply = " ".join(str(arg) for arg in exc.args if arg is not None) or repr(exc)
+            if isinstance(item, QueueSpec) and "home node" in reply and "down" in reply:
+                logger.warning(
+                    "queue %r is not declared: its home node is down (%s); its messages come "
+                    "back with that node",
+                    item.name,
+                    reply,
+                )
+                unreachable.add(item.name)
+                channel = await channel.connection.channel(publisher_confirms=False)
+                continue
             if isinstance(item, QueueSpec):
                 what = f"queue {label!r} (arguments {dict(item.arguments)}, durable, auto_delete="
                 what += f"{item.auto_delete})"

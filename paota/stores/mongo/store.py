@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import builtins
 import logging
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import bson
@@ -30,6 +30,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from paota.core.config import Config, redact_url
 from paota.core.errors import StoreError
+from paota.core.protocols import ListCursor
 from paota.core.state import ErrorInfo, TaskState, TaskStatus
 from paota.stores.mongo.coordination import MongoCoordination, create_coordination_indexes
 
@@ -48,6 +49,7 @@ INDEX_TIMEOUT_S = 300.0
 
 _FINAL_NAMES = [s.value for s in TaskStatus if s.is_final]
 _TTL_INDEX = "finished_at_1"
+_EXPIRY_INDEX = "expires_at_1"
 
 
 class MongoStore(MongoCoordination):
@@ -56,6 +58,10 @@ class MongoStore(MongoCoordination):
     ``connect()`` creates the client (pool of ``max_pool_size``), pings the server and creates the
     indexes ``(status, updated_at)`` and ``(name, created_at)``, plus, when ``result_ttl_s > 0``, a
     TTL index on ``finished_at`` (set on final records only, so unfinished tasks never expire).
+    Per-task result lifetimes (``@pool.task(result_ttl_s=...)``) set ``expires_at`` on final
+    records, with a TTL index of its own (``expireAfterSeconds=0``): a record goes when the first
+    of the two expires. MongoDB's TTL monitor deletes about once a minute; until then
+    :meth:`get` and :meth:`list` already leave an expired record out.
     ``timeout_s`` bounds server selection, connecting, and each operation (pymongo's
     ``timeoutMS``): with the server down or hung, a call raises :class:`StoreError` after about
     ``timeout_s``, and once the server is back the client reconnects by itself.
@@ -149,6 +155,19 @@ class MongoStore(MongoCoordination):
         )
         await collection.create_index(
             [("name", pymongo.ASCENDING), ("created_at", pymongo.ASCENDING)]
+        )
+        # Listing newest first (the management API pages through these), all or by status or
+        # queue, without sorting in memory however many records there are.
+        newest: builtins.list[tuple[str, Any]] = [
+            ("created_at", pymongo.DESCENDING),
+            ("_id", pymongo.DESCENDING),
+        ]
+        await collection.create_index(newest)
+        await collection.create_index([("status", pymongo.ASCENDING), *newest])
+        await collection.create_index([("queue", pymongo.ASCENDING), *newest])
+        # Documents without an expires_at (None) never expire by this index.
+        await collection.create_index(
+            [("expires_at", pymongo.ASCENDING)], name=_EXPIRY_INDEX, expireAfterSeconds=0
         )
         existing = (await collection.index_information()).get(_TTL_INDEX)
         current_ttl = None if existing is None else existing.get("expireAfterSeconds")
@@ -286,7 +305,12 @@ class MongoStore(MongoCoordination):
             doc = await collection.find_one({"_id": task_id})
         except PyMongoError as exc:
             raise self._failed(f"reading task {task_id}", exc) from exc
-        return None if doc is None else _from_document(doc)
+        if doc is None:
+            return None
+        expires = doc.get("expires_at")
+        if expires is not None and expires <= datetime.now(UTC):
+            return None  # expired; the TTL monitor deletes it soon
+        return _from_document(doc)
 
     async def delete(self, task_id: str) -> bool:
         """Delete the record of ``task_id``; returns whether it existed."""
@@ -303,22 +327,59 @@ class MongoStore(MongoCoordination):
         status: TaskStatus | None = None,
         name: str | None = None,
         limit: int = 100,
+        queue: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        cursor: ListCursor | None = None,
     ) -> builtins.list[TaskState]:
-        """Records filtered by ``status`` and/or ``name``, newest ``created_at`` first (records
-        without one last), at most ``limit``."""
+        """Records filtered by ``status``, ``name``, ``queue`` and creation time, newest
+        ``created_at`` first (ties by task id, descending; records without one last), after
+        ``cursor``, at most ``limit`` (see :meth:`paota.core.protocols.Store.list`). One indexed
+        query: the server sorts and pages, nothing is read beyond the page."""
         collection = self._require()
         if limit <= 0:  # MongoDB reads limit(0) as "no limit"
             return []
-        query: Document = {}
+        query: Document = {
+            "$or": [{"expires_at": None}, {"expires_at": {"$gt": datetime.now(UTC)}}]
+        }
         if status is not None:
             query["status"] = TaskStatus(status).value
         if name is not None:
             query["name"] = name
+        if queue is not None:
+            query["queue"] = queue
+        if created_after is not None or created_before is not None:
+            created: Document = {}
+            if created_after is not None:
+                created["$gte"] = created_after
+            if created_before is not None:
+                created["$lt"] = created_before
+            query["created_at"] = created
+        if cursor is not None:
+            query["$and"] = [_after(cursor)]
         try:
-            cursor = collection.find(query).sort("created_at", pymongo.DESCENDING).limit(limit)
-            return [_from_document(doc) async for doc in cursor]
+            found = (
+                collection.find(query)
+                .sort([("created_at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)])
+                .limit(limit)
+            )
+            return [_from_document(doc) async for doc in found]
         except PyMongoError as exc:
             raise self._failed("listing tasks", exc) from exc
+
+
+def _after(cursor: ListCursor) -> Document:
+    """The records after ``cursor`` in list order (a null ``created_at`` sorts last: a range
+    query on dates never matches it, so those records are asked for by name)."""
+    if cursor.created_at is None:
+        return {"created_at": None, "_id": {"$lt": cursor.task_id}}
+    return {
+        "$or": [
+            {"created_at": {"$lt": cursor.created_at}},
+            {"created_at": cursor.created_at, "_id": {"$lt": cursor.task_id}},
+            {"created_at": None},
+        ]
+    }
 
 
 def _password(uri: str) -> str:

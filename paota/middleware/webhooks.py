@@ -1,0 +1,616 @@
+"""Webhooks for task events: :class:`WebhookMiddleware` POSTs signed JSON events to endpoints.
+
+How an event travels, and why it is never lost nor in the way of a task:
+
+1. **Outbox.** When a delivery's outcome is durable (``after_outcome``, before the ack), the
+   middleware writes one small document per subscribed endpoint into the store's
+   :class:`~paota.core.protocols.Coordination` documents (kind ``webhook-event:<endpoint>``). That
+   is the only work on the task's path: one store write, never a network call to the endpoint, so
+   a slow, failing or unreachable endpoint cannot delay a task. A write that fails raises
+   :class:`~paota.StoreError`, which returns the message to the broker like any store failure;
+   its redelivery is recognised as a duplicate and writes the event then (so a crash between the
+   task's record and its event loses nothing either).
+2. **Sender.** Every worker with the middleware runs a sender in the background that reads the
+   outbox, oldest first, claims each event in the store before sending it (so two workers do not
+   send the same event at once) and POSTs it. A 2xx answer deletes the event and leaves a small
+   ``webhook-sent`` marker for ``retention_s``; anything else (an error status, a timeout, a
+   refused connection) is retried with exponential backoff (``backoff_base_s`` doubling up to
+   ``backoff_cap_s``, or the endpoint's ``Retry-After``).
+3. **Retention.** An event is retried for ``retention_s`` (3 days by default) after it happened;
+   then it moves to ``webhook-dead:<endpoint>`` documents, kept another ``retention_s``, with an
+   ERROR log. An endpoint that is down for less than ``retention_s`` receives every event when it
+   comes back.
+
+Delivery is at least once: an endpoint may receive an event twice (a worker that dies after the
+POST and before deleting the event; two workers running a redelivered task), always with the same
+``X-Paota-Event-Id``, which is derived from the task, its run, its attempt and the event type. Use
+it to ignore repeats. Order is not guaranteed (oldest first, several in flight, retries).
+
+Each request: ``POST`` with ``Content-Type: application/json``, ``X-Paota-Event-Id``,
+``X-Paota-Event`` (the type), ``X-Paota-Delivery-Attempt`` (1, 2, ...), and
+``X-Paota-Signature: sha256=<hex>``, the HMAC-SHA256 of the exact body bytes with the endpoint's
+secret (check it with :func:`verify_signature`). The body::
+
+    {"id": "evt_...", "type": "task.failed", "created_at": "2026-05-04T12:00:00.123456+00:00",
+     "task": {"id", "name", "queue", "status", "attempt", "replays", "worker",
+              "error": {"type", "message"} | null, "result"?},
+     "parked": {"queue": "failed", "reason": "retries-exhausted"} | null,
+     "retry": {"attempt": 2, "delay_s": 1.0} | null}
+
+Event types (an endpoint's ``events``): ``succeeded``, ``retrying`` (a failed attempt that will be
+retried), ``failed`` and ``timed_out`` (final; the message was parked), ``cancelled``, and
+``parked``, which subscribes to every event whose message was parked (``failed`` and
+``timed_out``). This module imports httpx (``paota[webhooks]``) when a sender starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import random
+import re
+import socket
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from paota.core.context import TaskContext
+from paota.core.errors import ConfigError, StoreError
+from paota.core.middleware import Middleware
+from paota.core.outcome import Cancelled, Duplicate, Outcome, Park, Retry, Succeeded
+from paota.core.protocols import REPLAYS_HEADER, Coordination, ParkQueue, header_int
+from paota.core.state import TaskStatus
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = [
+    "DEAD_KIND",
+    "EVENT_KIND",
+    "EVENT_TYPES",
+    "SENT_KIND",
+    "WebhookEndpoint",
+    "WebhookMiddleware",
+    "event_id",
+    "sign",
+    "verify_signature",
+]
+
+logger = logging.getLogger("paota.middleware.webhooks")
+
+EVENT_TYPES = frozenset({"succeeded", "retrying", "failed", "timed_out", "cancelled", "parked"})
+"""What an endpoint may subscribe to (``parked`` matches ``failed`` and ``timed_out``)."""
+EVENT_KIND = "webhook-event"
+"""Document kind prefix of events waiting to be sent (``webhook-event:<endpoint>``)."""
+SENT_KIND = "webhook-sent"
+"""Document kind prefix of the markers of events sent (``webhook-sent:<endpoint>``)."""
+DEAD_KIND = "webhook-dead"
+"""Document kind prefix of events given up on after the retention time."""
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_DEFAULT_EVENTS = frozenset({"succeeded", "failed", "timed_out", "cancelled"})
+
+
+def sign(secret: str | bytes, body: bytes) -> str:
+    """The ``X-Paota-Signature`` value of ``body``: ``sha256=`` and the hex HMAC-SHA256."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(secret: str | bytes, body: bytes, header: str | None) -> bool:
+    """Whether ``header`` (``X-Paota-Signature``) is the signature of ``body`` with ``secret``,
+    compared in constant time. Use it in the endpoint, on the raw body bytes."""
+    if not header:
+        return False
+    return hmac.compare_digest(sign(secret, body), header.strip())
+
+
+def event_id(task_id: str, replays: int, attempt: int, type_: str) -> str:
+    """The idempotency id of an event: the same for every copy of it, from any worker."""
+    digest = hashlib.sha256(f"{task_id}\x00{replays}\x00{attempt}\x00{type_}".encode()).hexdigest()
+    return f"evt_{digest[:32]}"
+
+
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    """Where events go: ``url`` (http or https), the ``secret`` the bodies are signed with, the
+    event types it wants (``events``, default succeeded, failed, timed_out and cancelled; ``"*"``
+    for all), ``name`` (default: derived from the URL; it names the endpoint's outbox, so keep it
+    stable), ``timeout_s`` per request, ``include_result`` (a succeeded task's result in the
+    body) and extra request ``headers``. Bad values raise :class:`~paota.ConfigError`."""
+
+    url: str
+    secret: str = field(repr=False)
+    events: frozenset[str] | Iterable[str] = _DEFAULT_EVENTS
+    name: str = ""
+    timeout_s: float = 10.0
+    include_result: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.url, str) or not re.match(r"^https?://[^\s/]+", self.url):
+            raise ConfigError(
+                f"webhook url={self.url!r} is not valid: expected http://HOST[:PORT]/PATH or "
+                "https://..."
+            )
+        if not isinstance(self.secret, str | bytes) or not self.secret:
+            raise ConfigError(
+                f"webhook {self.url}: secret must be a non-empty string (the bodies are signed "
+                "with it)"
+            )
+        events = self.events
+        if isinstance(events, str):
+            events = {events}
+        events = frozenset(events)
+        if "*" in events:
+            events = EVENT_TYPES
+        unknown = events - EVENT_TYPES
+        if unknown or not events:
+            raise ConfigError(
+                f"webhook {self.url}: events={sorted(unknown) or '(none)'} not valid: choose from "
+                f"{', '.join(sorted(EVENT_TYPES))} (or '*')"
+            )
+        object.__setattr__(self, "events", events)
+        name = self.name or "ep-" + hashlib.sha256(self.url.encode()).hexdigest()[:12]
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(
+                f"webhook name={self.name!r} is not valid: 1 to 64 letters, digits, _ . -"
+            )
+        object.__setattr__(self, "name", name)
+        timeout = self.timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise ConfigError(f"webhook {self.url}: timeout_s={timeout!r} is not a number")
+        if not 0 < timeout <= 300:
+            raise ConfigError(f"webhook {self.url}: timeout_s={timeout!r} not within (0, 300]")
+
+    def wants(self, type_: str, parked: bool) -> bool:
+        """Whether this endpoint subscribed to an event of ``type_`` (``parked``: its message
+        was parked)."""
+        return type_ in self.events or (parked and "parked" in self.events)
+
+
+def _seconds(value: Any, name: str, *, low: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{name}={value!r} is not a number of seconds")
+    if value < low:
+        raise ConfigError(f"{name}={value!r} is not valid: expected at least {low:g} s")
+    return float(value)
+
+
+class WebhookMiddleware(Middleware):
+    """Sends task events to ``endpoints`` (see the module docs): an outbox written in
+    ``after_outcome``, a sender started by ``startup``.
+
+    ``retention_s`` is how long an event is retried (3 days); ``backoff_base_s`` and
+    ``backoff_cap_s`` shape the retries (1 s doubling, at most 5 minutes, with 10 % jitter);
+    ``poll_interval_s`` is how often the sender looks for events written by other workers (its
+    own wake it at once); ``concurrency`` is how many requests one worker has in flight per
+    endpoint. ``send=False`` writes the outbox only (another process sends). Needs a store with
+    the Coordination capability; without one, ``startup`` logs an ERROR and events are not
+    written (they could not be kept).
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[WebhookEndpoint],
+        *,
+        retention_s: float = 3 * 24 * 3600.0,
+        backoff_base_s: float = 1.0,
+        backoff_cap_s: float = 300.0,
+        poll_interval_s: float = 1.0,
+        concurrency: int = 4,
+        send: bool = True,
+    ) -> None:
+        endpoints = list(endpoints)
+        if not endpoints or not all(isinstance(e, WebhookEndpoint) for e in endpoints):
+            raise ConfigError("WebhookMiddleware needs one or more WebhookEndpoint(...)")
+        names = [e.name for e in endpoints]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"webhook endpoint names must differ, got {names}")
+        self.endpoints = endpoints
+        self.retention_s = _seconds(retention_s, "retention_s", low=1.0)
+        self.backoff_base_s = _seconds(backoff_base_s, "backoff_base_s", low=0.001)
+        self.backoff_cap_s = _seconds(backoff_cap_s, "backoff_cap_s", low=self.backoff_base_s)
+        self.poll_interval_s = _seconds(poll_interval_s, "poll_interval_s", low=0.01)
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigError(f"concurrency={concurrency!r} is not valid: expected an int >= 1")
+        self.concurrency = concurrency
+        self.send = bool(send)
+        if self.send:
+            try:
+                import httpx  # noqa: F401
+            except ImportError as exc:
+                raise ConfigError(
+                    f"webhooks need httpx to send: pip install 'paota[webhooks]' ({exc})"
+                ) from None
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._store: Coordination | None = None
+        self._worker: Any = None
+        self._clock: Any = None
+        self._sender: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._http: httpx.AsyncClient | None = None
+        self.sent = 0
+        """Events this worker delivered (2xx)."""
+        self.failures = 0
+        """Requests of this worker that failed (each is retried)."""
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def startup(self, worker: Any) -> None:
+        """Use the pool's store as the outbox; start the sender."""
+        store = worker.store
+        if not isinstance(store, Coordination):
+            logger.error(
+                "worker pool %s: webhooks are off: the store %s has no Coordination capability to "
+                "keep events in (use the memory or MongoDB store)",
+                worker.name,
+                type(store).__name__ if store is not None else "(none)",
+            )
+            return
+        self._store, self._worker, self._clock = store, worker, worker.clock
+        if self.send:
+            import httpx
+
+            self._http = httpx.AsyncClient(follow_redirects=False)
+            self._wake = asyncio.Event()
+            self._sender = asyncio.create_task(self._sending(), name=f"{worker.name}-webhooks")
+
+    async def shutdown(self, worker: Any) -> None:
+        """Stop the sender (events in flight stay in the outbox, and are sent again later)."""
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
+        self._store = None
+
+    # --- the outbox ------------------------------------------------------------------------------
+
+    async def after_outcome(self, task: TaskContext, outcome: Outcome) -> None:
+        """Write the outcome's event for each endpoint that wants it (one store write each)."""
+        store = self._store
+        if store is None:
+            return
+        if isinstance(outcome, Duplicate):
+            await self._after_duplicate(store, task)
+            return
+        described = _describe(outcome)
+        if described is None:
+            return
+        type_, parked, extra, status = described
+        wanting = [e for e in self.endpoints if e.wants(type_, parked is not None)]
+        if not wanting:
+            return
+        replays = header_int(task.headers.get(REPLAYS_HEADER))
+        result = outcome.result if isinstance(outcome, Succeeded) else None
+        error = getattr(outcome, "error", None)
+        if isinstance(outcome, Cancelled):
+            error_doc: dict[str, str] | None = {"type": "Cancelled", "message": outcome.reason}
+        else:
+            error_doc = None if error is None else {"type": error.type, "message": error.message}
+        await self._write(
+            store,
+            wanting,
+            task_id=task.id,
+            type_=type_,
+            replays=replays,
+            attempt=task.attempt,
+            task_doc={
+                "id": task.id,
+                "name": task.name,
+                "queue": task.queue,
+                "status": status,
+                "attempt": task.attempt,
+                "replays": replays,
+                "worker": task.worker,
+                "error": error_doc,
+            },
+            result=result,
+            parked=parked,
+            retry=extra,
+        )
+
+    async def _after_duplicate(self, store: Coordination, task: TaskContext) -> None:
+        """A redelivered copy of a finished run: write its final event unless it was written
+        (pending, or sent) already: the first copy's worker may have died in between."""
+        records = getattr(self._worker, "store", None)
+        if records is None or not task.id:
+            return
+        state = await records.get(task.id)
+        replays = header_int(task.headers.get(REPLAYS_HEADER))
+        if state is None or not state.status.is_final or state.replays != replays:
+            return
+        type_ = _STATUS_TYPES[state.status]
+        parked = None
+        if state.status in (TaskStatus.FAILED, TaskStatus.TIMED_OUT):
+            queue = ParkQueue.FAILED if state.status is TaskStatus.FAILED else ParkQueue.TIMEOUT
+            parked = {"queue": queue.value, "reason": None}
+        key = event_id(task.id, replays, state.attempts, type_)
+        wanting = []
+        for endpoint in self.endpoints:
+            if not endpoint.wants(type_, parked is not None):
+                continue
+            if await store.get_doc(f"{EVENT_KIND}:{endpoint.name}", key) is not None:
+                continue
+            if await store.get_doc(f"{SENT_KIND}:{endpoint.name}", key) is not None:
+                continue
+            wanting.append(endpoint)
+        if not wanting:
+            return
+        error = state.error
+        await self._write(
+            store,
+            wanting,
+            task_id=task.id,
+            type_=type_,
+            replays=replays,
+            attempt=state.attempts,
+            task_doc={
+                "id": task.id,
+                "name": state.name,
+                "queue": state.queue,
+                "status": state.status.value,
+                "attempt": state.attempts,
+                "replays": replays,
+                "worker": state.worker,
+                "error": None if error is None else {"type": error.type, "message": error.message},
+            },
+            result=state.result,
+            parked=parked,
+            retry=None,
+        )
+
+    async def _write(
+        self,
+        store: Coordination,
+        endpoints: Sequence[WebhookEndpoint],
+        *,
+        task_id: str,
+        type_: str,
+        replays: int,
+        attempt: int,
+        task_doc: dict[str, Any],
+        result: Any,
+        parked: dict[str, Any] | None,
+        retry: dict[str, Any] | None,
+    ) -> None:
+        now = self._clock.now()
+        key = event_id(task_id or uuid.uuid4().hex, replays, attempt, type_)
+        for endpoint in endpoints:
+            body: dict[str, Any] = {
+                "id": key,
+                "type": f"task.{type_}",
+                "created_at": now.isoformat(),
+                "task": dict(task_doc),
+                "parked": parked,
+                "retry": retry,
+            }
+            if endpoint.include_result and type_ == "succeeded":
+                body["task"]["result"] = result
+            text = json.dumps(body, separators=(",", ":"), sort_keys=True, default=str)
+            doc = {
+                "event": key,
+                "type": body["type"],
+                "task_id": task_id,
+                "body": text,
+                "created_at": now.isoformat(),
+                "next_at": now.isoformat(),
+                "attempts": 0,
+                "last_error": "",
+            }
+            await store.put_doc(
+                f"{EVENT_KIND}:{endpoint.name}", key, doc, ttl_s=self.retention_s * 2
+            )
+        self._wake.set()
+
+    # --- the sender ------------------------------------------------------------------------------
+
+    async def _sending(self) -> None:
+        failing = False
+        while True:
+            self._wake.clear()
+            try:
+                await self.send_due()
+                if failing:
+                    logger.info("webhooks: the store answers again")
+                failing = False
+            except StoreError as exc:
+                if not failing:
+                    logger.warning("webhooks: reading the outbox failed (%s); retrying", exc)
+                failing = True
+            except Exception:
+                logger.exception("webhooks: the sender failed; it goes on")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+
+    async def send_due(self) -> int:
+        """Send every event that is due now (what the sender does each round); returns how many
+        were delivered."""
+        store = self._store
+        if store is None:
+            return 0
+        delivered = 0
+        for endpoint in self.endpoints:
+            kind = f"{EVENT_KIND}:{endpoint.name}"
+            docs = await store.list_docs(kind, limit=max(100, 25 * self.concurrency))
+            now = self._clock.now()
+            due = [d for d in docs if _time(d.get("next_at")) <= now]
+            for start in range(0, len(due), self.concurrency):
+                batch = due[start : start + self.concurrency]
+                results = await asyncio.gather(*(self._deliver(store, endpoint, d) for d in batch))
+                delivered += sum(results)
+        return delivered
+
+    async def _deliver(
+        self, store: Coordination, endpoint: WebhookEndpoint, listed: Mapping[str, Any]
+    ) -> bool:
+        kind = f"{EVENT_KIND}:{endpoint.name}"
+        key = str(listed["_key"])
+        claim = f"paota.webhook-send:{endpoint.name}:{key}"
+        if not await store.claim(claim, self.owner, ttl_s=endpoint.timeout_s + 30.0):
+            return False  # another worker is sending it
+        try:
+            doc = await store.get_doc(kind, key)
+            if doc is None or _time(doc.get("next_at")) > self._clock.now():
+                return False  # sent (or rescheduled) by another worker meanwhile
+            attempts = int(doc.get("attempts") or 0) + 1
+            body = str(doc.get("body", "")).encode()
+            error, retry_after_s = await self._post(endpoint, key, doc, body, attempts)
+            now = self._clock.now()
+            doc.pop("_key", None)
+            if error is None:
+                await store.put_doc(
+                    f"{SENT_KIND}:{endpoint.name}",
+                    key,
+                    {"sent_at": now.isoformat(), "attempts": attempts, "type": doc.get("type")},
+                    ttl_s=self.retention_s,
+                )
+                await store.delete_doc(kind, key)
+                self.sent += 1
+                logger.debug("webhook %s: event %s delivered", endpoint.name, key)
+                return True
+            self.failures += 1
+            created = _time(doc.get("created_at"))
+            delay_s = max(self._backoff(attempts), retry_after_s or 0.0)
+            if (now - created).total_seconds() + delay_s > self.retention_s:
+                await store.put_doc(
+                    f"{DEAD_KIND}:{endpoint.name}",
+                    key,
+                    {
+                        **doc,
+                        "attempts": attempts,
+                        "last_error": error,
+                        "gave_up_at": now.isoformat(),
+                    },
+                    ttl_s=self.retention_s,
+                )
+                await store.delete_doc(kind, key)
+                logger.error(
+                    "webhook %s: event %s (%s of task %s) not delivered after %d attempts over "
+                    "%.0f s; given up (last error: %s)",
+                    endpoint.name,
+                    key,
+                    doc.get("type"),
+                    doc.get("task_id"),
+                    attempts,
+                    (now - created).total_seconds(),
+                    error,
+                )
+                return False
+            await store.put_doc(
+                kind,
+                key,
+                {
+                    **doc,
+                    "attempts": attempts,
+                    "last_error": error,
+                    "next_at": (now + timedelta(seconds=delay_s)).isoformat(),
+                },
+                ttl_s=self.retention_s * 2,
+            )
+            log = logger.warning if attempts in (1, 5, 10) or attempts % 50 == 0 else logger.info
+            log(
+                "webhook %s: event %s attempt %d failed (%s); next in %.1f s",
+                endpoint.name,
+                key,
+                attempts,
+                error,
+                delay_s,
+            )
+            return False
+        finally:
+            with contextlib.suppress(StoreError):
+                await store.release_claim(claim, self.owner)
+
+    async def _post(
+        self,
+        endpoint: WebhookEndpoint,
+        key: str,
+        doc: Mapping[str, Any],
+        body: bytes,
+        attempts: int,
+    ) -> tuple[str | None, float | None]:
+        """POST one event: (None, None) on a 2xx answer, else (what went wrong, Retry-After)."""
+        import httpx
+
+        http = self._http
+        assert http is not None
+        headers = {
+            **endpoint.headers,
+            "Content-Type": "application/json",
+            "User-Agent": "paota-webhooks",
+            "X-Paota-Event-Id": key,
+            "X-Paota-Event": str(doc.get("type", "")),
+            "X-Paota-Delivery-Attempt": str(attempts),
+            "X-Paota-Signature": sign(endpoint.secret, body),
+        }
+        try:
+            response = await http.post(
+                endpoint.url, content=body, headers=headers, timeout=endpoint.timeout_s
+            )
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}"[:500], None
+        if 200 <= response.status_code < 300:
+            return None, None
+        retry_after = response.headers.get("retry-after", "")
+        try:
+            retry_after_s = min(float(retry_after), self.backoff_cap_s) if retry_after else None
+        except ValueError:
+            retry_after_s = None
+        return f"HTTP {response.status_code}", retry_after_s
+
+    def _backoff(self, attempts: int) -> float:
+        doubled: float = self.backoff_base_s * 2.0 ** min(attempts - 1, 40)
+        # Jitter, so that workers retrying after the same outage do not all call at once.
+        return min(self.backoff_cap_s, doubled) * random.uniform(0.9, 1.1)
+
+
+_STATUS_TYPES = {
+    TaskStatus.SUCCEEDED: "succeeded",
+    TaskStatus.FAILED: "failed",
+    TaskStatus.TIMED_OUT: "timed_out",
+    TaskStatus.CANCELLED: "cancelled",
+}
+
+
+def _describe(
+    outcome: Outcome,
+) -> tuple[str, dict[str, Any] | None, dict[str, Any] | None, str] | None:
+    """(type, parked, retry, status) of an outcome that makes an event, else None."""
+    if isinstance(outcome, Succeeded):
+        return "succeeded", None, None, TaskStatus.SUCCEEDED.value
+    if isinstance(outcome, Retry):
+        return (
+            "retrying",
+            None,
+            {"attempt": outcome.attempt, "delay_s": outcome.delay_s},
+            TaskStatus.RETRYING.value,
+        )
+    if isinstance(outcome, Park):
+        parked = {"queue": outcome.queue.value, "reason": outcome.reason.value}
+        return _STATUS_TYPES.get(outcome.status, "failed"), parked, None, outcome.status.value
+    if isinstance(outcome, Cancelled):
+        return "cancelled", None, None, TaskStatus.CANCELLED.value
+    return None
+
+
+def _time(value: Any) -> datetime:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(value)
+    return _LONG_AGO
+
+
+_LONG_AGO = datetime.min.replace(tzinfo=UTC)
