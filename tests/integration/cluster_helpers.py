@@ -126,10 +126,17 @@ def connections_by_node(
     return counts
 
 
-def consumer_nodes(ask: RabbitNode, nodes: Sequence[RabbitNode]) -> list[str]:
-    """The nodes of every channel with a consumer (``list_channels``), as the cluster reports
-    them (asked of node ``ask``): in the cluster tests, the worker's consumer is the only one."""
-    rows = ctl_json(ask, "list_channels", "--quiet", "name", "consumer_count")
+def consumer_nodes(
+    ask: RabbitNode, nodes: Sequence[RabbitNode], queue: str | None = None
+) -> list[str]:
+    """The nodes of every channel with a consumer (of ``queue``, when given), as the cluster
+    reports them (asked of node ``ask``). A worker also consumes its control queue (cancellation
+    broadcasts): pass the task queue to see only its task consumer."""
+    rows = ctl_json(ask, "list_channels", "--quiet", "pid", "name", "consumer_count")
+    if queue is not None:
+        consumers = ctl_json(ask, "list_consumers", "--quiet", "queue_name", "channel_pid")
+        wanted = {c.get("channel_pid") for c in consumers if c.get("queue_name") == queue}
+        rows = [r for r in rows if r.get("pid") in wanted]
     return sorted(
         _node_by_port(nodes, _server_port(r.get("name")))
         for r in rows

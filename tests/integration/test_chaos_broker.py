@@ -348,12 +348,6 @@ async def test_resource_alarm_blocks_publishers_with_a_clear_error_and_loses_not
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the pool consumes on the connection it publishes on: one retry, defer or park "
-    "published during an alarm blocks that connection, and its consumer with it",
-)
 async def test_a_pool_that_must_publish_during_an_alarm_keeps_consuming(
     rabbit_node: NodeFactory, running: Any
 ) -> None:
