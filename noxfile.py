@@ -157,10 +157,21 @@ def _integration(session: nox.Session, markers: str) -> None:
         session.run("pytest", "tests/integration", "-q", *args, *session.posargs)
 
 
+def _browser(session: nox.Session) -> None:
+    """Debian's Chromium for the dashboard's browser test (``bash .ci/browser.sh``: installs it
+    when it is missing and this is root on Debian; otherwise that test skips, or fails in CI)."""
+    script = os.path.join(os.path.dirname(CONTAINERS), "browser.sh")
+    result = subprocess.run(["bash", script], check=False)
+    if result.returncode != 0:
+        session.warn("no Chromium at /usr/bin/chromium: the dashboard's browser test cannot run")
+
+
 @nox.session(python="3.11")
 def integration(session: nox.Session) -> None:
     """Integration tests against real RabbitMQ brokers (containers, or PAOTA_TEST_AMQP_URL) and a
-    MongoDB-protocol server (PAOTA_TEST_MONGO_URI, else mongoeco started by the tests)."""
+    MongoDB-protocol server (PAOTA_TEST_MONGO_URI, else mongoeco started by the tests); the
+    dashboard's test in Debian's Chromium."""
+    _browser(session)
     _integration(session, INTEGRATION_MARKERS)
 
 

@@ -74,3 +74,48 @@ async def test_a_full_frame_queue_that_drains_settles() -> None:
     asyncio.get_running_loop().call_later(0.05, channel.connection.write_queue.get_nowait)
     await s.settle(1, ack=True, requeue=False)
     assert channel.sent == [("ack", 1)]
+
+
+class AckRecorder(StubChannel):
+    async def basic_ack(self, tag: int, multiple: bool = False, wait: bool = True) -> None:
+        assert wait is False
+        self.sent.append(("ack-multiple" if multiple else "ack", tag))
+
+
+def recorder() -> tuple[ConsumerSession, AckRecorder]:
+    broker = AMQPBroker(Config(broker="amqp", amqp=AMQPConfig(url="amqp://x@127.0.0.1/")))
+    channel = AckRecorder(10)
+    return ConsumerSession(broker, channel, "q", "tag"), channel  # type: ignore[arg-type]
+
+
+async def test_acks_of_one_turn_leave_as_one_multiple_ack() -> None:
+    s, channel = recorder()
+    s._tags.extend(range(1, 101))  # 100 deliveries yielded
+    for tag in range(1, 101):
+        s.ack_soon(tag)
+    await s.flush()
+    assert channel.sent == [("ack-multiple", 100)]
+
+
+async def test_an_ack_ahead_of_a_running_delivery_leaves_by_itself() -> None:
+    s, channel = recorder()
+    s._tags.extend(range(1, 6))
+    for tag in (1, 2, 4, 5):  # 3 still runs
+        s.ack_soon(tag)
+    await s.flush()
+    assert channel.sent == [("ack-multiple", 2), ("ack", 4), ("ack", 5)]
+    # when 3 ends, its ack alone covers it; 4 and 5 are not acked twice
+    s.ack_soon(3)
+    await s.flush()
+    assert channel.sent[3:] == [("ack-multiple", 3)]
+    assert not s._tags and not s._sent_alone
+
+
+async def test_a_rejected_delivery_in_the_middle_is_passed_over() -> None:
+    s, channel = recorder()
+    s._tags.extend(range(1, 4))
+    await s.settle(2, ack=False, requeue=True)
+    s.ack_soon(1)
+    s.ack_soon(3)
+    await s.flush()
+    assert channel.sent == [("reject", 2), ("ack-multiple", 3)]

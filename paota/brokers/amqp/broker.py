@@ -175,6 +175,8 @@ class AMQPBroker:
         # Acks and rejects are queued for the socket without waiting for the write (see
         # ConsumerSession.settle). Closing the consumer channels first sends what is queued
         # before the connections go: a channel's Close leaves after the frames queued before it.
+        # Acks noted in this turn of the loop leave before the channels close.
+        await asyncio.gather(*(s.flush() for s in sessions), return_exceptions=True)
         channels = [s.channel for s in sessions if not s.channel.is_closed]
         if channels:
             await asyncio.gather(*(close_quietly(channel) for channel in channels))

@@ -95,25 +95,29 @@ class AMQPDelivery:
         )
 
     async def ack(self) -> None:
-        """Acknowledge: RabbitMQ forgets the message."""
-        await self._settle(ack=True, requeue=False)
+        """Acknowledge: RabbitMQ forgets the message. The ack leaves with the others of this
+        turn of the event loop (one ``multiple`` ack for those that finished in order)."""
+        self._check_unsettled(ack=True)
+        self._settled = True
+        self._session.ack_soon(self._tag)
+        self._session.release()
 
     async def reject(self, *, requeue: bool) -> None:
         """Reject: back to the queue (``requeue=True``) or dropped (``False``)."""
-        await self._settle(ack=False, requeue=requeue)
+        self._check_unsettled(ack=False)
+        self._settled = True
+        try:
+            await self._session.settle(self._tag, ack=False, requeue=requeue)
+        finally:
+            self._session.release()
 
-    async def _settle(self, *, ack: bool, requeue: bool) -> None:
+    def _check_unsettled(self, *, ack: bool) -> None:
         if self._settled:
             # Sending it would make RabbitMQ close the channel with every unacked delivery on it.
             raise BrokerError(
                 f"message {self.message_id or '(no id)'} was already acked or rejected; "
                 f"it cannot be {'acked' if ack else 'rejected'} again"
             )
-        self._settled = True
-        try:
-            await self._session.settle(self._tag, ack=ack, requeue=requeue)
-        finally:
-            self._session.release()
 
 
 class Subscriptions(Protocol):
@@ -136,6 +140,15 @@ class ConsumerSession:
 
     aiormq's consumer callback puts each message in ``buffer`` (a ``deque``; ``None`` marks the
     end) and wakes the generator waiting in :meth:`next_message`.
+
+    Acks are coalesced: :meth:`ack_soon` notes the tag, and one flush per turn of the event loop
+    sends a single ``basic.ack(multiple=True)`` for the deliveries that finished in order (the
+    oldest outstanding ones) and a plain ack for each that finished ahead of an older one still
+    running, so a long task never holds back the acks, and the prefetch window, of the ones after
+    it. One frame instead of a hundred costs the worker and RabbitMQ a fraction of the CPU. Acks
+    are still sent without waiting for the write, as before; a flush runs to its end before the
+    next starts, so the frames leave in order (a ``multiple`` ack never covers a tag acked
+    alone before).
     """
 
     def __init__(
@@ -150,6 +163,10 @@ class ConsumerSession:
         self.stopped = False
         self.end_reason = ""
         self._outstanding = 0
+        self._tags: deque[int] = deque()  # yielded deliveries not yet acked on the wire, in order
+        self._acked: set[int] = set()  # acked by the pool, not sent yet
+        self._sent_alone: set[int] = set()  # acked on the wire by themselves, still in _tags
+        self._flushing: asyncio.Task[None] | None = None
         channel.closing.add_done_callback(self._on_channel_closed)
         channel.on_consumer_cancel_callbacks.add(self._on_cancelled)
 
@@ -207,6 +224,7 @@ class ConsumerSession:
         if tag is None:  # pragma: no cover - a Basic.Deliver always carries a tag
             raise BrokerError("RabbitMQ delivered a message without a delivery tag")
         self._outstanding += 1
+        self._tags.append(tag)
         return AMQPDelivery(
             self,
             tag,
@@ -218,8 +236,81 @@ class ConsumerSession:
             message_id=props.message_id,
         )
 
+    def ack_soon(self, tag: int) -> None:
+        """Ack ``tag`` with the others of this turn of the event loop (see the class docs)."""
+        self._acked.add(tag)
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def flush(self) -> None:
+        """Send the acks noted so far (waits for a flush under way)."""
+        while self._flushing is not None:
+            await asyncio.shield(self._flushing)
+        if self._acked:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+            await asyncio.shield(self._flushing)
+
+    async def _flush(self) -> None:
+        try:
+            await asyncio.sleep(0)  # let the other deliveries of this turn finish first
+            while self._acked:
+                if self.channel.is_closed:
+                    self._acked.clear()  # RabbitMQ redelivers them
+                    break
+                tags, acked, alone = self._tags, self._acked, self._sent_alone
+                last = None
+                while tags and (tags[0] in acked or tags[0] in alone):
+                    tag = tags.popleft()
+                    if tag in acked:
+                        acked.discard(tag)
+                        last = tag
+                    else:
+                        alone.discard(tag)
+                frames = [] if last is None else [(last, True)]
+                for tag in sorted(acked):
+                    frames.append((tag, False))
+                    alone.add(tag)
+                acked.clear()
+                for tag, multiple in frames:
+                    await self._send_ack(tag, multiple=multiple)
+        finally:
+            self._flushing = None
+
+    async def _send_ack(self, tag: int, *, multiple: bool) -> None:
+        channel = self.channel
+        if channel.is_closed:
+            return
+        try:
+            sending = channel.basic_ack(tag, multiple=multiple, wait=False)
+            await self._bounded(channel, sending)
+        except Exception as exc:
+            if classify(exc) is None:
+                raise
+            logger.debug(
+                "ack of delivery %d%s not sent (%s): RabbitMQ will redeliver",
+                tag,
+                " and those before it" if multiple else "",
+                describe(exc),
+            )
+
+    async def _bounded(self, channel: AbstractChannel, settling: Any) -> None:
+        try:
+            if not channel.connection.write_queue.full():
+                # Room in the connection's frame queue: the frame goes in without a wait, so
+                # there is nothing to bound in time.
+                await settling
+            else:
+                deadline = asyncio.get_running_loop().time() + SETTLE_TIMEOUT_S
+                with self._owner.settle_deadlines.at(deadline):
+                    await settling
+        except asyncio.CancelledError:
+            if being_cancelled():
+                raise
+            raise ChannelGoneError("the AMQP channel closed during the operation") from None
+
     async def settle(self, tag: int, *, ack: bool, requeue: bool) -> None:
-        """Ack or reject ``tag``; on a dead channel do nothing (RabbitMQ redelivers).
+        """Ack or reject ``tag`` now, by itself; on a dead channel do nothing (RabbitMQ
+        redelivers).
 
         AMQP 0-9-1 has no reply to an ack or a reject, so this returns once the frame is queued
         for the socket (``wait=False``), without also waiting for the write as aiormq does by
@@ -231,25 +322,17 @@ class ConsumerSession:
         if channel.is_closed:
             logger.debug("channel gone: delivery %d comes back by itself", tag)
             return
+        if tag in self._acked or tag in self._sent_alone:  # pragma: no cover - settled twice
+            return
+        # It leaves at once, by itself; the flush of coalesced acks then passes over its tag.
+        self._sent_alone.add(tag)
         try:
             settling = (
                 channel.basic_ack(tag, wait=False)
                 if ack
                 else channel.basic_reject(tag, requeue=requeue, wait=False)
             )
-            try:
-                if not channel.connection.write_queue.full():
-                    # Room in the connection's frame queue: the frame goes in without a wait, so
-                    # there is nothing to bound in time.
-                    await settling
-                else:
-                    deadline = asyncio.get_running_loop().time() + SETTLE_TIMEOUT_S
-                    with self._owner.settle_deadlines.at(deadline):
-                        await settling
-            except asyncio.CancelledError:
-                if being_cancelled():
-                    raise
-                raise ChannelGoneError("the AMQP channel closed during the operation") from None
+            await self._bounded(channel, settling)
         except Exception as exc:
             if classify(exc) is None:
                 raise
@@ -264,7 +347,11 @@ class ConsumerSession:
         """One yielded delivery was settled; close a stopped session's channel after the last."""
         self._outstanding -= 1
         if self.stopped and self._outstanding == 0:
-            self._owner.spawn(close_quietly(self.channel))
+            self._owner.spawn(self._close_after_flush())
+
+    async def _close_after_flush(self) -> None:
+        await self.flush()
+        await close_quietly(self.channel)
 
     async def stop(self) -> None:
         """Cancel the consumer and return the messages received but not yielded. Idempotent.
@@ -286,6 +373,7 @@ class ConsumerSession:
             if message is not None and message.delivery_tag is not None:
                 await self.settle(message.delivery_tag, ack=False, requeue=True)
         if self._outstanding == 0:
+            await self.flush()
             await close_quietly(channel)
 
 

@@ -1,0 +1,463 @@
+"""The management API and dashboard of a real deployment: a ``paota worker`` process and a
+``paota web`` process on RabbitMQ with the MongoDB store, the test as producer and as a person in
+a real browser (Debian's Chromium, driven by Playwright; no browser download).
+
+- The browser signs in, finds a failed task, clicks Retry and sees it go from STARTED to
+  SUCCEEDED (within 2 s of the worker recording it), with screenshots for people to look at.
+- The API lists every task page by page, browses and requeues parked messages on RabbitMQ,
+  cancels, shows queues with their consumers, the worker, the schedules; a restarted web process
+  shows the same history, and its memory does not grow with the number of tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pymongo import AsyncMongoClient
+
+from paota import Arg, Client, Config, MongoConfig, Signature
+from tests.integration._skip import skip_or_fail
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = "tests.integration.e2e_helpers.web_app:pool"
+TOKEN = "integration-token-" + uuid.uuid4().hex
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = ROOT / ".cache" / "screenshots"
+BROWSER_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def paota_command() -> list[str]:
+    script = shutil.which("paota", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "paota"]
+
+
+def env_of(config: Config, mongo_uri: str, database: str, **extra: str) -> dict[str, str]:
+    """The variables that give a paota process the test's topology and store."""
+    amqp = config.amqp
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAOTA_")}
+    env.update(
+        PAOTA_BROKER="amqp",
+        PAOTA_AMQP_URL=amqp.url,
+        PAOTA_AMQP_EXCHANGE=amqp.exchange,
+        PAOTA_AMQP_DELAYED_QUEUE=amqp.delayed_queue,
+        PAOTA_AMQP_DELAY_LADDER=amqp.delay_ladder,
+        PAOTA_AMQP_FAILED_QUEUE=amqp.failed_queue,
+        PAOTA_AMQP_TIMEOUT_QUEUE=amqp.timeout_queue,
+        PAOTA_AMQP_CONNECTION_POOL_SIZE="1",
+        PAOTA_QUEUE_NAME=config.task_queue_name,
+        PAOTA_STORE="mongodb",
+        PAOTA_MONGO_URI=mongo_uri,
+        PAOTA_MONGO_DB=database,
+        PAOTA_HEARTBEAT_INTERVAL="1",
+        PYTHONPATH=str(ROOT),
+        **extra,
+    )
+    return env
+
+
+async def eventually(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"not within {timeout_s}s: {what}"
+        await asyncio.sleep(0.1)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@dataclass
+class Deployment:
+    """A worker process, a web process, and the test's producer, on one RabbitMQ and MongoDB."""
+
+    config: Config
+    mongo_uri: str
+    database: str
+    marker: Path
+    port: int = field(default_factory=free_port)
+    worker: asyncio.subprocess.Process | None = None
+    web: asyncio.subprocess.Process | None = None
+    producer: Client | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return env_of(
+            self.config,
+            self.mongo_uri,
+            self.database,
+            WEB_MARKER=str(self.marker),
+            WEB_HOLD_S="1.0",
+            **extra,
+        )
+
+    async def start_worker(self) -> None:
+        self.worker = await asyncio.create_subprocess_exec(
+            *paota_command(),
+            "worker",
+            APP,
+            env=self.env(),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+
+    async def start_web(self) -> None:
+        self.web = await asyncio.create_subprocess_exec(
+            *paota_command(),
+            "web",
+            "--port",
+            str(self.port),
+            "--target",
+            APP,
+            env=self.env(PAOTA_WEB_TOKEN=TOKEN),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+
+        async def answers() -> bool:
+            assert self.web is not None and self.web.returncode is None, "paota web exited"
+            try:
+                async with httpx.AsyncClient() as http:
+                    return (await http.get(self.url + "/api/openapi.json")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await eventually(answers, 60, "paota web answers")
+
+    async def stop_web(self) -> None:
+        if self.web is not None and self.web.returncode is None:
+            self.web.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(self.web.wait(), 30)
+        self.web = None
+
+    async def close(self) -> None:
+        await self.stop_web()
+        if self.worker is not None and self.worker.returncode is None:
+            self.worker.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.worker.wait(), 30)
+            except TimeoutError:
+                self.worker.kill()
+                await self.worker.wait()
+        if self.producer is not None:
+            await self.producer.close()
+
+    def api(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+        )
+
+    async def send(self, name: str, *args: Any, delay_s: float | None = None) -> str:
+        assert self.producer is not None
+        sig = Signature(name, args=[Arg.of(a) for a in args])
+        return (await self.producer.send_task(sig, delay_s=delay_s)).id
+
+    async def status_of(self, task_id: str) -> str | None:
+        assert self.producer is not None
+        state = await self.producer.require_store().get(task_id)
+        return None if state is None else state.status.value
+
+
+@pytest.fixture
+async def deployment(
+    make_config: Callable[..., Config], mongo_uri: str, tmp_path: Path
+) -> AsyncIterator[Deployment]:
+    database = f"paota_web_{uuid.uuid4().hex[:12]}"
+    config = make_config(
+        config_fields={"store": "mongodb", "mongo": MongoConfig(uri=mongo_uri, database=database)}
+    )
+    setup = Deployment(config, mongo_uri, database, tmp_path / "marker")
+    setup.producer = Client(config, name="web-test-producer")
+    try:
+        await setup.producer.connect()
+        await setup.start_worker()
+        await setup.start_web()
+        yield setup
+    finally:
+        await setup.close()
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            mongo_uri, serverSelectionTimeoutMS=5000
+        )
+        try:
+            await client.drop_database(database)
+        finally:
+            await client.close()
+
+
+async def test_the_api_of_a_real_deployment_lists_acts_and_survives_a_restart(
+    deployment: Deployment,
+) -> None:
+    # given 120 tasks that succeed and 3 that fail (the marker file is missing)
+    ok = [await deployment.send("Add", i, i) for i in range(120)]
+    failed = [await deployment.send("Flaky", i) for i in range(3)]
+
+    async def all_final() -> bool:
+        statuses = [await deployment.status_of(t) for t in [*ok, *failed]]
+        return all(s in ("SUCCEEDED", "FAILED") for s in statuses)
+
+    await eventually(all_final, 90, "every task finished")
+    async with deployment.api() as api:
+        # the worker is there, consuming the task queue
+        workers = (await api.get("/api/workers")).json()["items"]
+        assert [w["name"] for w in workers] == ["web-worker"] and workers[0]["pid"]
+        queues = {q["name"]: q for q in (await api.get("/api/queues")).json()["items"]}
+        task_queue = queues[deployment.config.task_queue_name]
+        assert task_queue["consumers"] == 1 and task_queue["ready"] == 0
+        assert queues[deployment.config.amqp.failed_queue]["ready"] == 3
+        # every task, page by page, newest first
+        listed = await page_through(api, {"limit": 50})
+        assert listed == [*ok, *failed][::-1]
+        assert [t["id"] for t in (await api.get("/api/tasks?status=FAILED")).json()["items"]] == (
+            failed[::-1]
+        )
+        # the failed queue, browsed on RabbitMQ, moves nothing
+        parked = (await api.get("/api/parked/failed")).json()
+        assert parked["total"] == 3 and parked["by_reason"] == {"retries-exhausted": 3}
+        assert sorted(i["id"] for i in parked["items"]) == sorted(failed)
+        assert (await api.get("/api/parked/failed")).json()["total"] == 3
+        # a schedule of the pool (given with --target) is paused and resumed
+        schedules = (await api.get("/api/schedules")).json()["items"]
+        assert [(s["id"], s["paused"]) for s in schedules] == [("hourly-report", False)]
+        assert (await api.post("/api/schedules/hourly-report/pause")).json()["paused"] is True
+        assert (await api.get("/api/schedules")).json()["items"][0]["paused"] is True
+        await api.post("/api/schedules/hourly-report/resume")
+
+        # when the marker exists, one failed task is retried, the others requeued by reason
+        deployment.marker.touch()
+        retried = await api.post(f"/api/tasks/{failed[0]}/retry")
+        assert retried.json() == {"id": failed[0], "replays": 1, "from": "parked"}
+        moved = await api.post("/api/parked/failed/requeue", json={"reason": "retries-exhausted"})
+        assert moved.json()["moved"] == 2
+
+        async def succeeded() -> bool:
+            return all([await deployment.status_of(t) == "SUCCEEDED" for t in failed])
+
+        await eventually(succeeded, 60, "the retried tasks succeeded")
+        detail = (await api.get(f"/api/tasks/{failed[0]}")).json()
+        assert detail["replays"] == 1 and detail["result"] == 1 and detail["error"] is None
+        # a finished task retried from its record, a delayed one cancelled
+        again = await api.post(f"/api/tasks/{ok[0]}/retry")
+        assert again.json()["from"] == "record"
+        later = await deployment.send("Add", 1, 1, delay_s=600)
+        assert (await api.post(f"/api/tasks/{later}/cancel")).json()["cancelled"] is True
+        assert (await api.get(f"/api/tasks/{later}")).json()["status"] == "CANCELLED"
+        await eventually(
+            lambda: _is(deployment.status_of(ok[0]), "SUCCEEDED"), 30, "the replay succeeded"
+        )
+        before_restart = await page_through(api, {"limit": 100})
+
+    # then a new web process shows the same history
+    await deployment.stop_web()
+    await deployment.start_web()
+    async with deployment.api() as api:
+        assert await page_through(api, {"limit": 100}) == before_restart
+
+
+async def _is(value: Any, expected: str) -> bool:
+    return bool(await value == expected)
+
+
+async def page_through(api: httpx.AsyncClient, params: dict[str, Any]) -> list[str]:
+    ids: list[str] = []
+    cursor = None
+    while True:
+        page = await api.get(
+            "/api/tasks", params={**params, "cursor": cursor} if cursor else params
+        )
+        assert page.status_code == 200, page.text
+        body = page.json()
+        ids += [t["id"] for t in body["items"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return ids
+
+
+@pytest.mark.timeout(600)
+async def test_the_web_process_memory_stays_flat_however_many_tasks_exist(
+    deployment: Deployment,
+) -> None:
+    assert deployment.web is not None
+    database = AsyncMongoClient(deployment.mongo_uri)[deployment.database]
+    tasks = database[deployment.config.mongo.collection]
+    base = datetime.now(UTC) - timedelta(days=1)
+
+    async def add_records(start: int, n: int) -> None:
+        docs = [
+            {
+                "_id": f"task_bulk_{i:07}",
+                "name": "Add",
+                "args": [{"Name": "a", "Type": "int", "Value": i}],
+                "status": "SUCCEEDED",
+                "attempts": 0,
+                "replays": 0,
+                "rank": 3,
+                "result": i,
+                "error": None,
+                "worker": "bulk",
+                "created_at": base + timedelta(milliseconds=i),
+                "started_at": base,
+                "finished_at": base,
+                "updated_at": base,
+                "queue": deployment.config.task_queue_name,
+                "expires_at": None,
+            }
+            for i in range(start, start + n)
+        ]
+        for chunk in range(0, len(docs), 200):
+            await tasks.insert_many(docs[chunk : chunk + 200])
+
+    async def browse(api: httpx.AsyncClient) -> None:
+        # the first pages of every view, the way a dashboard reads them
+        started = time.monotonic()
+        for _ in range(3):
+            for params in (
+                {},
+                {"status": "SUCCEEDED"},
+                {"queue": deployment.config.task_queue_name},
+            ):
+                response = await api.get("/api/tasks", params={"limit": 100, **params})
+                assert len(response.json()["items"]) == 100
+        print(f"9 first pages in {time.monotonic() - started:.2f}s")
+
+    try:
+        async with deployment.api() as api:
+            await add_records(0, 200)
+            await browse(api)
+            small = rss_kib(deployment.web.pid)
+            started = time.monotonic()
+            await add_records(200, 1_800)
+            print(f"1,800 records inserted in {time.monotonic() - started:.1f}s")
+            await browse(api)
+            # and one pass through all of them, 500 at a time
+            started = time.monotonic()
+            assert len(await page_through(api, {"limit": 100})) == 2_000
+            print(f"paged through 2,000 in {time.monotonic() - started:.1f}s")
+            await browse(api)
+            large = rss_kib(deployment.web.pid)
+    finally:
+        await database.client.close()
+    print(f"web process RSS: {small} KiB with 200 tasks, {large} KiB with 2,000 (paged through)")
+    assert large - small < 12 * 1024, (small, large)
+
+
+# --- the dashboard, in a real browser -------------------------------------------------------------
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    if not os.path.exists(CHROMIUM):  # noqa: ASYNC240 - one stat before the browser starts
+        skip_or_fail(f"no Chromium at {CHROMIUM}: apt-get install chromium (see .ci/run)")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def test_the_dashboard_retries_a_failed_task_and_shows_it_succeed(
+    deployment: Deployment, browser: Any
+) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    # given some finished tasks and one that failed (the marker file is missing)
+    for i in range(6):
+        await deployment.send("Add", i, 10 * i)
+    task_id = await deployment.send("Flaky", 41)
+    await eventually(lambda: _is(deployment.status_of(task_id), "FAILED"), 60, "it failed")
+    page = await browser.new_page(viewport={"width": 1400, "height": 820})
+    try:
+        # when a person opens the dashboard and signs in
+        await page.goto(deployment.url + "/")
+        await page.fill("#token", TOKEN)
+        await page.click("#login-form button[type=submit]")
+        await page.wait_for_selector("#tasks tbody tr[data-task-id]")
+        await page.screenshot(path=str(SCREENSHOTS / "dashboard-tasks.png"))
+        # filters the list to failed tasks
+        await page.select_option("#task-filters select[name=status]", "FAILED")
+        await page.click("#task-filters button[type=submit]")
+        row = page.locator(f'#tasks tr[data-task-id="{task_id}"]')
+        await row.wait_for()
+        assert await page.locator("#tasks tbody tr[data-task-id]").count() == 1
+        assert await row.locator(".status").inner_text() == "FAILED"
+        # opens it: the error and traceback are there
+        await row.locator("a").click()
+        await page.wait_for_selector("#task-error")
+        assert "the marker file is missing" in await page.inner_text("#task-error")
+        assert "RuntimeError" in await page.inner_text("#task-traceback")
+        await page.screenshot(path=str(SCREENSHOTS / "dashboard-failed-task.png"), full_page=True)
+        # and clicks Retry once the cause is fixed
+        deployment.marker.touch()
+        await page.click("#retry")
+        # then the page shows it running, then succeeded, live
+        await page.wait_for_selector('h1 .status[data-status="STARTED"]', timeout=20_000)
+        await page.screenshot(path=str(SCREENSHOTS / "dashboard-running.png"))
+        await page.wait_for_selector('h1 .status[data-status="SUCCEEDED"]', timeout=20_000)
+        shown_at = datetime.now(UTC)
+        assert await page.inner_text("#task-result") == "42"
+        await page.screenshot(path=str(SCREENSHOTS / "dashboard-succeeded.png"), full_page=True)
+        assert deployment.producer is not None
+        state = await deployment.producer.require_store().get(task_id)
+        assert state is not None and state.finished_at is not None and state.replays == 1
+        lag_s = (shown_at - state.finished_at).total_seconds()
+        print(f"the page showed SUCCEEDED {lag_s:.2f}s after the worker finished the task")
+        assert lag_s < 2.0
+        # the other pages show the parked queue (now empty), the queues and the worker
+        await page.goto(deployment.url + "/#/parked/failed")
+        await page.wait_for_selector("#parked")
+        await page.goto(deployment.url + "/#/queues")
+        await page.wait_for_selector(f'#queues td:text-is("{deployment.config.task_queue_name}")')
+        await page.screenshot(path=str(SCREENSHOTS / "dashboard-queues.png"))
+        await page.goto(deployment.url + "/#/workers")
+        await page.wait_for_selector('#workers td:text-is("web-worker")')
+        await page.screenshot(path=str(SCREENSHOTS / "dashboard-workers.png"))
+        await page.goto(deployment.url + "/#/schedules")
+        await page.wait_for_selector('#schedules [data-schedule-id="hourly-report"]')
+        await page.click('#schedules [data-schedule-id="hourly-report"] button')
+        await page.wait_for_selector('#schedules [data-action="resume"]')
+        await page.screenshot(path=str(SCREENSHOTS / "dashboard-schedules.png"))
+        await page.goto(deployment.url + "/#/tasks")
+        await page.wait_for_selector(
+            f'#tasks tr[data-task-id="{task_id}"] .status[data-status="SUCCEEDED"]'
+        )
+        await page.screenshot(path=str(SCREENSHOTS / "dashboard.png"))
+    finally:
+        await page.close()
