@@ -30,6 +30,7 @@ from paota.core.config import Config
 from paota.core.errors import BrokerError, ConfigError, ResultTimeoutError, TaskFailedError
 from paota.core.factory import make_broker, make_store
 from paota.core.message import Signature, encode_message
+from paota.core.message.model import make_signature
 from paota.core.middleware import Middleware, MiddlewareChain, PublishContext
 from paota.core.outcome import until
 from paota.core.protocols import (
@@ -426,7 +427,13 @@ class Client:
             except OverflowError:
                 raise ValueError(f"delay_s={delay_s!r} is too far in the future") from None
         if changes:
-            sig = sig.replace(**changes)
+            if "eta" in changes:
+                sig = sig.replace(**changes)
+            else:
+                # A fresh id and the current time (aware UTC) need no validation.
+                fields = sig.__dict__.copy()
+                fields.update(changes)
+                sig = make_signature(fields)
         if queue is None:
             task = self._registry.get(sig.name)
             queue = (task.defaults.queue if task is not None else None) or self.broker.default_queue
@@ -450,9 +457,12 @@ class Client:
                 )
             )
         message = PublishContext(
-            sig, queue, until(sig.eta, now) if sig.eta is not None else 0.0, dict(headers or {})
+            sig,
+            queue,
+            until(sig.eta, now) if sig.eta is not None else 0.0,
+            dict(headers) if headers else {},
         )
-        if self.middleware:
+        if self.middleware._publish:
             await self.middleware.publish(message, self._publish)
         else:
             await self._publish(message)
