@@ -397,6 +397,8 @@ async def browser() -> AsyncIterator[Any]:
 async def test_the_dashboard_retries_a_failed_task_and_shows_it_succeed(
     deployment: Deployment, browser: Any
 ) -> None:
+    from playwright.async_api import expect
+
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     # given some finished tasks and one that failed (the marker file is missing)
     for i in range(6):
@@ -416,7 +418,8 @@ async def test_the_dashboard_retries_a_failed_task_and_shows_it_succeed(
         await page.click("#task-filters button[type=submit]")
         row = page.locator(f'#tasks tr[data-task-id="{task_id}"]')
         await row.wait_for()
-        assert await page.locator("#tasks tbody tr[data-task-id]").count() == 1
+        # the filtered list replaces the full one: wait for it rather than read it mid-render
+        await expect(page.locator("#tasks tbody tr[data-task-id]")).to_have_count(1, timeout=10_000)
         assert await row.locator(".status").inner_text() == "FAILED"
         # opens it: the error and traceback are there
         await row.locator("a").click()
