@@ -76,7 +76,7 @@ from aiormq.abc import DeliveredMessage
 
 from paota import AMQPConfig, Client, Config, Signature, WorkerPool
 from paota.brokers.amqp.topology import DELAY_QUEUE_TYPES, Topology
-from paota.core.signature import encode_message
+from paota.core.message import encode_message
 
 PREFETCH = 100
 HERE = Path(__file__).resolve().parent

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from paota.core.errors import BrokerError
+from paota.core.message import Arg, Signature, decode_message, encode_message
 from paota.core.protocols import (
     PARKING_HEADERS,
     REPLAYS_HEADER,
@@ -33,7 +34,6 @@ from paota.core.protocols import (
 )
 from paota.core.replay import replay_rewrite
 from paota.core.settle import parked_copy
-from paota.core.signature import Arg, Signature, decode_message, encode_message
 
 
 class Receiver:

@@ -20,6 +20,7 @@ from paota.brokers.amqp import MAX_DELAY_S, AMQPBroker
 from paota.brokers.amqp.properties import encode_headers
 from paota.core.config import Config
 from paota.core.errors import BrokerError, PublishError, TopologyError
+from paota.core.message import decode_message
 from paota.core.protocols import (
     PARKING_HEADERS,
     REPLAYS_HEADER,
@@ -27,7 +28,6 @@ from paota.core.protocols import (
     ParkQueue,
     ParkReason,
 )
-from paota.core.signature import decode_message
 from tests.contracts.broker_contract import (
     BrokerContract,
     Receiver,
@@ -152,7 +152,7 @@ async def test_delays_out_of_range_are_refused(broker: AMQPBroker) -> None:
 
 def test_header_mode_integers_have_the_widths_go_reads() -> None:
     # Go paota reads retry_count & co. as int32/int64 only, created_at/eta as int64 only.
-    from paota.core.signature import encode_message
+    from paota.core.message import encode_message
 
     wire = encode_message(
         sig(
@@ -237,7 +237,7 @@ async def test_delayed_messages_keep_headers_priority_and_body(
         # then it arrives near its time, exactly as published (the ladder's x-death is removed)
         assert delay_s * 0.9 <= elapsed <= delay_s + 1.0
         assert delivery.body == b'{"order": 42}'
-        from paota.core.signature import encode_message
+        from paota.core.message import encode_message
 
         assert dict(delivery.headers) == {**extra, **encode_message(sent).headers}
         assert getattr(delivery, "priority", None) == 7

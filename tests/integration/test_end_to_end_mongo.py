@@ -28,7 +28,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 
 from paota import Arg, Config, MongoConfig, Signature, TaskHandle, WorkerPool
-from paota.core.signature import encode_json
+from paota.core.message import encode_json
 from tests.contracts.broker_contract import publish
 
 pytestmark = pytest.mark.integration

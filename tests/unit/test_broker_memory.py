@@ -10,8 +10,8 @@ import pytest
 from paota.brokers.memory import MemoryBroker
 from paota.core.clock import ManualClock
 from paota.core.errors import BrokerError
+from paota.core.message import decode_message
 from paota.core.protocols import ParkQueue, ParkReason
-from paota.core.signature import decode_message
 from tests.contracts.broker_contract import BrokerContract, Receiver, park, park_info, publish, sig
 
 

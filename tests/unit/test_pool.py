@@ -29,9 +29,9 @@ from paota import (
     WorkerPool,
 )
 from paota.brokers.memory import MemoryBroker
+from paota.core.message import decode_message
 from paota.core.outcome import fibonacci_backoff_s
 from paota.core.protocols import OutgoingMessage, ParkQueue
-from paota.core.signature import decode_message
 from paota.stores.memory import MemoryStore
 from tests.contracts.broker_contract import publish
 

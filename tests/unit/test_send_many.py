@@ -24,7 +24,7 @@ from paota import (
     WorkerPool,
 )
 from paota.brokers.memory import MemoryBroker
-from paota.core.signature import decode_message
+from paota.core.message import decode_message
 from paota.stores.memory import MemoryStore
 
 
