@@ -245,7 +245,7 @@ class Settler:
         """Cancelled, when the store has this run (task and replays) as CANCELLED."""
         store = self._store
         assert store is not None
-        state = await self._patiently(lambda: store.get(sig.uuid), "read", sig)
+        state = await self._patiently(lambda: store.get(sig.uuid), "read", sig.uuid, sig.name)
         if state is None or state.status is not TaskStatus.CANCELLED:
             return None
         if state.replays != header_int(delivery.headers.get(REPLAYS_HEADER)):
@@ -260,7 +260,10 @@ class Settler:
         replays = header_int(delivery.headers.get(REPLAYS_HEADER))
         key = f"paota.cancel-settled:{sig.uuid}:{replays}"
         return await self._patiently(
-            lambda: coordination.claim(key, self._worker, ttl_s=CANCEL_CLAIM_TTL_S), "claim", sig
+            lambda: coordination.claim(key, self._worker, ttl_s=CANCEL_CLAIM_TTL_S),
+            "claim",
+            sig.uuid,
+            sig.name,
         )
 
     def _expiring(self, state: TaskState) -> TaskState:
@@ -272,8 +275,11 @@ class Settler:
         finished = state.finished_at or self._clock.now()
         return state.replace(expires_at=finished + timedelta(seconds=ttl_s))
 
-    async def _patiently(self, call: Callable[[], Awaitable[T]], what: str, sig: Signature) -> T:
-        """``await call()``, waiting out a store outage as :meth:`record` does."""
+    async def _patiently(
+        self, call: Callable[[], Awaitable[T]], what: str, task_id: str, name: str
+    ) -> T:
+        """``await call()``, waiting out a store outage with backoff up to 5 s (the delivery stays
+        unacked meanwhile); raises :class:`~paota.StoreError` once the pool is stopping."""
         delay_s = 0.1
         while True:
             try:
@@ -283,11 +289,11 @@ class Settler:
                     raise
                 logger.warning(
                     "task %s: store %s failed: %s; retrying in %.1fs",
-                    sig.uuid,
+                    task_id,
                     what,
                     exc,
                     delay_s,
-                    extra={"task_id": sig.uuid, "task_name": sig.name},
+                    extra={"task_id": task_id, "task_name": name},
                 )
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
@@ -378,23 +384,12 @@ class Settler:
         """
         store = self._store
         assert store is not None
-        delay_s = 0.1
-        while True:
-            try:
-                return await store.record(state)
-            except StoreError as exc:
-                if self._stopping():
-                    raise
-                logger.warning(
-                    "task %s: store write (%s) failed: %s; retrying in %.1fs",
-                    state.task_id,
-                    state.status.value,
-                    exc,
-                    delay_s,
-                    extra={"task_id": state.task_id, "task_name": state.name},
-                )
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 5.0)
+        return await self._patiently(
+            lambda: store.record(state),
+            f"write ({state.status.value})",
+            state.task_id,
+            state.name,
+        )
 
 
 def _log(outcome: Outcome, sig: Signature | None, delivery: Delivery, ctx: TaskContext) -> None:
