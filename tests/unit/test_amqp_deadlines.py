@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 
 import pytest
 
-pytest.importorskip("aiormq")
-
 from paota.brokers.amqp.connection import Deadlines
-
-pytestmark = pytest.mark.skipif(sys.version_info < (3, 11), reason="needs Task.uncancel")
 
 
 async def test_a_section_past_its_deadline_raises_timeout_error() -> None:
