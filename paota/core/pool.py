@@ -354,23 +354,17 @@ class WorkerPool(Client):
             slots.release()
 
     async def _park_internal_error(self, delivery: Delivery, exc: Exception) -> None:
-        from paota.core.protocols import ParkInfo
-        from paota.core.settle import parked_copy
-
-        error = error_info(exc)
-        info = ParkInfo(
-            reason=ParkReason.INTERNAL_ERROR,
-            error_type=error.type,
-            error_message=error.message,
-            worker=self.name,
-            parked_at=self.clock.now(),
-            traceback=error.traceback,
-            origin_queue=delivery.queue,
+        settler = self._settler
+        assert settler is not None
+        outcome = Park(
+            ParkQueue.FAILED, ParkReason.INTERNAL_ERROR, error_info(exc), TaskStatus.FAILED
+        )
+        placeholder = Signature("", uuid=delivery.message_id or "")
+        ctx = TaskContext(
+            placeholder, queue=delivery.queue, headers=delivery.headers, worker=self.name
         )
         try:
-            copy = parked_copy(delivery, self.broker.parking_queue(ParkQueue.FAILED), info)
-            await self.broker.publish(copy)
-            await delivery.ack()
+            await settler.settle(delivery, None, outcome, ctx)
         except Exception as park_exc:
             logger.error(
                 "worker pool %s: parking it failed too (%s); returning it to the broker",
