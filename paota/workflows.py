@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, overload
 
 from paota.core.errors import ConfigError, ResultTimeoutError, TaskFailedError
 from paota.core.message import Signature, encode_json
-from paota.core.protocols import Coordination
+from paota.core.protocols import has_coordination
 from paota.core.state import TaskState, TaskStatus
 from paota.core.tasks import ArgumentError, Task, TaskHandle, TaskOptions, TaskSender
 from paota.middleware.workflows import ERROR_PATH, Engine, Plan, PlanNode, failed_key
@@ -539,7 +539,7 @@ class WorkflowHandle(Generic[R_co]):
     async def failed_task_id(self) -> str | None:
         """The id of the step whose failure stopped the workflow (None while none failed)."""
         store = self._client.require_store()
-        if not isinstance(store, Coordination):  # pragma: no cover - checked when sent
+        if not has_coordination(store):  # pragma: no cover - checked when sent
             raise ConfigError("workflows need a store with the Coordination capability")
         return await store.get_claim(failed_key(self.id))
 

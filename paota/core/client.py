@@ -41,6 +41,7 @@ from paota.core.protocols import (
     ParkQueue,
     Store,
     check_seconds,
+    has_control_channel,
     header_text,
 )
 from paota.core.registry import TaskRegistry
@@ -646,7 +647,6 @@ class Client:
         cancelled; calling ``cancel`` again is harmless).
         """
         from paota.core.control import encode_cancel
-        from paota.core.protocols import ControlChannel
 
         if not isinstance(task_id, str) or not task_id:
             raise ValueError(f"task_id must be a non-empty string, got {task_id!r}")
@@ -697,7 +697,7 @@ class Client:
                 break
             # Refused: the record moved on meanwhile (a retry, or it finished): look again.
         broker = self.broker
-        if isinstance(broker, ControlChannel):
+        if has_control_channel(broker):
             try:
                 await broker.broadcast_control(encode_cancel(task_id, state.replays, reason))
             except BrokerError as exc:

@@ -19,9 +19,12 @@ import math
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from paota.core.state import TaskState, TaskStatus
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
 
 __all__ = [
     "MAX_DELAY_S",
@@ -47,6 +50,10 @@ __all__ = [
     "Rewrite",
     "Store",
     "check_seconds",
+    "has_control_channel",
+    "has_coordination",
+    "has_queue_depths",
+    "has_queue_stats",
     "header_int",
     "header_text",
 ]
@@ -543,3 +550,48 @@ class ControlChannel(Protocol):
         (``aclose()``) unsubscribes.
         """
         ...
+
+
+# --- capability checks -----------------------------------------------------------------------------
+#
+# isinstance() against a runtime-checkable Protocol looks attributes up statically since Python
+# 3.12 (inspect.getattr_static), so a proxy that forwards through __getattr__ (a wrapper adding
+# latency or logging around a store, say) stops counting as having the capability on 3.12 and
+# 3.13, and a feature silently turns off. These checks look each method up with getattr, the same
+# on every Python.
+
+
+def _methods(protocol: type) -> tuple[str, ...]:
+    return tuple(
+        name for name, value in vars(protocol).items() if callable(value) and name[0] != "_"
+    )
+
+
+_COORDINATION = _methods(Coordination)
+_QUEUE_DEPTHS = _methods(QueueDepths)
+_QUEUE_STATS = _methods(QueueStats)
+_CONTROL_CHANNEL = _methods(ControlChannel)
+
+
+def _has(obj: object, names: tuple[str, ...]) -> bool:
+    return obj is not None and all(callable(getattr(obj, name, None)) for name in names)
+
+
+def has_coordination(obj: object) -> TypeIs[Coordination]:
+    """Whether ``obj`` (a store) offers :class:`Coordination`."""
+    return _has(obj, _COORDINATION)
+
+
+def has_queue_depths(obj: object) -> TypeIs[QueueDepths]:
+    """Whether ``obj`` (a broker) offers :class:`QueueDepths`."""
+    return _has(obj, _QUEUE_DEPTHS)
+
+
+def has_queue_stats(obj: object) -> TypeIs[QueueStats]:
+    """Whether ``obj`` (a broker) offers :class:`QueueStats`."""
+    return _has(obj, _QUEUE_STATS)
+
+
+def has_control_channel(obj: object) -> TypeIs[ControlChannel]:
+    """Whether ``obj`` (a broker) offers :class:`ControlChannel`."""
+    return _has(obj, _CONTROL_CHANNEL)

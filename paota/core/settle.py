@@ -58,6 +58,7 @@ from paota.core.protocols import (
     OutgoingMessage,
     ParkInfo,
     Store,
+    has_coordination,
     header_int,
     header_text,
 )
@@ -142,7 +143,6 @@ class Settler:
         stopping: Callable[[], bool],
         result_ttl: Callable[[str], float | None] | None = None,
     ) -> None:
-        from paota.core.protocols import Coordination
 
         self._broker = broker
         self._store = store
@@ -151,7 +151,7 @@ class Settler:
         self._middleware = middleware
         self._stopping = stopping
         self._result_ttl = result_ttl
-        self._coordination = store if isinstance(store, Coordination) else None
+        self._coordination = store if has_coordination(store) else None
 
     # --- the sequence ----------------------------------------------------------------------------
 

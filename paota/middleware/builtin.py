@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from paota.core.middleware import Middleware
+from paota.core.protocols import has_control_channel, has_coordination
 from paota.middleware import limits, workflows
 from paota.middleware.callbacks import CallbacksMiddleware
 
@@ -30,13 +31,12 @@ def heartbeats(pool: WorkerPool) -> list[Middleware]:
     capability, not the in-process memory store), unless the pool has a HeartbeatMiddleware of
     its own or ``heartbeat_interval_s`` is 0. Startup and shutdown hooks and a background beat
     only: nothing per task."""
-    from paota.core.protocols import Coordination
     from paota.middleware.heartbeat import HeartbeatMiddleware
     from paota.stores.memory import MemoryStore
 
     interval_s = pool.config.heartbeat_interval_s
     store = pool.store
-    if interval_s <= 0 or not isinstance(store, Coordination) or isinstance(store, MemoryStore):
+    if interval_s <= 0 or not has_coordination(store) or isinstance(store, MemoryStore):
         return []
     if any(isinstance(m, HeartbeatMiddleware) for m in pool.middleware):
         return []
@@ -46,10 +46,9 @@ def heartbeats(pool: WorkerPool) -> list[Middleware]:
 def run_control(pool: WorkerPool) -> list[Middleware]:
     """Cancelling running tasks (a broker with a control channel) and writing their progress (a
     store). Both have startup and shutdown hooks only: a pool pays nothing per task for them."""
-    from paota.core.protocols import ControlChannel
 
     items: list[Middleware] = []
-    if isinstance(pool.broker, ControlChannel):
+    if has_control_channel(pool.broker):
         from paota.middleware.cancel import CancellationMiddleware
 
         items.append(CancellationMiddleware())

@@ -23,7 +23,7 @@ from typing import Any
 from paota.core.control import decode_control
 from paota.core.errors import StoreError
 from paota.core.middleware import Middleware
-from paota.core.protocols import ControlChannel, Store
+from paota.core.protocols import ControlChannel, Store, has_control_channel
 from paota.core.runner import Runner
 from paota.core.state import TaskStatus
 
@@ -43,7 +43,7 @@ class CancellationMiddleware(Middleware):
         """Start listening (the pool's broker has a control channel)."""
         broker = worker.broker
         runner = worker._runner
-        if not isinstance(broker, ControlChannel) or not isinstance(runner, Runner):
+        if not has_control_channel(broker) or not isinstance(runner, Runner):
             return
         self._runner = runner
         runner.loop = asyncio.get_running_loop()  # its async runs can be interrupted now

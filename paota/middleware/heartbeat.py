@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from paota.core.errors import ConfigError, StoreError
 from paota.core.middleware import Middleware
-from paota.core.protocols import Coordination
+from paota.core.protocols import Coordination, has_coordination
 
 if TYPE_CHECKING:
     from paota.core.pool import WorkerPool
@@ -89,7 +89,7 @@ class HeartbeatMiddleware(Middleware):
     async def startup(self, worker: Any) -> None:
         """Write the first record and start beating."""
         store = worker.store
-        if not isinstance(store, Coordination):
+        if not has_coordination(store):
             logger.info(
                 "worker pool %s: no heartbeats (its store %s has no Coordination capability)",
                 worker.name,
@@ -183,7 +183,7 @@ async def list_workers(store: Any) -> list[dict[str, Any]]:
     Raises :class:`~paota.ConfigError` when the store has no Coordination capability (it cannot
     hold them) and :class:`~paota.StoreError` when it cannot answer.
     """
-    if not isinstance(store, Coordination):
+    if not has_coordination(store):
         raise ConfigError(
             f"the store {type(store).__name__} has no Coordination capability: it keeps no "
             "worker records (the memory and MongoDB stores do)"

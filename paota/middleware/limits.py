@@ -75,7 +75,7 @@ from paota.core.context import TaskContext
 from paota.core.errors import ConfigError
 from paota.core.middleware import Middleware
 from paota.core.outcome import Defer, Outcome
-from paota.core.protocols import MAX_DELAY_S, Coordination
+from paota.core.protocols import MAX_DELAY_S, Coordination, has_coordination
 
 if TYPE_CHECKING:
     from paota.core.clock import Clock
@@ -445,7 +445,7 @@ class LimitsMiddleware(Middleware):
             limits[name] = _Limit(task)
         store = pool.store
         global_names = sorted(n for n, limit in limits.items() if limit.is_global)
-        if global_names and not isinstance(store, Coordination):
+        if global_names and not has_coordination(store):
             has = "no store" if store is None else f"the store {type(store).__name__}"
             raise ConfigError(
                 f"task(s) {', '.join(global_names)} have limit_scope='global', which needs a store "
@@ -453,7 +453,7 @@ class LimitsMiddleware(Middleware):
                 f"or 'memory' within one process); this pool has {has}"
             )
         self._limits = limits
-        self._store = store if global_names and isinstance(store, Coordination) else None
+        self._store = store if global_names and has_coordination(store) else None
         self._clock = pool.clock
         self._worker = pool.name
         self._book = uuid.uuid4().hex[:12]

@@ -54,7 +54,7 @@ from paota.core.context import TaskContext
 from paota.core.errors import ConfigError
 from paota.core.middleware import Middleware, MiddlewareChain, PublishContext
 from paota.core.outcome import Outcome, Park
-from paota.core.protocols import ParkQueue, QueueDepths
+from paota.core.protocols import ParkQueue, QueueDepths, has_queue_depths
 from paota.middleware._outcomes import outcome_label
 
 if TYPE_CHECKING:
@@ -358,7 +358,7 @@ class _QueueDepthCollector:
         if pool is None or loop is None or loop.is_closed():
             return None
         broker = pool.broker
-        if not isinstance(broker, QueueDepths):
+        if not has_queue_depths(broker):
             return None
         try:
             running = asyncio.get_running_loop()

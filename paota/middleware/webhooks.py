@@ -66,7 +66,13 @@ from paota.core.context import TaskContext
 from paota.core.errors import ConfigError, StoreError
 from paota.core.middleware import Middleware
 from paota.core.outcome import Cancelled, Duplicate, Outcome, Park, Retry, Succeeded
-from paota.core.protocols import REPLAYS_HEADER, Coordination, ParkQueue, header_int
+from paota.core.protocols import (
+    REPLAYS_HEADER,
+    Coordination,
+    ParkQueue,
+    has_coordination,
+    header_int,
+)
 from paota.core.state import TaskStatus
 
 if TYPE_CHECKING:
@@ -248,7 +254,7 @@ class WebhookMiddleware(Middleware):
     async def startup(self, worker: Any) -> None:
         """Use the pool's store as the outbox; start the sender."""
         store = worker.store
-        if not isinstance(store, Coordination):
+        if not has_coordination(store):
             logger.error(
                 "worker pool %s: webhooks are off: the store %s has no Coordination capability to "
                 "keep events in (use the memory or MongoDB store)",

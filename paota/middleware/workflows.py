@@ -57,6 +57,7 @@ from paota.core.protocols import (
     WORKFLOW_HEADER,
     Coordination,
     Store,
+    has_coordination,
     header_text,
 )
 from paota.core.state import ErrorInfo, TaskStatus, task_state
@@ -108,7 +109,7 @@ def failed_key(workflow_id: str) -> str:
 
 def uses_workflows(pool: WorkerPool) -> bool:
     """Whether ``pool`` can advance workflows: its store has the Coordination capability."""
-    return isinstance(pool.store, Coordination)
+    return has_coordination(pool.store)
 
 
 # --- the plan ------------------------------------------------------------------------------------
@@ -295,7 +296,7 @@ class Engine:
 
     def __init__(self, client: Client) -> None:
         store = client.require_store()
-        if not isinstance(store, Coordination):
+        if not has_coordination(store):
             from paota.core.errors import ConfigError
 
             raise ConfigError(

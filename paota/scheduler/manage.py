@@ -16,7 +16,7 @@ from typing import Any
 
 from paota.core.clock import Clock, SystemClock
 from paota.core.errors import ConfigError
-from paota.core.protocols import Coordination
+from paota.core.protocols import Coordination, has_coordination
 from paota.scheduler.schedule import Schedule, check_id
 from paota.scheduler.scheduler import SCHEDULE_KIND, STATE_KIND
 from paota.scheduler.triggers import zone
@@ -64,7 +64,7 @@ class Schedules:
     def __init__(
         self, store: object, *, code: Sequence[Schedule] = (), clock: Clock | None = None
     ) -> None:
-        if not isinstance(store, Coordination):
+        if not has_coordination(store):
             raise ConfigError(
                 f"runtime schedules need a store with the Coordination capability (memory or "
                 f"mongodb), got {type(store).__name__}"

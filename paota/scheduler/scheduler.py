@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from paota.core.context import SCHEDULE_HEADER, SCHEDULE_TZ_HEADER, SCHEDULED_AT_HEADER
 from paota.core.errors import BrokerError, PaotaError, StoreError
-from paota.core.protocols import Coordination
+from paota.core.protocols import Coordination, has_coordination
 from paota.scheduler.schedule import Schedule, slot_task_id
 from paota.scheduler.triggers import slot_iso, zone
 
@@ -190,10 +190,10 @@ class Scheduler:
             return
         await self.client.connect()
         store = self.client.store
-        if isinstance(store, Coordination) and _shared(store):
+        if has_coordination(store) and _shared(store):
             self._coord = store
         else:
-            if isinstance(store, Coordination):
+            if has_coordination(store):
                 self._coord = store
             else:  # no store at all: the claims live in this process
                 from paota.stores.memory import MemoryStore

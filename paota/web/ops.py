@@ -22,14 +22,14 @@ from paota.core.message import Arg, Signature, decode_message
 from paota.core.protocols import (
     MAX_DELAY_S,
     REPLAYS_HEADER,
-    Coordination,
     ListCursor,
     Message,
     OutgoingMessage,
     ParkQueue,
-    QueueDepths,
-    QueueStats,
     Store,
+    has_coordination,
+    has_queue_depths,
+    has_queue_stats,
 )
 from paota.core.state import TaskState, TaskStatus, task_state
 from paota.web.params import (
@@ -366,7 +366,7 @@ async def requeue_parked(
 
 async def _worker_docs(client: Client) -> list[dict[str, Any]] | None:
     store = client.store
-    if not isinstance(store, Coordination):
+    if not has_coordination(store):
         return None
     from paota.middleware.heartbeat import list_workers as heartbeats
 
@@ -396,7 +396,7 @@ async def list_queues(client: Client) -> dict[str, Any]:
     for parking in ParkQueue:
         names[broker.parking_queue(parking)] = f"parking:{parking.value}"
     items: list[dict[str, Any]] = []
-    if isinstance(broker, QueueStats):
+    if has_queue_stats(broker):
         stats = await broker.queue_stats(names)
         for queue, kind in names.items():
             stat = stats.get(queue)
@@ -410,7 +410,7 @@ async def list_queues(client: Client) -> dict[str, Any]:
                     "workers": workers_of.get(queue, 0),
                 }
             )
-    elif isinstance(broker, QueueDepths):
+    elif has_queue_depths(broker):
         depths = await broker.queue_depths(names)
         for queue, kind in names.items():
             items.append(
@@ -442,7 +442,7 @@ def _schedules(client: Client) -> Any:
     from paota.scheduler.manage import Schedules
 
     store = client.store
-    if not isinstance(store, Coordination):
+    if not has_coordination(store):
         raise WebError(501, "schedules need a store with the Coordination capability")
     return Schedules(store, code=client.schedules, clock=client.clock)
 
