@@ -6,12 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -830,19 +826,6 @@ async def test_a_publish_that_failed_midway_is_taken_over_once_its_lease_expires
         await rig.pool.close()
         if rig.worker is not None:
             await rig.worker
-
-
-def test_the_readme_section_examples_run(tmp_path: Path) -> None:
-    section = Path(__file__).resolve().parents[2] / "docs" / "readme" / "workflows.md"
-    blocks = re.findall(r"```python\n(.*?)```", section.read_text(), flags=re.S)
-    assert len(blocks) == 2
-    for i, block in enumerate(blocks):
-        script = tmp_path / f"workflow_example_{i}.py"
-        script.write_text(block)
-        result = subprocess.run(
-            [sys.executable, str(script)], capture_output=True, text=True, timeout=60
-        )
-        assert result.returncode == 0, f"example {i} failed:\n{block}\n{result.stderr}"
 
 
 # --- paota workflow ------------------------------------------------------------------------------
