@@ -472,9 +472,10 @@ class Drain:
 
 
 def worker_env(config: Config, directory: str) -> dict[str, str]:
-    """The environment of ``paota worker amqp_worker:pool`` for ``config``'s topology."""
+    """The environment of ``paota worker amqp_worker:pool`` for ``config``'s topology (and the
+    caller's ``PAOTA_UVLOOP``: ``PAOTA_UVLOOP=0 python bench/amqp.py`` measures asyncio's loop)."""
     amqp = config.amqp
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAOTA_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAOTA_") or k == "PAOTA_UVLOOP"}
     env.update(
         PAOTA_BROKER="amqp",
         PAOTA_AMQP_URL=amqp.url,

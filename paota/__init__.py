@@ -4,6 +4,8 @@ The public API is re-exported here. ``import paota`` imports no broker or store 
 pymongo are loaded only when the ``amqp`` broker or ``mongodb`` store is chosen.
 """
 
+import typing as _typing
+
 from paota.core.client import Client
 from paota.core.clock import Clock, ManualClock, SystemClock
 from paota.core.config import AMQPConfig, Config, MongoConfig, redact_url
@@ -60,16 +62,18 @@ from paota.core.tasks import (
     TaskSender,
 )
 from paota.middleware.stats import PoolStats
-from paota.workflows import (
-    Chain,
-    Group,
-    TaskSignature,
-    WorkflowFailure,
-    WorkflowHandle,
-    chain,
-    chord,
-    group,
-)
+
+if _typing.TYPE_CHECKING:
+    from paota.workflows import (
+        Chain,
+        Group,
+        TaskSignature,
+        WorkflowFailure,
+        WorkflowHandle,
+        chain,
+        chord,
+        group,
+    )
 
 __version__ = "0.1.0"
 
@@ -144,3 +148,32 @@ __all__ = [
     "group",
     "redact_url",
 ]
+
+#: Names imported from :mod:`paota.workflows` on first use: a worker that runs no workflow does
+#: not hold the code of their API and engine.
+_WORKFLOWS = frozenset(
+    {
+        "Chain",
+        "Group",
+        "TaskSignature",
+        "WorkflowFailure",
+        "WorkflowHandle",
+        "chain",
+        "chord",
+        "group",
+    }
+)
+
+
+def __getattr__(name: str) -> _typing.Any:
+    if name in _WORKFLOWS:
+        from paota import workflows
+
+        value = getattr(workflows, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WORKFLOWS})

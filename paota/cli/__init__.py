@@ -36,20 +36,56 @@ COMMANDS = [
 ]
 
 
-def _commands() -> dict[str, ModuleType]:
-    return {name: importlib.import_module(f"paota.cli.{name}") for name in COMMANDS}
+def _commands(argv: Sequence[str] = ()) -> dict[str, ModuleType]:
+    """The subcommands' modules: only the one ``argv`` names when it names one (a worker process
+    does not hold the code of the other nine), else all of them (for help and errors)."""
+    named = [arg for arg in argv if arg in COMMANDS][:1]
+    return {name: importlib.import_module(f"paota.cli.{name}") for name in named or COMMANDS}
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help formatter, sized like it sizes itself (``COLUMNS``, else the terminal,
+    else 80) without importing :mod:`shutil` for that: shutil imports ``bz2`` and ``lzma``, half
+    a MiB of every worker process."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            width = _columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _columns() -> int:
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
 
 
 def _parser(commands: dict[str, ModuleType]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="paota",
+        formatter_class=_Formatter,
         description="paota: an asyncio task queue. Configured by PAOTA_* environment variables "
         "(PAOTA_BROKER=memory|amqp, PAOTA_AMQP_URL, PAOTA_STORE=memory|mongodb, PAOTA_MONGO_URI, ...).",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in commands.items():
-        command = sub.add_parser(name, help=module.HELP, description=module.DESCRIPTION)
+        command = sub.add_parser(
+            name, help=module.HELP, description=module.DESCRIPTION, formatter_class=_Formatter
+        )
         module.add_arguments(command)
     return parser
 
@@ -69,7 +105,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``paota`` command; returns the exit status."""
-    commands = _commands()
+    commands = _commands(sys.argv[1:] if argv is None else argv)
     args = _parser(commands).parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),

@@ -8,11 +8,11 @@ the feature, so a pool without them pays nothing.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from paota.core.middleware import Middleware
 from paota.core.protocols import has_control_channel, has_coordination
-from paota.middleware import limits, workflows
 from paota.middleware.callbacks import CallbacksMiddleware
 
 if TYPE_CHECKING:
@@ -59,16 +59,34 @@ def run_control(pool: WorkerPool) -> list[Middleware]:
     return items
 
 
+def _uses_limits(pool: WorkerPool) -> bool:
+    """Whether a task of ``pool`` has a limit, or the pool has a limiter of its own (one the user
+    made imported :mod:`paota.middleware.limits` already)."""
+    limits = sys.modules.get("paota.middleware.limits")
+    if limits is not None and any(isinstance(m, limits.LimitsMiddleware) for m in pool.middleware):
+        return True
+    return any(
+        task is not None and (task.max_concurrency is not None or task.rate is not None)
+        for task in map(pool._registry.get, pool._registry)
+    )
+
+
 def inner(pool: WorkerPool) -> list[Middleware]:
     """Built-in middleware placed after the user's."""
     items: list[Middleware] = [CallbacksMiddleware()]
-    if workflows.uses_workflows(pool):
-        # Any delivery may be a workflow step; for one that is not, the hook is a header lookup.
-        items.append(workflows.WorkflowMiddleware(pool))
+    if has_coordination(pool.store):
+        # A store other processes share can advance workflows: any delivery may be a workflow
+        # step; for one that is not, the hook is a header lookup.
+        from paota.middleware.workflows import WorkflowMiddleware
+
+        items.append(WorkflowMiddleware(pool))
     # After every middleware with an admit hook: the others admit a run before it takes a
     # concurrency slot or a reserved start (a cancelled task must not spend the rate). None when
-    # no task of the pool has a limit.
-    items.extend(limits.install(pool))
+    # no task of the pool has a limit (then the limiter's module is not even imported).
+    if _uses_limits(pool):
+        from paota.middleware import limits
+
+        items.extend(limits.install(pool))
     if pool.run_scheduler:
         # Last in, so its shutdown runs first: a stopping pool sends no more slots.
         from paota.scheduler.middleware import SchedulerMiddleware

@@ -14,9 +14,9 @@ import contextlib
 import enum
 from collections.abc import Iterator
 
-import aiormq
 from pamqp import commands as spec
 
+from paota.brokers.amqp.driver import aiormq
 from paota.core.errors import BrokerError, PublishError, TopologyError
 
 __all__ = ["ChannelGoneError", "Failure", "broker_errors", "classify", "describe", "translate"]

@@ -17,10 +17,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import cast
 
-import aiormq
 from pamqp import commands as spec
 
 from paota.brokers.amqp.connection import ConnectionPool, Deadlines, being_cancelled, is_blocked
+from paota.brokers.amqp.driver import aiormq
 from paota.brokers.amqp.errors import ChannelGoneError, Failure, classify, describe, translate
 from paota.core.errors import PublishError
 
