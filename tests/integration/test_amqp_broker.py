@@ -12,6 +12,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import cast
 
 import aiormq
 import pytest
@@ -20,7 +21,7 @@ from paota.brokers.amqp import MAX_DELAY_S, AMQPBroker
 from paota.brokers.amqp.properties import encode_headers
 from paota.core.config import Config
 from paota.core.errors import BrokerError, PublishError, TopologyError
-from paota.core.message import decode_message
+from paota.core.message import Arg, decode_message
 from paota.core.protocols import (
     PARKING_HEADERS,
     REPLAYS_HEADER,
@@ -141,6 +142,49 @@ async def test_an_unroutable_publish_raises_publish_error(broker: AMQPBroker) ->
     # given a routing key nothing is bound to
     with pytest.raises(PublishError, match="unroutable"):
         await publish(broker, sig(routing_key="nobody-listens-here"))
+
+
+async def test_a_batch_mixing_unroutable_large_and_small_publishes_settles_each_on_its_own(
+    broker: AMQPBroker, config: Config
+) -> None:
+    # given, in one turn of the event loop (one batch of frames), small publishes, two bodies
+    # larger than a frame (sent as several body frames) and two unroutable ones between them
+    big = "x" * 300_000
+    good = [sig(uuid=f"small-{i}") for i in range(50)]
+    large = [sig(uuid=f"large-{i}", args=[Arg("s", "string", big)]) for i in range(2)]
+    sends = [publish(broker, s) for s in good[:25]]
+    sends += [publish(broker, sig(uuid="lost-1", routing_key="nobody-listens-here"))]
+    sends += [publish(broker, s) for s in large]
+    sends += [publish(broker, sig(uuid="lost-2", routing_key="nobody-listens-here"))]
+    sends += [publish(broker, s) for s in good[25:]]
+    results = await asyncio.wait_for(asyncio.gather(*sends, return_exceptions=True), 30)
+    # then exactly the unroutable ones raise, and the queue holds every other one, intact
+    failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+    assert failed == [25, 28]
+    assert all(isinstance(results[i], PublishError) for i in failed)
+    messages = await get_all(config.amqp.url, config.task_queue_name)
+    decoded = {decode_message(m.body).uuid: decode_message(m.body) for m in messages}
+    assert set(decoded) == {s.uuid for s in good + large}
+    assert decoded["large-1"].args[0].value == big
+
+
+async def test_publishes_wait_for_a_channel_lock_held_by_another_publisher(
+    broker: AMQPBroker, config: Config
+) -> None:
+    # given the publishing channel's lock held (as aiormq's own basic_publish holds it)
+    pool = broker._pool
+    assert pool is not None
+    channel = cast("aiormq.Channel", await pool.publish_channel(None))
+    async with channel.lock:
+        sends = asyncio.gather(*(publish(broker, sig(uuid=f"held-{i}")) for i in range(20)))
+        await asyncio.sleep(0.3)
+        # then nothing is written meanwhile
+        assert not sends.done()
+        assert await queue_depth(config.amqp.url, config.task_queue_name) == 0
+    # and every publish is confirmed once the lock is free, in order
+    await asyncio.wait_for(sends, 10)
+    messages = await get_all(config.amqp.url, config.task_queue_name)
+    assert [decode_message(m.body).uuid for m in messages] == [f"held-{i}" for i in range(20)]
 
 
 async def test_delays_out_of_range_are_refused(broker: AMQPBroker) -> None:

@@ -22,6 +22,7 @@ from pamqp import commands as spec
 from paota.brokers.amqp.connection import ConnectionPool, Deadlines, being_cancelled, is_blocked
 from paota.brokers.amqp.driver import aiormq
 from paota.brokers.amqp.errors import ChannelGoneError, Failure, classify, describe, translate
+from paota.brokers.amqp.frames import FrameBatcher, can_batch
 from paota.core.errors import PublishError
 
 __all__ = ["Publisher"]
@@ -47,6 +48,7 @@ class Publisher:
         self._timeout_s = timeout_s
         self._redeclare = redeclare
         self._deadlines = Deadlines()
+        self._batcher = FrameBatcher()
 
     async def publish(
         self,
@@ -74,17 +76,34 @@ class Publisher:
                         f"{what} not published: no connection to RabbitMQ at {pool.shown_url} "
                         f"within {timeout_s:g} s{cause}"
                     ) from last_error
-            # wait=False: aiormq does not wait for the frame to be written to the socket (with
-            # wait=True it waits holding the channel lock, so concurrent publishes queue on it);
-            # the publish still returns only with RabbitMQ's confirm.
-            publishing = cast("aiormq.Channel", channel).basic_publish(
-                body,
-                exchange=exchange,
-                routing_key=routing_key,
-                properties=props,
-                mandatory=True,
-                wait=False,
-            )
+            publishing: Awaitable[object]
+            if can_batch(channel):
+                # Written with the other publishes of this turn of the loop, in one frame
+                # (paota.brokers.amqp.frames); returns with RabbitMQ's confirm.
+                try:
+                    publishing = self._batcher.publish(
+                        cast("aiormq.Channel", channel),
+                        body,
+                        exchange=exchange,
+                        routing_key=routing_key,
+                        properties=props,
+                    )
+                except ChannelGoneError as exc:
+                    last_error = exc
+                    await asyncio.sleep(0.05)
+                    continue
+            else:
+                # wait=False: aiormq does not wait for the frame to be written to the socket
+                # (with wait=True it waits holding the channel lock, so concurrent publishes
+                # queue on it); the publish still returns only with RabbitMQ's confirm.
+                publishing = cast("aiormq.Channel", channel).basic_publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=props,
+                    mandatory=True,
+                    wait=False,
+                )
             try:
                 try:
                     with self._deadlines.at(deadline):
