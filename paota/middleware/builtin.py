@@ -75,8 +75,9 @@ def inner(pool: WorkerPool) -> list[Middleware]:
     """Built-in middleware placed after the user's."""
     items: list[Middleware] = [CallbacksMiddleware()]
     if has_coordination(pool.store):
-        # A store other processes share can advance workflows: any delivery may be a workflow
-        # step; for one that is not, the hook is a header lookup.
+        # A store with the Coordination capability (workflows.uses_workflows) can advance
+        # workflows: any delivery may be a workflow step; for one that is not, the hook is a
+        # header lookup.
         from paota.middleware.workflows import WorkflowMiddleware
 
         items.append(WorkflowMiddleware(pool))
