@@ -24,7 +24,7 @@ it sends it again; 3.10's default is 180 s. Right after a node loss its moves in
 leader was on that node go unconfirmed, and with its 32 unconfirmed messages it stops taking more:
 measured with the default, 1,245 and 1,339 delayed tasks waited ~180 s in the ladder, and the last
 46 to 50 of them ~360 s (a second round); none was lost. The tests run with 5 s
-(``PAOTA_CLUSTER_DLX_CONFIRM_TIMEOUT_MS``; set 180000, with ``PAOTA_CLUSTER_PATIENCE_S=480``, to
+(``PAOTA_TEST_DLX_CONFIRM_TIMEOUT_MS``; set 180000, with ``PAOTA_CLUSTER_PATIENCE_S=480``, to
 see RabbitMQ's default): deployments of the delay ladder on a cluster should lower it too
 (``advanced.config``: ``[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 5000}]}].``).
 
@@ -68,7 +68,7 @@ from tests.integration.cluster_helpers import (
     slot_endpoints,
     wait_for,
 )
-from tests.integration.containers import RabbitNode, start_cluster
+from tests.integration.containers import DLX_CONFIRM_TIMEOUT_MS, RabbitNode, start_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
@@ -78,18 +78,15 @@ LOG_WORDS = ("dead_letter", "dead-letter", "dlx", "crash", "supervisor", "termin
 EARLY_TOLERANCE = timedelta(milliseconds=10)
 #: How long the worker test waits, after the last send, for every task to have run.
 PATIENCE_S = float(os.environ.get("PAOTA_CLUSTER_PATIENCE_S", "90"))
-#: RabbitMQ's ``dead_letter_worker_publisher_confirm_timeout`` (ms) on the test nodes: how long an
-#: at-least-once dead-letter worker waits for the confirm of a message it forwarded before it sends
-#: it again (see the module docs). RabbitMQ 3.10's default is 180000.
-DLX_CONFIRM_TIMEOUT_MS = int(os.environ.get("PAOTA_CLUSTER_DLX_CONFIRM_TIMEOUT_MS", "5000"))
 
 
 # --- the cluster --------------------------------------------------------------------------------
 
 
 def tune(node: RabbitNode) -> None:
-    """Set :data:`DLX_CONFIRM_TIMEOUT_MS` on ``node`` (read by each dead-letter worker when it
-    starts, that is when its queue gets a leader on this node; 3.10 has no rabbitmq.conf key)."""
+    """Set :data:`~tests.integration.containers.DLX_CONFIRM_TIMEOUT_MS` on ``node`` again (every
+    test node boots with it; read by each dead-letter worker when it starts, that is when its
+    queue gets a leader on this node; 3.10 has no rabbitmq.conf key)."""
     node.ctl(
         "eval",
         "application:set_env(rabbit, dead_letter_worker_publisher_confirm_timeout, "
