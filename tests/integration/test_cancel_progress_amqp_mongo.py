@@ -17,7 +17,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import shutil
 import sys
 import textwrap
 import threading
@@ -45,6 +44,7 @@ from paota import (
 )
 from paota.brokers.amqp.control import control_exchange_name
 from tests.integration.conftest import delete_topology
+from tests.integration.processes import paota_command
 
 pytestmark = pytest.mark.integration
 
@@ -101,11 +101,6 @@ def paota_env(config: Config) -> dict[str, str]:
             if spec is not None and isinstance(value, str) and value:
                 env[spec.env] = value
     return env
-
-
-def paota_command() -> list[str]:
-    script = shutil.which("paota", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "paota"]
 
 
 async def final_doc(tasks: AsyncCollection[Document], task_id: str, timeout_s: float = 30) -> Any:

@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import signal
 import socket
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -34,10 +31,11 @@ from paota import Client, Config, MongoConfig, TaskFailedError
 from paota.middleware.heartbeat import list_workers
 from paota.middleware.tracing import TracingMiddleware
 from paota.stores.mongo.store import MongoStore
+from tests.integration.containers import free_port
+from tests.integration.processes import paota_command, process_env
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.integration.e2e_helpers.observe_app:pool"
 HEARTBEAT_S = 0.5
 OK, FAILING = 40, 5
@@ -57,39 +55,16 @@ async def database(mongo_uri: str) -> AsyncIterator[str]:
         await client.close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def worker_env(config: Config, mongo_uri: str, database: str, **extra: str) -> dict[str, str]:
     """The variables that give a ``paota worker`` process the test's topology and store."""
-    amqp = config.amqp
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAOTA_")}
-    env.update(
-        PAOTA_BROKER="amqp",
-        PAOTA_AMQP_URL=amqp.url,
-        PAOTA_AMQP_EXCHANGE=amqp.exchange,
-        PAOTA_AMQP_DELAYED_QUEUE=amqp.delayed_queue,
-        PAOTA_AMQP_DELAY_LADDER=amqp.delay_ladder,
-        PAOTA_AMQP_FAILED_QUEUE=amqp.failed_queue,
-        PAOTA_AMQP_TIMEOUT_QUEUE=amqp.timeout_queue,
-        PAOTA_AMQP_CONNECTION_POOL_SIZE="1",
-        PAOTA_QUEUE_NAME=config.task_queue_name,
+    return process_env(
+        config,
         PAOTA_STORE="mongodb",
         PAOTA_MONGO_URI=mongo_uri,
         PAOTA_MONGO_DB=database,
         PAOTA_HEARTBEAT_INTERVAL=str(HEARTBEAT_S),
-        PYTHONPATH=str(ROOT),
         **extra,
     )
-    return env
-
-
-def paota_command() -> list[str]:
-    script = shutil.which("paota", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "paota"]
 
 
 async def scrape(port: int) -> str:

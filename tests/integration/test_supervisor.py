@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,40 +26,19 @@ import pytest
 
 from paota import Client, Config, Signature
 from paota.core.message import Arg
+from tests.integration.processes import ROOT, paota_command, process_env
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.integration.e2e_helpers.supervised_app:pool"
 
 
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def paota_command() -> list[str]:
-    script = shutil.which("paota", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "paota"]
-
-
-def amqp_env(config: Config, runs: Path, **extra: str) -> dict[str, str]:
+def supervised_env(config: Config, runs: Path, **extra: str) -> dict[str, str]:
     """The variables that give a worker process the test's topology and the runs file."""
-    amqp = config.amqp
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAOTA_")}
-    env.update(
-        PAOTA_BROKER="amqp",
-        PAOTA_AMQP_URL=amqp.url,
-        PAOTA_AMQP_EXCHANGE=amqp.exchange,
-        PAOTA_AMQP_DELAYED_QUEUE=amqp.delayed_queue,
-        PAOTA_AMQP_DELAY_LADDER=amqp.delay_ladder,
-        PAOTA_AMQP_FAILED_QUEUE=amqp.failed_queue,
-        PAOTA_AMQP_TIMEOUT_QUEUE=amqp.timeout_queue,
-        PAOTA_AMQP_CONNECTION_POOL_SIZE="1",
-        PAOTA_QUEUE_NAME=config.task_queue_name,
-        PYTHONPATH=str(ROOT),
-        SUP_RUNS=str(runs),
-        **extra,
-    )
-    return env
+    return process_env(config, SUP_RUNS=str(runs), **extra)
 
 
 def children_of(pid: int) -> set[int]:
@@ -201,7 +178,7 @@ async def test_a_killed_child_is_replaced_and_no_task_is_lost(
     config = make_config()
     runs = Runs(tmp_path / "runs.txt")
     # given: a supervisor of two worker processes, and 300 tasks of 50 ms
-    supervisor = await supervisors("--processes", "2", APP, env=amqp_env(config, runs.path))
+    supervisor = await supervisors("--processes", "2", APP, env=supervised_env(config, runs.path))
     first = await eventually(lambda: exactly(2, supervisor.pid), 60, "two children")
     async with Client(config) as client:
         handles = await client.send_many([work(0.05) for _ in range(300)])
@@ -239,7 +216,7 @@ async def test_recycling_by_task_count_runs_exactly_that_many_per_child(
     config = make_config()
     runs = Runs(tmp_path / "runs.txt")
     # given: one worker process (one task at a time) recycled every 10 tasks
-    env = amqp_env(config, runs.path, SUP_CONCURRENCY="1")
+    env = supervised_env(config, runs.path, SUP_CONCURRENCY="1")
     supervisor = await supervisors("--processes", "1", "--max-tasks-per-child", "10", APP, env=env)
     await eventually(lambda: children_of(supervisor.pid), 60, "a child")
     # when: 35 tasks are sent
@@ -273,7 +250,7 @@ async def test_sigterm_drains_every_child_and_returns_the_rest_to_the_queue(
     config = make_config()
     runs = Runs(tmp_path / "runs.txt")
     # given: two worker processes running two 1.5 s tasks each, 16 more waiting
-    env = amqp_env(config, runs.path, SUP_CONCURRENCY="2")
+    env = supervised_env(config, runs.path, SUP_CONCURRENCY="2")
     supervisor = await supervisors("--processes", "2", APP, env=env)
     await eventually(lambda: len(children_of(supervisor.pid)) == 2, 60, "two children")
     async with Client(config) as client:
@@ -304,7 +281,7 @@ async def test_a_second_sigint_stops_at_once_and_the_queue_gets_every_task_back(
 ) -> None:
     config = make_config()
     runs = Runs(tmp_path / "runs.txt")
-    env = amqp_env(config, runs.path, SUP_CONCURRENCY="2")
+    env = supervised_env(config, runs.path, SUP_CONCURRENCY="2")
     supervisor = await supervisors("--processes", "2", APP, env=env)
     await eventually(lambda: len(children_of(supervisor.pid)) == 2, 60, "two children")
     async with Client(config) as client:

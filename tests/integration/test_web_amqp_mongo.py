@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import socket
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -31,10 +28,11 @@ from pymongo import AsyncMongoClient
 
 from paota import Arg, Client, Config, MongoConfig, Signature
 from tests.integration._skip import skip_or_fail
+from tests.integration.containers import free_port
+from tests.integration.processes import ROOT, paota_command, process_env
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.integration.e2e_helpers.web_app:pool"
 TOKEN = "integration-token-" + uuid.uuid4().hex
 CHROMIUM = "/usr/bin/chromium"
@@ -49,39 +47,16 @@ BROWSER_ARGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def paota_command() -> list[str]:
-    script = shutil.which("paota", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "paota"]
-
-
 def env_of(config: Config, mongo_uri: str, database: str, **extra: str) -> dict[str, str]:
     """The variables that give a paota process the test's topology and store."""
-    amqp = config.amqp
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAOTA_")}
-    env.update(
-        PAOTA_BROKER="amqp",
-        PAOTA_AMQP_URL=amqp.url,
-        PAOTA_AMQP_EXCHANGE=amqp.exchange,
-        PAOTA_AMQP_DELAYED_QUEUE=amqp.delayed_queue,
-        PAOTA_AMQP_DELAY_LADDER=amqp.delay_ladder,
-        PAOTA_AMQP_FAILED_QUEUE=amqp.failed_queue,
-        PAOTA_AMQP_TIMEOUT_QUEUE=amqp.timeout_queue,
-        PAOTA_AMQP_CONNECTION_POOL_SIZE="1",
-        PAOTA_QUEUE_NAME=config.task_queue_name,
+    return process_env(
+        config,
         PAOTA_STORE="mongodb",
         PAOTA_MONGO_URI=mongo_uri,
         PAOTA_MONGO_DB=database,
         PAOTA_HEARTBEAT_INTERVAL="1",
-        PYTHONPATH=str(ROOT),
         **extra,
     )
-    return env
 
 
 async def eventually(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
