@@ -61,7 +61,8 @@ def run_control(pool: WorkerPool) -> list[Middleware]:
 
 def _uses_limits(pool: WorkerPool) -> bool:
     """Whether a task of ``pool`` has a limit, or the pool has a limiter of its own (one the user
-    made imported :mod:`paota.middleware.limits` already)."""
+    made imported :mod:`paota.middleware.limits` already): the one test of whether the limiter
+    is installed."""
     limits = sys.modules.get("paota.middleware.limits")
     if limits is not None and any(isinstance(m, limits.LimitsMiddleware) for m in pool.middleware):
         return True

@@ -738,18 +738,13 @@ def reservation(headers: Mapping[str, Any], attempt: int, book: str) -> datetime
 
 
 def install(pool: WorkerPool) -> list[Middleware]:
-    """The limiter :mod:`paota.middleware.builtin` adds to ``pool``: none when no task of the
-    pool has a limit, or when the pool's own middleware has a :class:`LimitsMiddleware` (which is
-    then configured)."""
+    """The limiter :mod:`paota.middleware.builtin` adds to ``pool`` when the pool uses limits (a
+    task with a limit, or a :class:`LimitsMiddleware` of its own): none when the pool's own
+    middleware has one (which is then configured)."""
     own = [m for m in pool.middleware if isinstance(m, LimitsMiddleware)]
     if own:
         for middleware in own:
             middleware.configure(pool)
-        return []
-    if not any(
-        task is not None and (task.max_concurrency is not None or task.rate is not None)
-        for task in map(pool._registry.get, pool._registry)
-    ):
         return []
     limiter = LimitsMiddleware()
     limiter.configure(pool)
