@@ -94,7 +94,8 @@ async def test_broker_sigkill_twice_mid_stream_loses_nothing(
     await running(worker_pool(config, runs, concurrency=20, sleep_s=0.05))
 
     # when the broker is SIGKILLed twice while tasks run and delays wait (at a quarter done, then
-    # 3 s after the pool recovered: a time, so that delays still wait however slow the machine),
+    # 3 s after the pool recovered, once 1,000 more tasks, half of them with ETAs 3-30 s, are
+    # confirmed: however long the first recovery took, delays wait in the ladder at both kills),
     # and started again on its data each time
     recover_s: list[float] = []
     down_s: list[float] = []
@@ -104,6 +105,11 @@ async def test_broker_sigkill_twice_mid_stream_loses_nothing(
     for kill in range(2):
         if kill:
             await asyncio.sleep(3.0)
+            async with WorkerPool(config, name="chaos-producer") as producer:
+                wave = plan(1000, delayed_fraction=0.5, delay_s=(3.0, 30.0), prefix="wave2")
+                await send_all(producer, wave, result=sent)
+            total += len(wave)
+            assert len(sent.confirmed) == total
         assert runs.distinct() < total, "everything ran before the kill: make the tasks slower"
         waiting.append(sent.delayed_waiting())
         done_at_kills.append(runs.distinct())
