@@ -18,8 +18,9 @@ back and is tried again on the next tick, while the slot is within its catch-up 
 
 Missed slots: when a scheduler starts (or first sees a schedule), it reads the schedule's last
 sent slot from the store; slots since then that are within ``misfire_grace_s`` run (once each),
-older ones are skipped with one WARNING naming them. A schedule nobody ever ran starts with the
-next slot. ``catch_up=False`` runs only slots seen within :data:`ON_TIME_S` of their time.
+older ones are skipped with one WARNING naming them (only those no other scheduler sent: a
+scheduler that stalled while others sent its late slots says nothing). A schedule nobody ever ran
+starts with the next slot. ``catch_up=False`` runs only slots seen within :data:`ON_TIME_S` of their time.
 
 Without a shared store: the memory store (or none) is one process's own, so two schedulers in two
 processes would both send every slot. A scheduler then needs the broker to be in-process too
@@ -77,6 +78,8 @@ CLAIM_MARGIN_S = 86400.0
 """How long a slot's claim is kept beyond the catch-up window (a day: clocks of schedulers may
 disagree by far less than that)."""
 _SKIP_COUNT_LIMIT = 10_000
+#: How many late slots a scheduler looks up one by one before calling them missed.
+_CLAIM_CHECK_LIMIT = 100
 
 
 class SchedulerError(PaotaError):
@@ -429,7 +432,9 @@ class Scheduler:
         oldest = now - timedelta(seconds=window_s)
         late = [slot for slot in due if slot < oldest]
         if late:
-            self._log_skipped(schedule, late)
+            missed = await self._unsent(schedule, late)
+            if missed:
+                self._log_skipped(schedule, missed)
         sent = []
         for slot in due:
             if slot < oldest:
@@ -440,6 +445,25 @@ class Scheduler:
             elif isinstance(result, Sent):
                 sent.append(result)
         return sent
+
+    async def _unsent(self, schedule: Schedule, late: list[datetime]) -> list[datetime]:
+        """Of the ``late`` slots this scheduler saw too late, those no scheduler sent: a slot
+        another one claimed, or one at or before the schedule's last sent slot, was not missed
+        (this one only stalled). On a store error, all of them (the WARNING errs on the loud
+        side)."""
+        store = self._store()
+        try:
+            state = await store.get_doc(STATE_KIND, schedule.id)
+            last = None if state is None else _time(state.get("last_slot"))
+            candidates = [slot for slot in late if last is None or slot > last]
+            unsent = [
+                slot
+                for slot in candidates[:_CLAIM_CHECK_LIMIT]
+                if await store.get_claim(slot_task_id(schedule.id, slot)) is None
+            ]
+        except StoreError:
+            return late
+        return unsent + candidates[_CLAIM_CHECK_LIMIT:]
 
     async def _send_slot(
         self, schedule: Schedule, slot: datetime, window_s: float
