@@ -24,7 +24,7 @@ from typing import Any
 from paota.core.client import Client
 from paota.core.clock import Clock
 from paota.core.config import Config
-from paota.core.context import TaskContext, reset_current, set_current
+from paota.core.context import TaskContext, reset_current, set_current, task_log_extra
 from paota.core.errors import BrokerError, ConfigError, DecodeError, PaotaError, StoreError
 from paota.core.message import Signature, decode_message
 from paota.core.middleware import Middleware, MiddlewareChain
@@ -343,12 +343,27 @@ class WorkerPool(Client):
         except (BrokerError, StoreError) as exc:
             # The outcome could not be made durable: leave the message to the broker, which
             # redelivers it (at-least-once).
-            logger.error("worker pool %s: %s; returning the message to the broker", self.name, exc)
+            task_id, name = _delivery_task(delivery)
+            logger.error(
+                "worker pool %s: task %s (%s): %s; returning the message to the broker",
+                self.name,
+                task_id,
+                name,
+                exc,
+                extra=task_log_extra(task_id, name),
+            )
             await _quietly(delivery.reject(requeue=True))
         except Exception as exc:
             # A bug of paota's (or of a seam's), not of the message: park it with the traceback
             # rather than send it round again, so it can be looked at and replayed.
-            logger.exception("worker pool %s: handling a delivery failed; parking it", self.name)
+            task_id, name = _delivery_task(delivery)
+            logger.exception(
+                "worker pool %s: handling the delivery of task %s (%s) failed; parking it",
+                self.name,
+                task_id,
+                name,
+                extra=task_log_extra(task_id, name),
+            )
             await self._park_internal_error(delivery, exc)
         finally:
             slots.release()
@@ -468,6 +483,16 @@ def _go_style_entry(func: Any) -> bool | None:
     if len(params) == 1 and params[0].annotation is inspect.Parameter.empty:
         return True
     return is_go_style(func)
+
+
+def _delivery_task(delivery: Delivery) -> tuple[str, str]:
+    """The task id and name of ``delivery`` for a log line off the hot path (its message id, or
+    the decoded body's; empty strings when neither says)."""
+    try:
+        sig = decode_message(delivery.body, delivery.headers)
+    except Exception:
+        return delivery.message_id or "", ""
+    return sig.uuid or delivery.message_id or "", sig.name
 
 
 async def _quietly(awaitable: Any) -> None:

@@ -10,8 +10,8 @@ The session fixture :func:`mongo_uri` finds one, in this order:
 
 If none works: skipped on a laptop, failed in CI (:func:`tests.integration._skip.skip_or_fail`).
 
-mongoeco needs Python >= 3.13 while paota supports 3.10, so it gets a virtualenv of its own, made
-once under ``.cache/mongoeco-venv`` from a ``python3.13`` found on PATH or under pyenv, and runs
+mongoeco needs Python >= 3.13 while paota runs on 3.11 to 3.13, so it gets a virtualenv of its
+own, made once under ``.cache/mongoeco-venv`` from a ``python3.13`` found on PATH or under pyenv, and runs
 ``mongoeco_launcher.py`` there. :class:`MongoecoServer` starts and kills such a server on a given
 port, for the outage test (``mongoeco_servers`` fixture). mongoeco is slow on large collections:
 keep a test to a few hundred documents, on a fresh database.

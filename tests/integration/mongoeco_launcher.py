@@ -1,7 +1,7 @@
 """Run a mongoeco MongoDB wire-protocol server (memory engine) until killed.
 
 Started by :mod:`tests.integration.mongo_server` with the Python >= 3.13 interpreter of its own
-virtualenv (mongoeco needs 3.13; the project supports 3.10), never imported by the test suite::
+virtualenv (mongoeco needs 3.13; the project runs on 3.11 to 3.13), never imported by the tests::
 
     python3.13 mongoeco_launcher.py PORT
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 from paota import Arg, ConfigError
 from paota.cli import main, parse_arg
+from paota.cli._common import parse_queues
 
 
 def run_cli(
@@ -94,6 +96,58 @@ def test_worker_on_memory_broker_warns_and_stops_on_sigterm(tmp_path: Path) -> N
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_worker_queues_option_sets_each_queue_and_its_concurrency(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(
+        "from paota import Config, WorkerPool\n"
+        "pool = WorkerPool(Config(), concurrency=7, name='app-worker')\n"
+        "pool.register_tasks({'Print': lambda sig: None})\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "paota", "worker", "app:pool", "--queues", "paota_tasks, emails=2"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PAOTA_")},
+    )
+    try:
+        assert proc.stderr is not None
+        seen = ""
+        while "consuming" not in seen:
+            line = proc.stderr.readline()
+            assert line, f"worker exited early: {seen}"
+            seen += line
+        # a name alone takes the pool's concurrency, NAME=N its own
+        assert "consuming paota_tasks (concurrency 7), emails (concurrency 2)" in seen
+        proc.terminate()
+        proc.communicate(timeout=30)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("default", {"default": None}),
+        ("default,emails=5", {"default": None, "emails": 5}),
+        (" a = 3 , b ", {"a": 3, "b": None}),
+    ],
+)
+def test_parse_queues(text: str, expected: dict[str, int | None]) -> None:
+    assert parse_queues(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("a,,b", "an empty queue name"), ("emails=0", "out of range"), ("emails=x", "not an integer")],
+)
+def test_parse_queues_rejects(text: str, message: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        parse_queues(text)
 
 
 def test_worker_target_errors_are_clear(tmp_path: Path) -> None:

@@ -192,7 +192,9 @@ class StoreDownOnce(Middleware):
             raise StoreError("store went away")
 
 
-async def test_a_store_error_from_a_hook_returns_the_message_to_the_broker(run: Any) -> None:
+async def test_a_store_error_from_a_hook_returns_the_message_to_the_broker(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     pool = make_pool(StoreDownOnce())
     runs = 0
 
@@ -210,6 +212,10 @@ async def test_a_store_error_from_a_hook_returns_the_message_to_the_broker(run: 
     assert pool.stats.duplicates == 1
     assert await handle.result(timeout=1) == "ok"
     assert broker.ready_count == 0 and broker.unacked_count == 0
+    # and the line that says so names the task, in its text and as fields
+    [returned] = [r for r in caplog.records if "returning the message" in r.getMessage()]
+    assert handle.id in returned.getMessage()
+    assert (returned.task_id, returned.task_name) == (handle.id, "once")  # type: ignore[attr-defined]
 
 
 class Throttle(Middleware):

@@ -38,7 +38,7 @@ async def test_a_negative_returns_header_is_returned_then_parked() -> None:
 
 
 async def test_a_crash_in_handling_parks_the_delivery_instead_of_looping(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     pool = WorkerPool(Config(), 2, broker=MemoryBroker(clock=ManualClock()))
     pool.register_tasks({"Add": lambda sig: None})
@@ -54,4 +54,9 @@ async def test_a_crash_in_handling_parks_the_delivery_instead_of_looping(
     assert parked.headers["x-paota-reason"] == "internal-error"
     assert "a bug in a seam" in parked.headers["x-paota-error"]
     assert broker.unacked_count == 0 and broker.ready_count == 0
+    # the ERROR names the task, in its text and as fields
+    [crashed] = [r for r in caplog.records if "parking it" in r.getMessage()]
+    task_id = parked.message_id
+    assert task_id and task_id in crashed.getMessage()
+    assert (crashed.task_id, crashed.task_name) == (task_id, "Add")  # type: ignore[attr-defined]
     await pool.close()

@@ -183,6 +183,36 @@ async def test_unnamed_args_bind_by_position(pool: WorkerPool) -> None:
     assert got == [{"id": "1", "name": "John Doe", "email": "john.doe@example.com"}]
 
 
+async def test_go_vectors_with_named_args_and_no_args_run_typed_tasks(pool: WorkerPool) -> None:
+    got: list[tuple[Any, ...]] = []
+
+    # parameters in another order than Go's Args: named args bind by name
+    @pool.task(name="ResizeImage", retry_count=0)
+    async def resize(tags: list[str], keep: bool, ratio: float, width: int, url: str) -> str:
+        got.append((url, width, ratio, keep, tags))
+        return f"{url}@{width}"
+
+    @pool.task(name="Noop")
+    def noop() -> None:
+        got.append(("noop",))
+
+    await started(pool)
+    # full.json: Go's encoder with named string, int, float64, bool and []string args (its times
+    # moved to now: the vector's 30 s start deadline from 2026-11-27 has long passed)
+    full = json.loads((VECTORS / "full.json").read_bytes())
+    full["CreatedAt"], full["ETA"] = pool.clock.now().isoformat(), None
+    await memory(pool).publish_raw(json.dumps(full).encode())
+    # zero_values.json: Go's zero Signature, no args at all
+    await memory(pool).publish_raw((VECTORS / "zero_values.json").read_bytes())
+    await memory(pool).run_until_idle()
+    assert sorted(got, key=len) == [
+        ("noop",),
+        ("https://example.com/a.png", 640, 1.5, True, ["a", "b"]),
+    ]
+    assert await pool.result(full["UUID"], timeout=1) == "https://example.com/a.png@640"
+    assert memory(pool).parked(ParkQueue.FAILED) == []
+
+
 async def test_a_typed_send_decodes_as_go_expects(pool: WorkerPool) -> None:
     @pool.task(name="Print")
     def print_task(who: str, times: int = 1) -> None: ...
