@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -212,6 +213,13 @@ async def test_three_scheduler_processes_for_two_minutes_send_each_slot_once(
     # then every slot between the first scheduler's start and the stop ran exactly once
     by_id = Counter(run.task_id for run in runs)
     assert [task_id for task_id, n in by_id.items() if n > 1] == []
+    # and was published once: a second publish would have run as a skipped duplicate, so count
+    # the sends the schedulers logged
+    sends = Counter(
+        task_id for log in logs.values() for task_id in re.findall(r" as task (sched:\S+)", log)
+    )
+    assert [task_id for task_id, n in sends.items() if n > 1] == [], logs
+    assert set(sends) == set(by_id)
     states = {d["key"]: d for d in await _docs(mongo, "schedule-state")}
     for schedule_id, (cron, every, tz) in SCHEDULES.items():
         since = datetime.fromisoformat(states[schedule_id]["doc"]["since"])

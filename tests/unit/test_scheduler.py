@@ -593,3 +593,72 @@ async def test_a_slot_that_cannot_be_sent_is_logged_and_the_others_go_on(
     assert "slot 2026-05-04T08:01:00Z of schedule 'a-broken'" in record.getMessage()
     assert record.exc_info is not None and "cannot encode" in str(record.exc_info[1])
     await pool.close()
+
+
+@pytest.mark.parametrize(
+    ("tz", "start", "expression", "hours", "expected_local"),
+    [
+        # New York falls back on 2026-11-01 (01:00-02:00 twice): an hourly job runs at both 01:00s
+        (
+            "America/New_York",
+            datetime(2026, 11, 1, 3, 30, tzinfo=UTC),
+            "0 * * * *",
+            6,
+            ["00:00 EDT", "01:00 EDT", "01:00 EST", "02:00 EST", "03:00 EST", "04:00 EST"],
+        ),
+        # Berlin falls back on 2026-10-25 (02:00-03:00 twice): a job naming its hour runs once
+        (
+            "Europe/Berlin",
+            datetime(2026, 10, 24, 23, 30, tzinfo=UTC),
+            "30 2 * * *",
+            5,
+            ["02:30 CEST"],
+        ),
+        # Berlin springs forward on 2026-03-29 (02:00 -> 03:00): the 02:30 job runs once, at 03:00
+        (
+            "Europe/Berlin",
+            datetime(2026, 3, 28, 23, 30, tzinfo=UTC),
+            "30 2 * * *",
+            5,
+            ["03:00 CEST"],
+        ),
+        # New York springs forward on 2026-03-08: an hourly job runs 23 times that day; over the
+        # change 01:00 EST is followed by 03:00 EDT
+        (
+            "America/New_York",
+            datetime(2026, 3, 8, 5, 30, tzinfo=UTC),
+            "0 * * * *",
+            3,
+            ["01:00 EST", "03:00 EDT", "04:00 EDT"],
+        ),
+    ],
+)
+async def test_a_running_scheduler_sends_the_slots_of_a_dst_change_by_the_stated_rules(
+    tz: str, start: datetime, expression: str, hours: int, expected_local: list[str]
+) -> None:
+    # given a worker with a scheduler (the virtual clock half an hour before the change's night)
+    world = World(start)
+    pool = world.pool()
+    ran: list[str] = []
+
+    @pool.periodic(expression, tz=tz)
+    async def job() -> None:
+        scheduled_at = current_task().scheduled_at
+        assert scheduled_at is not None
+        ran.append(scheduled_at.strftime("%H:%M %Z"))
+
+    scheduler = Scheduler(pool)
+    async with pool:
+        worker = asyncio.create_task(pool.start(install_signal_handlers=False))
+        await scheduler.start()
+        # when the clock walks through the night a minute at a time, the scheduler ticking
+        for _ in range(hours * 60):
+            world.clock.advance(60)
+            await scheduler.tick()
+            await world.broker.run_until_idle()
+        await pool.stop()
+        await worker
+    # then the slots sent, and run, are those the README's rules name, each once
+    assert ran == expected_local
+    assert len(world.published()) == len(set(world.published())) == len(expected_local)
+    await world.broker.close()
