@@ -1,6 +1,7 @@
 """OpenTelemetry tracing with the SDK's in-memory exporter, on the memory broker (virtual clock):
 a producer span per send, a consumer span per run linked through the W3C headers, the trace kept
-through retries, deferrals and follow-up tasks, and a new root for a message without headers."""
+through retries, deferrals, follow-up tasks and a chord's steps, and a new root for a message
+without headers."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from paota.brokers.memory import MemoryBroker
 from paota.core.message import encode_message
 from paota.middleware.tracing import TracingMiddleware
 from paota.stores.memory import MemoryStore
+from paota.workflows import chord
 
 
 class ThrottleOnce(Middleware):
@@ -64,6 +66,7 @@ class Rig:
     pool: WorkerPool
     broker: MemoryBroker
     exporter: InMemorySpanExporter
+    provider: TracerProvider
 
     def spans(self, name: str | None = None) -> list[ReadableSpan]:
         found = list(self.exporter.get_finished_spans())
@@ -92,7 +95,7 @@ async def rig() -> AsyncIterator[Rig]:
     await pool.connect()
     worker = asyncio.create_task(pool.start(install_signal_handlers=False))
     await asyncio.sleep(0)
-    yield Rig(pool, broker, exporter)
+    yield Rig(pool, broker, exporter, provider)
     await pool.close()
     await asyncio.wait_for(worker, 10)
     provider.shutdown()
@@ -276,3 +279,29 @@ async def test_sync_tasks_see_the_run_span_as_current(rig: Rig) -> None:
     await rig.broker.run_until_idle()
     [run] = rig.spans("process blocking")
     assert seen == [span_id(run)]
+
+
+async def test_the_steps_of_a_real_chord_stay_in_the_trace_it_was_sent_in(rig: Rig) -> None:
+    @rig.pool.task
+    async def inc(x: int) -> int:
+        return x + 1
+
+    @rig.pool.task
+    async def total(xs: list[int]) -> int:
+        return sum(xs)
+
+    # a chord sent inside a span of the producer's (a web request, say)
+    with rig.provider.get_tracer("shop").start_as_current_span("checkout") as outer:
+        handle = await chord([inc.signature(1), inc.signature(2)], total.signature()).send()
+    await rig.broker.run_until_idle()
+    assert await handle.result(timeout=1) == 5
+
+    members = rig.spans("process inc")
+    [send_total] = rig.spans("send total")
+    [run_total] = rig.spans("process total")
+    # every step, the callback the workflow middleware sent included, is in the producer's trace
+    everything = [*rig.spans("send inc"), *members, send_total, run_total]
+    assert {trace_id(s) for s in everything} == {outer.get_span_context().trace_id}
+    # the callback was sent by the member that completed the barrier, and ran as its child
+    assert parent_id(send_total) in {span_id(m) for m in members}
+    assert parent_id(run_total) == span_id(send_total)
