@@ -291,3 +291,64 @@ def _sig(name: str, *args: Any) -> Any:
     from paota import Arg, Signature
 
     return Signature(name, args=[Arg.of(a, "n") for a in args])
+
+
+async def test_a_supervisor_gives_its_children_one_metrics_directory_and_port(
+    make_config: Callable[..., Config], mongo_uri: str, database: str, tmp_path: Path
+) -> None:
+    # given `paota worker --processes 2 --metrics-port N` with no PROMETHEUS_MULTIPROC_DIR set
+    config = make_config(
+        config_fields={"store": "mongodb", "mongo": MongoConfig(uri=mongo_uri, database=database)}
+    )
+    queue = config.task_queue_name
+    spans_dir = tmp_path / "spans"
+    spans_dir.mkdir()
+    port = free_port()
+    env = worker_env(
+        config, mongo_uri, database, OBSERVE_SPANS_DIR=str(spans_dir), OBSERVE_NAME="supervised"
+    )
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    supervisor = await asyncio.create_subprocess_exec(
+        *paota_command(),
+        "worker",
+        APP,
+        "--processes",
+        "2",
+        "--metrics-port",
+        str(port),
+        "--metrics-host",
+        "127.0.0.1",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    store = MongoStore(config)
+    try:
+        await store.connect()
+
+        async def both_alive() -> list[dict[str, Any]] | None:
+            found = await list_workers(store)
+            return found if len(found) == 2 else None
+
+        children = {r["pid"] for r in await eventually(both_alive, 60, "two child processes")}
+        # when 60 tasks run, spread over the two children
+        async with Client(config) as producer:
+            handles = [await producer.send_task(_sig("obs.ok", n)) for n in range(60)]
+            for handle in handles:
+                assert await handle.result(timeout=60) is not None
+        ran_by = {path.stem.removeprefix("spans-") for path in spans_dir.glob("spans-*.jsonl")}
+        # then every scrape, whichever child answers it, reports the sum of both
+        for _ in range(6):
+            body = await scrape(port)
+            assert (
+                sample(body, "paota_tasks_total", queue=queue, task="obs.ok", outcome="succeeded")
+                == 60
+            ), body
+        assert {int(pid) for pid in ran_by} <= children
+    finally:
+        if supervisor.returncode is None:
+            supervisor.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(supervisor.communicate(), 60)
+        await store.close()
+    assert supervisor.returncode == 0, err.decode()[-3000:]
+    print(f"children that ran tasks: {len(ran_by)} of 2")

@@ -354,7 +354,8 @@ async def test_max_memory_per_child_recycles_a_child_that_holds_more(
 async def test_reload_replaces_the_children_when_a_python_file_changes(
     supervisors: Any, tmp_path: Path
 ) -> None:
-    pytest.importorskip("watchfiles")
+    import watchfiles  # noqa: F401  (paota[reload]; part of the test extra: never skipped)
+
     app = tmp_path / "reload_app.py"
     app.write_text(MEMORY_APP)
     supervisor = await supervisors(
