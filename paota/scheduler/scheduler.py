@@ -20,7 +20,8 @@ Missed slots: when a scheduler starts (or first sees a schedule), it reads the s
 sent slot from the store; slots since then that are within ``misfire_grace_s`` run (once each),
 older ones are skipped with one WARNING naming them (only those no other scheduler sent: a
 scheduler that stalled while others sent its late slots says nothing). A schedule nobody ever ran
-starts with the next slot. ``catch_up=False`` runs only slots seen within :data:`ON_TIME_S` of their time.
+starts with the next slot. ``catch_up=False`` runs only slots seen within :data:`ON_TIME_S` of
+their time.
 
 Without a shared store: the memory store (or none) is one process's own, so two schedulers in two
 processes would both send every slot. A scheduler then needs the broker to be in-process too

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,32 @@ def test_bad_prefetch_is_one_paragraph_naming_the_variable() -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@contextlib.contextmanager
+def worker_process(cwd: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``paota worker ARGS`` run in ``cwd`` (no ``PAOTA_*`` variables), once it logged that it
+    consumes: the process and what it logged so far. Killed on the way out if still running."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "paota", "worker", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PAOTA_")},
+    )
+    try:
+        assert proc.stderr is not None
+        seen = ""
+        while "consuming" not in seen:
+            line = proc.stderr.readline()
+            assert line, f"worker exited early: {seen}"
+            seen += line
+        yield proc, seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def test_worker_on_memory_broker_warns_and_stops_on_sigterm(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(
         textwrap.dedent(
@@ -73,29 +101,12 @@ def test_worker_on_memory_broker_warns_and_stops_on_sigterm(tmp_path: Path) -> N
             """
         )
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "paota", "worker", "app:pool"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("PAOTA_")},
-    )
-    try:
-        assert proc.stderr is not None
-        seen = ""
-        while "consuming" not in seen:
-            line = proc.stderr.readline()
-            assert line, f"worker exited early: {seen}"
-            seen += line
+    with worker_process(tmp_path, "app:pool") as (proc, seen):
         assert "only tasks sent from this same process" in seen
         proc.terminate()
         _, rest = proc.communicate(timeout=30)
         assert proc.returncode == 0, rest
         assert "stopped" in rest
-    finally:
-        if proc.poll() is None:
-            proc.kill()
 
 
 def test_worker_queues_option_sets_each_queue_and_its_concurrency(tmp_path: Path) -> None:
@@ -104,29 +115,12 @@ def test_worker_queues_option_sets_each_queue_and_its_concurrency(tmp_path: Path
         "pool = WorkerPool(Config(), concurrency=7, name='app-worker')\n"
         "pool.register_tasks({'Print': lambda sig: None})\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "paota", "worker", "app:pool", "--queues", "paota_tasks, emails=2"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("PAOTA_")},
-    )
-    try:
-        assert proc.stderr is not None
-        seen = ""
-        while "consuming" not in seen:
-            line = proc.stderr.readline()
-            assert line, f"worker exited early: {seen}"
-            seen += line
+    with worker_process(tmp_path, "app:pool", "--queues", "paota_tasks, emails=2") as (proc, seen):
         # a name alone takes the pool's concurrency, NAME=N its own
         assert "consuming paota_tasks (concurrency 7), emails (concurrency 2)" in seen
         proc.terminate()
-        proc.communicate(timeout=30)
-        assert proc.returncode == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        _, rest = proc.communicate(timeout=30)
+        assert proc.returncode == 0, rest
 
 
 @pytest.mark.parametrize(
