@@ -55,6 +55,19 @@ async def database(mongo_uri: str) -> AsyncIterator[str]:
         await client.close()
 
 
+def mongo_config(make_config: Callable[..., Config], mongo_uri: str, database: str) -> Config:
+    """The test's topology with the MongoDB store on ``database``."""
+    return make_config(
+        config_fields={"store": "mongodb", "mongo": MongoConfig(uri=mongo_uri, database=database)}
+    )
+
+
+async def workers_alive(store: MongoStore, count: int) -> list[dict[str, Any]] | None:
+    """The worker records in ``store`` once there are ``count`` of them, else None."""
+    found = await list_workers(store)
+    return found if len(found) == count else None
+
+
 def worker_env(config: Config, mongo_uri: str, database: str, **extra: str) -> dict[str, str]:
     """The variables that give a ``paota worker`` process the test's topology and store."""
     return process_env(
@@ -104,9 +117,7 @@ async def eventually(check: Callable[[], Any], timeout_s: float, what: str) -> A
 async def test_two_workers_report_exact_totals_link_traces_and_say_they_are_alive(
     make_config: Callable[..., Config], mongo_uri: str, database: str, tmp_path: Path
 ) -> None:
-    config = make_config(
-        config_fields={"store": "mongodb", "mongo": MongoConfig(uri=mongo_uri, database=database)}
-    )
+    config = mongo_config(make_config, mongo_uri, database)
     queue = config.task_queue_name
     prom = tmp_path / "prom"
     prom.mkdir()
@@ -144,11 +155,7 @@ async def test_two_workers_report_exact_totals_link_traces_and_say_they_are_aliv
     try:
         await store.connect()
 
-        async def both_alive() -> list[dict[str, Any]] | None:
-            found = await list_workers(store)
-            return found if len(found) == 2 else None
-
-        records = await eventually(both_alive, 60, "two worker records")
+        records = await eventually(lambda: workers_alive(store, 2), 60, "two worker records")
         # then: each worker says who it is, where, and what it consumes
         assert sorted(r["name"] for r in records) == ["observer-0", "observer-1"]
         assert {r["pid"] for r in records} == {w.pid for w in workers}
@@ -297,9 +304,7 @@ async def test_a_supervisor_gives_its_children_one_metrics_directory_and_port(
     make_config: Callable[..., Config], mongo_uri: str, database: str, tmp_path: Path
 ) -> None:
     # given `paota worker --processes 2 --metrics-port N` with no PROMETHEUS_MULTIPROC_DIR set
-    config = make_config(
-        config_fields={"store": "mongodb", "mongo": MongoConfig(uri=mongo_uri, database=database)}
-    )
+    config = mongo_config(make_config, mongo_uri, database)
     queue = config.task_queue_name
     spans_dir = tmp_path / "spans"
     spans_dir.mkdir()
@@ -326,11 +331,8 @@ async def test_a_supervisor_gives_its_children_one_metrics_directory_and_port(
     try:
         await store.connect()
 
-        async def both_alive() -> list[dict[str, Any]] | None:
-            found = await list_workers(store)
-            return found if len(found) == 2 else None
-
-        children = {r["pid"] for r in await eventually(both_alive, 60, "two child processes")}
+        alive = await eventually(lambda: workers_alive(store, 2), 60, "two child processes")
+        children = {r["pid"] for r in alive}
         # when 60 tasks run, spread over the two children
         async with Client(config) as producer:
             handles = [await producer.send_task(_sig("obs.ok", n)) for n in range(60)]
