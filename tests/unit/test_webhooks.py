@@ -234,6 +234,8 @@ async def test_events_are_kept_while_the_endpoint_is_down_and_all_arrive_after(
     await sink.start()
     await eventually(lambda: len(sink.accepted()) == 20)
     assert {r.event["task"]["id"] for r in sink.accepted()} == set(ids)
+    # (the sender empties the outbox entry after the sink answered: wait for it, as above)
+    await eventually(lambda: middleware.sent >= 20)
     assert await outbox(backends.store) == []
 
 
