@@ -4,6 +4,7 @@ redelivered and retried steps, what the store holds, and bad input."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 from collections.abc import AsyncIterator
@@ -113,10 +114,16 @@ def add_tasks(rig: Rig) -> None:
         note(value)
         return value
 
+    finished: collections.defaultdict[int, asyncio.Event] = collections.defaultdict(asyncio.Event)
+
     @pool.task
     async def slow_inc(x: int) -> int:
-        await asyncio.sleep(0.002 * (5 - x % 5))  # later members finish first
+        # later members finish first: each waits for the next of its five (events, not sleeps,
+        # so a loaded machine cannot reorder them)
+        if x % 5 != 4:
+            await asyncio.wait_for(finished[x + 1].wait(), 5)
         note(x)
+        finished[x].set()
         return x + 1
 
     @pool.task(retry_count=2)
