@@ -1,29 +1,41 @@
 """Sessions: tests (unit, every CPython 3.11-3.13 found), integration, chaos, cluster, lint,
-typecheck, bench.
+typecheck, bench, stress.
 
 Interpreters are looked up on PATH and in pyenv (``$(pyenv root)/versions/``); missing ones are
 skipped locally and reported.
 
 The integration sessions bring up the container engine their brokers run in
 (:func:`_container_engine`) and stop it afterwards if they started it.
+
+Every session records its time and result in ``.nox/report/sessions.jsonl`` and its tests' times
+in ``.nox/report/<session>.xml`` (JUnit); ``python .ci/report.py`` prints them as tables.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
+import functools
 import glob
+import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
+# uv makes a session's virtualenv and installs into it in seconds (pip takes about a minute);
+# without uv on the machine, nox falls back to virtualenv and pip.
+nox.options.default_venv_backend = "uv|virtualenv"
 
 PYTHONS = ["3.11", "3.12", "3.13"]
 
@@ -43,15 +55,69 @@ def _pyenv_paths() -> None:
 _pyenv_paths()
 
 
+REPORT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".nox", "report")
+
+
+def _report_name(session: nox.Session) -> str:
+    return re.sub(r"[^\w.-]+", "-", session.name).strip("-")
+
+
+def timed(func: Callable[[nox.Session], None]) -> Callable[[nox.Session], None]:
+    """Append the session's wall time and result to ``.nox/report/sessions.jsonl``."""
+
+    @functools.wraps(func)
+    def run(session: nox.Session) -> None:
+        started = time.monotonic()
+        result = "failed"
+        try:
+            func(session)
+            result = "passed"
+        except nox.command.CommandFailed:
+            raise
+        except BaseException as exc:  # nox's skip is an exception too
+            if type(exc).__name__ == "_SessionSkip":
+                result = "skipped"
+            raise
+        finally:
+            os.makedirs(REPORT_DIR, exist_ok=True)
+            line = {
+                "session": session.name,
+                "seconds": round(time.monotonic() - started, 1),
+                "result": result,
+            }
+            with open(os.path.join(REPORT_DIR, "sessions.jsonl"), "a") as report:
+                report.write(json.dumps(line) + "\n")
+
+    return run
+
+
+def _junit(session: nox.Session) -> str:
+    """pytest's option to write the session's test times where ``.ci/report.py`` reads them."""
+    return f"--junitxml={os.path.join(REPORT_DIR, _report_name(session) + '.xml')}"
+
+
+def _processes(session: nox.Session, count: str, dist: str = "load") -> list[str]:
+    """pytest-xdist's options for ``count`` processes, unless the command line gives ``-n``."""
+    if any(a.startswith(("-n", "--numprocesses")) for a in session.posargs):
+        return []
+    return ["-n", count, "--dist", dist]
+
+
 def _install(session: nox.Session, extra: str = "test") -> None:
     session.install("-e", f".[amqp,mongo,{extra}]")
 
 
 @nox.session(python=PYTHONS)
+@timed
 def tests(session: nox.Session) -> None:
-    """Unit tests (no services)."""
+    """Unit tests (no services), one process per core, in random order (pytest-randomly prints
+    the seed; rerun an order with ``-- -p randomly --randomly-seed=N``, in one process with
+    ``-- -n 0``)."""
     _install(session, "test")
-    session.run("pytest", "tests/unit", "-q", *session.posargs)
+    session.run(
+        "pytest", "tests/unit", "-q", *_processes(session, "auto"), _junit(session),
+        *session.posargs,
+    )  # fmt: skip
 
 
 # What `nox -s integration` runs: every integration test, the chaos and cluster ones included (CI
@@ -150,11 +216,22 @@ def _container_engine(session: nox.Session) -> Iterator[None]:
                         session.warn("stopping the engine failed: bash .ci/containers.sh down")
 
 
+#: pytest-xdist processes for the integration tests. Each test uses brokers of its own or names of
+#: its own on the session's broker; tests that share a module-scoped cluster run in one process
+#: (``xdist_group``). Most of their time is waiting on brokers, so four beat two on two cores.
+#: ``-- -n 0`` runs them in one process.
+INTEGRATION_PROCESSES = 4
+
+
 def _integration(session: nox.Session, markers: str) -> None:
     _install(session, "test")
     args = ["-m", markers] if markers else []
+    parallel = _processes(session, str(INTEGRATION_PROCESSES), "loadgroup")
     with _container_engine(session):
-        session.run("pytest", "tests/integration", "-q", *args, *session.posargs)
+        session.run(
+            "pytest", "tests/integration", "-q", *parallel, _junit(session), *args,
+            *session.posargs,
+        )  # fmt: skip
 
 
 def _browser(session: nox.Session) -> None:
@@ -167,6 +244,7 @@ def _browser(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+@timed
 def integration(session: nox.Session) -> None:
     """Integration tests against real RabbitMQ brokers (containers, or PAOTA_TEST_AMQP_URL) and a
     MongoDB-protocol server (PAOTA_TEST_MONGO_URI, else mongoeco started by the tests); the
@@ -176,18 +254,21 @@ def integration(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+@timed
 def chaos(session: nox.Session) -> None:
     """The integration tests that kill, pause or restart a broker, a worker or the store."""
     _integration(session, "chaos")
 
 
 @nox.session(python="3.11")
+@timed
 def cluster(session: nox.Session) -> None:
     """The integration tests on a RabbitMQ cluster of three nodes in containers."""
     _integration(session, "cluster")
 
 
 @nox.session(python="3.11")
+@timed
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
     session.install("ruff>=0.6")
@@ -196,17 +277,89 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+@timed
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package; mypy and pyright on the typed-API usage files."""
     _install(session, "dev")
     session.run("mypy", "--strict", "paota")
-    session.run("pytest", "tests/typing", "-q")
+    session.run("pytest", "tests/typing", "-q", "-p", "no:randomly", _junit(session))
 
 
 @nox.session(python="3.11")
+@timed
 def bench(session: nox.Session) -> None:
     """Throughput benchmarks: memory broker, and RabbitMQ against a raw aiormq ceiling."""
     _install(session, "amqp")
     session.run("python", "bench/memory.py", *session.posargs)
     if os.environ.get("PAOTA_BENCH_AMQP_URL") or os.environ.get("PAOTA_TEST_AMQP_URL"):
         session.run("python", "bench/amqp.py")
+
+
+def _die_with_parent() -> None:
+    """In a child before exec: receive SIGKILL when the process that started it ends (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def _cpu_hog(session: nox.Session) -> Iterator[None]:
+    """One busy-looping process per core for as long as the block runs, stopped at its end (and
+    killed by the kernel if nox itself dies first)."""
+    cores = os.cpu_count() or 2
+    hogs = [
+        subprocess.Popen(
+            [sys.executable, "-c", "while True: pass"],
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        for _ in range(cores)
+    ]
+    session.log(f"CPU hog: {cores} busy processes ({', '.join(str(h.pid) for h in hogs)})")
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+        for hog in hogs:
+            hog.wait()
+        session.log("CPU hog stopped")
+
+
+@nox.session(python="3.11")
+@timed
+def stress(session: nox.Session) -> None:
+    """The flakiness gate: the unit suite ``PAOTA_STRESS_RUNS`` (5) times in random order, then the
+    integration suite once, all while a CPU hog keeps every core busy. Each run goes on after a
+    failure; the table at the end gives every run's seed, result and time."""
+    runs = int(os.environ.get("PAOTA_STRESS_RUNS", "5"))
+    base_seed = int(os.environ.get("PAOTA_STRESS_SEED", str(int(time.time()) % 100_000)))
+    _install(session, "test")
+    rows: list[tuple[str, str, str, float]] = []
+
+    def attempt(what: str, seed: str, *args: str) -> None:
+        started = time.monotonic()
+        try:
+            session.run(*args)
+            result = "passed"
+        except nox.command.CommandFailed:
+            result = "FAILED"
+        rows.append((what, seed, result, time.monotonic() - started))
+
+    with _cpu_hog(session):
+        for n in range(runs):
+            seed = str(base_seed + n)
+            attempt(
+                f"unit {n + 1}/{runs}", seed, "pytest", "tests/unit", "-q", "-n", "auto",
+                "-p", "randomly", f"--randomly-seed={seed}", "-p", "no:cacheprovider",
+            )  # fmt: skip
+        if "--unit-only" not in session.posargs:
+            with _container_engine(session):
+                attempt(
+                    "integration", "-", "pytest", "tests/integration", "-q", "-n",
+                    str(INTEGRATION_PROCESSES), "--dist", "loadgroup", _junit(session),
+                )  # fmt: skip
+    session.log("stress: run, seed, result, seconds")
+    for what, seed, result, seconds in rows:
+        session.log(f"  {what:<14} {seed:>8} {result:<7} {seconds:7.1f}")
+    failed = [row[0] for row in rows if row[2] != "passed"]
+    if failed:
+        session.error(f"stress: {len(failed)} of {len(rows)} runs failed: {', '.join(failed)}")

@@ -11,6 +11,6 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 echo "browser: installing Debian's chromium" >&2
-DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
-DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+DEBIAN_FRONTEND=noninteractive apt-get update -q -o DPkg::Lock::Timeout=600 >/dev/null
+DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 chromium >/dev/null
 /usr/bin/chromium --version >&2 || true

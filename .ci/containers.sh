@@ -50,10 +50,10 @@ install_engine() {
     t=$(date +%s%N)
     log "installing docker.io and debootstrap from Debian"
     export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y -q docker.io debootstrap >"$DIR/apt.log" 2>&1; then
+    if ! apt-get install -y -q -o DPkg::Lock::Timeout=600 docker.io debootstrap >"$DIR/apt.log" 2>&1; then
         # A fresh machine may not have package lists yet.
-        apt-get update -q >>"$DIR/apt.log" 2>&1
-        apt-get install -y -q docker.io debootstrap >>"$DIR/apt.log" 2>&1 \
+        apt-get update -q -o DPkg::Lock::Timeout=600 >>"$DIR/apt.log" 2>&1
+        apt-get install -y -q -o DPkg::Lock::Timeout=600 docker.io debootstrap >>"$DIR/apt.log" 2>&1 \
             || { tail -20 "$DIR/apt.log" >&2; exit 1; }
     fi
     log "installed in $(since "$t") s"

@@ -470,13 +470,17 @@ class PoolContract:
         r = await rig(concurrency=50, extra_concurrency=5)
         running: dict[str, int] = {r.default_queue: 0, r.extra_queue: 0}
         peak = dict(running)
+        limits = {r.default_queue: 50, r.extra_queue: 5}
+        full = asyncio.Event()
 
         @r.pool.task
         async def slow() -> None:
             queue = current_task().queue
             running[queue] += 1
             peak[queue] = max(peak[queue], running[queue])
-            await asyncio.sleep(0.2)
+            if running == limits:
+                full.set()
+            await full.wait()  # the first runs hold their slots until both queues are full
             running[queue] -= 1
 
         # and many slow tasks waiting in both queues

@@ -45,6 +45,7 @@ from paota import (
 from paota.brokers.amqp.control import control_exchange_name
 from tests.integration.conftest import delete_topology
 from tests.integration.processes import paota_command
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -345,14 +346,22 @@ async def test_progress_is_read_from_a_second_process(
     config: Config, mongo: Mongo, running: Any
 ) -> None:
     pool = WorkerPool(config, concurrency=2, name="progress-worker")
+    seen: list[tuple[Any, ...]] = []
+
+    async def watched(fraction: float) -> None:
+        # the next report waits until the other process has seen this one: every report is seen
+        # however slow the machine (a later one would otherwise overwrite it unseen)
+        await until(lambda: any(view[1] == fraction for view in seen), 30, f"{fraction} seen")
 
     @pool.task(name="progress.steps")
     async def steps() -> str:
-        for fraction, message in ((0.25, "resized 1 of 4"), (0.5, "resized 2 of 4")):
+        for fraction, message in (
+            (0.25, "resized 1 of 4"),
+            (0.5, "resized 2 of 4"),
+            (0.75, "resized 3 of 4"),
+        ):
             await current_task().progress(fraction, message)
-            await asyncio.sleep(0.8)  # longer than the 0.5 s between writes
-        await current_task().progress(0.75, "resized 3 of 4")
-        await asyncio.sleep(0.8)
+            await watched(fraction)
         return "resized 4 of 4"
 
     await pool.connect()
@@ -367,15 +376,22 @@ async def test_progress_is_read_from_a_second_process(
         stderr=asyncio.subprocess.PIPE,
         env=env,
     )
+
+    async def read_views() -> None:
+        assert watcher.stdout is not None
+        async for line in watcher.stdout:
+            seen.append(tuple(json.loads(line)))
+
+    reading = asyncio.create_task(read_views())
     await running(pool)
     try:
-        out, err = await asyncio.wait_for(watcher.communicate(), 60)
+        await asyncio.wait_for(reading, 60)
+        _, err = await asyncio.wait_for(watcher.communicate(), 60)
     finally:
         if watcher.returncode is None:
             watcher.kill()
             await watcher.wait()
     assert watcher.returncode == 0, err.decode()
-    seen = [tuple(view) for view in json.loads(out)]
     # every report was seen from the other process, in order, then the final record
     reports = [view for view in seen if view[1] is not None]
     assert reports == [

@@ -114,16 +114,32 @@ async def test_worker_sigkill_mid_task_three_times_loses_nothing(
         worker = workers.start()
 
         # when the worker is SIGKILLed three times in the middle of tasks (at 20%, 40% and 60%
-        # done), and a new worker started each time
+        # done, each while it has tasks started and not finished), and a new worker started each
+        # time. A kill that still lands between tasks (all of them finished in the instant before
+        # it, likelier on a loaded machine) does not count: the worker is killed again later.
         recover_s: list[float] = []
         interrupted: list[int] = []
         waiting: list[int] = []
-        for fraction in (0.2, 0.4, 0.6):
+
+        def in_flight(pid: int) -> set[str]:
+            ran_there = {task_id for task_id, p, _ in runs.lines() if p == pid}
+            return {task_id for task_id, p, _ in starts.lines() if p == pid} - ran_there
+
+        while sum(1 for n in interrupted if n > 0) < 3:
+            assert len(interrupted) < 8, f"8 kills, too few mid-task: {interrupted}"
+            fraction = min(0.2 * (len(interrupted) + 1), 0.8)
             await wait_until(
                 lambda fraction=fraction: len(runs.counts()) >= total * fraction,
                 120,
                 lambda: f"only {len(runs.counts())} tasks ran; worker log:\n{workers.last_log()}",
                 poll_s=0.1,
+            )
+            pid = worker.pid
+            await wait_until(
+                lambda pid=pid: bool(in_flight(pid)),
+                120,
+                lambda: f"the worker runs no task; its log:\n{workers.last_log()}",
+                poll_s=0.005,
             )
             assert worker.poll() is None, workers.log(worker)
             waiting.append(sent.delayed_waiting())
@@ -131,9 +147,7 @@ async def test_worker_sigkill_mid_task_three_times_loses_nothing(
             fault_at = time.time()
             await asyncio.to_thread(worker.wait, 30)
             # tasks the dead worker had started and not finished: the kill landed mid-task
-            ran_there = {task_id for task_id, pid, _ in runs.lines() if pid == worker.pid}
-            started_there = {task_id for task_id, pid, _ in starts.lines() if pid == worker.pid}
-            interrupted.append(len(started_there - ran_there))
+            interrupted.append(len(in_flight(pid)))
             worker = workers.start()
             new_pid = worker.pid
             await wait_until(
@@ -169,6 +183,5 @@ async def test_worker_sigkill_mid_task_three_times_loses_nothing(
         delayed_waiting_at_kills=",".join(map(str, waiting)),
     ).report(capsys)
     assert count.lost == 0
-    assert min(interrupted) > 0, "a kill landed between tasks, not in the middle of one"
     # only the deliveries a killed worker held unacked come back: a prefetch window per kill
-    assert count.duplicates <= 3 * config.amqp.prefetch_count
+    assert count.duplicates <= len(interrupted) * config.amqp.prefetch_count

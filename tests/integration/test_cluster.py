@@ -70,7 +70,9 @@ from tests.integration.cluster_helpers import (
 )
 from tests.integration.containers import DLX_CONFIRM_TIMEOUT_MS, RabbitNode, start_cluster
 
-pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+# One xdist process runs the whole module: its three-node cluster is module-scoped, and a second
+# process would start a second cluster (`nox -s integration` runs `--dist loadgroup`).
+pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.xdist_group("cluster")]
 
 #: Words of a RabbitMQ log line worth showing when messages went missing or got stuck.
 LOG_WORDS = ("dead_letter", "dead-letter", "dlx", "crash", "supervisor", "terminat", "intensity")

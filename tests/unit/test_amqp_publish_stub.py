@@ -1,9 +1,10 @@
-"""AMQPBroker._publish against a stub channel: deadline, channel loss, cancellation."""
+"""AMQPBroker._publish against a stub channel: deadline, channel loss, cancellation.
+
+In virtual time (:func:`tests.waiting.virtual_time`): a deadline fires at exactly its time."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import aiormq
@@ -15,6 +16,7 @@ from paota.brokers.amqp.publisher import Publisher
 from paota.core.config import AMQPConfig, Config
 from paota.core.errors import PublishError
 from paota.core.protocols import OutgoingMessage
+from tests.waiting import until, virtual_time
 
 
 def message(task_id: str) -> OutgoingMessage:
@@ -75,22 +77,26 @@ def make(behaviour: list[str], timeout_s: float = 0.2) -> tuple[AMQPBroker, Stub
     return broker, channel
 
 
+@virtual_time
 async def test_a_confirm_that_never_comes_fails_within_the_publish_timeout() -> None:
     broker, _ = make(["hang"])
-    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     with pytest.raises(PublishError, match=r"not confirmed by RabbitMQ within 0\.2 s"):
         await broker.publish(message("t1"))
-    assert 0.15 < time.monotonic() - started < 1.0
+    assert loop.time() - started == pytest.approx(0.2)
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0
 
 
+@virtual_time
 async def test_a_publish_interrupted_by_a_closed_channel_is_retried() -> None:
     broker, channel = make(["gone", "ack"], timeout_s=5)
     await broker.publish(message("t2"))
     assert channel.calls == 2
 
 
+@virtual_time
 async def test_many_concurrent_publishes_with_some_hanging() -> None:
     broker, channel = make(["ack"], timeout_s=0.3)
     channel.behaviour = ["ack", "hang"] * 500
@@ -102,15 +108,17 @@ async def test_many_concurrent_publishes_with_some_hanging() -> None:
     assert len(failed) == 500 and results.count(None) == 500
 
 
+@virtual_time
 async def test_cancelling_a_publish_cancels_it() -> None:
-    broker, _ = make(["hang"], timeout_s=5)
+    broker, channel = make(["hang"], timeout_s=5)
     task = asyncio.ensure_future(broker.publish(message("t3")))
-    await asyncio.sleep(0.05)
+    await until(lambda: channel.calls == 1, what="the publish reached the channel")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
 
+@virtual_time
 async def test_a_nack_is_published_again_on_a_new_channel_until_acked() -> None:
     broker, channel = make(["nack", "nack", "ack"], timeout_s=5)
     await broker.publish(message("t-nack"))
@@ -118,9 +126,11 @@ async def test_a_nack_is_published_again_on_a_new_channel_until_acked() -> None:
     assert broker._pool.discarded == 2  # type: ignore[union-attr]
 
 
+@virtual_time
 async def test_nacks_until_the_publish_timeout_fail_with_publish_error() -> None:
     broker, _ = make(["nack"], timeout_s=0.5)
-    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     with pytest.raises(PublishError, match=r"rejected \(nack\)"):
         await broker.publish(message("t-nacked"))
-    assert time.monotonic() - started < 1.5
+    assert loop.time() - started <= 0.5 + 0.01

@@ -84,14 +84,6 @@ async def setup() -> AsyncIterator[Setup]:
     await s.store.close()
 
 
-async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.001)
-
-
 def check_cancelled_record(state: Any, reason: str) -> None:
     assert state is not None
     assert state.status is TaskStatus.CANCELLED
@@ -239,7 +231,7 @@ async def test_a_running_async_task_receives_cancelled_error(setup: Setup) -> No
     async def long_job() -> str:
         began.set()
         try:
-            await asyncio.sleep(3600)
+            await asyncio.sleep(3600)  # sleep-ok: cancelled
         except asyncio.CancelledError:
             seen.append("CancelledError")
             raise
@@ -270,7 +262,7 @@ async def test_a_running_async_task_with_a_time_limit_is_cancelled_too(setup: Se
     async def limited() -> None:
         began.set()
         try:
-            await asyncio.sleep(3600)
+            await asyncio.sleep(3600)  # sleep-ok: cancelled
         except asyncio.CancelledError:
             seen.append("CancelledError")
             raise
@@ -296,7 +288,7 @@ async def test_an_async_task_that_swallows_the_cancellation_still_ends_cancelled
     async def stubborn() -> str:
         began.set()
         try:
-            await asyncio.sleep(3600)
+            await asyncio.sleep(3600)  # sleep-ok: cancelled
         except asyncio.CancelledError:
             await asyncio.sleep(0)  # cleanup that awaits: the cancellation is not repeated
             cleanup_awaited.append(True)
@@ -326,7 +318,7 @@ async def test_a_running_sync_task_sees_the_flag_it_polls(setup: Setup) -> None:
             if task.cancelled:
                 polled.append(True)
             task.raise_if_cancelled()
-            time.sleep(0.001)
+            time.sleep(0.001)  # sleep-ok: work
         return 42
 
     await setup.start(pool)
@@ -372,7 +364,7 @@ async def test_a_cancelled_task_that_fails_on_its_way_out_is_not_retried(setup: 
     async def messy() -> None:
         began.set()
         try:
-            await asyncio.sleep(3600)
+            await asyncio.sleep(3600)  # sleep-ok: cancelled
         except asyncio.CancelledError:
             raise RuntimeError("cleanup failed") from None
 
@@ -451,7 +443,7 @@ async def test_a_worker_that_missed_the_broadcast_cancels_at_the_next_subscripti
     async def long_job() -> None:
         began.set()
         try:
-            await asyncio.sleep(3600)
+            await asyncio.sleep(3600)  # sleep-ok: cancelled
         except asyncio.CancelledError:
             seen.append("CancelledError")
             raise
@@ -463,7 +455,7 @@ async def test_a_worker_that_missed_the_broadcast_cancels_at_the_next_subscripti
     silent = Client(Config(), broker=MemoryBroker(clock=setup.clock), store=setup.store)
     await silent.connect()
     assert await silent.cancel(handle.id, reason="recorded only")
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.01)  # sleep-ok: quiet
     assert seen == []
     # when its control channel subscribes again (a reconnection yields None)
     listeners = list(setup.broker._control)

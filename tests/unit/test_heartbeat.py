@@ -18,6 +18,7 @@ from paota.brokers.memory import MemoryBroker
 from paota.cli import main
 from paota.middleware.heartbeat import WORKER_KIND, HeartbeatMiddleware, list_workers
 from paota.stores.memory import MemoryStore
+from tests.waiting import until
 
 
 class SharedStore:
@@ -128,11 +129,12 @@ async def test_the_pool_beats_every_interval() -> None:
     worker = await start(pool)
     try:
         [first] = await list_workers(memory)
-        for _ in range(200):
-            await asyncio.sleep(0.01)
+
+        async def beaten_again() -> Any:
             [record] = await list_workers(memory)
-            if record["last_seen"] != first["last_seen"]:
-                break
+            return record if record["last_seen"] != first["last_seen"] else None
+
+        record = await until(beaten_again, what="a second heartbeat")
         assert record["last_seen"] > first["last_seen"]
         assert record["started_at"] == first["started_at"]
     finally:

@@ -30,6 +30,7 @@ from paota.brokers.memory import MemoryBroker
 from paota.core.message import encode_message
 from paota.middleware.metrics import PrometheusMiddleware, install, serve_metrics
 from paota.stores.memory import MemoryStore
+from tests.waiting import until
 
 Q = "paota_tasks"
 
@@ -103,7 +104,7 @@ async def test_counters_match_known_outcomes_exactly(
 
     @pool.task(time_limit_s=0.05)
     async def slow() -> None:
-        await asyncio.sleep(10)
+        await asyncio.sleep(10)  # sleep-ok: cancelled
 
     @pool.task
     async def doomed() -> None: ...
@@ -202,11 +203,10 @@ async def test_in_progress_counts_runs_going_on(
     await held.send()
     await held.send()
     await asyncio.wait_for(started.wait(), 5)
-    for _ in range(20):
-        if value(metrics, "paota_tasks_in_progress", queue=Q, task="held") == 2:
-            break
-        await asyncio.sleep(0.01)
-    assert value(metrics, "paota_tasks_in_progress", queue=Q, task="held") == 2
+    await until(
+        lambda: value(metrics, "paota_tasks_in_progress", queue=Q, task="held") == 2,
+        what="two held tasks in progress",
+    )
     release.set()
     await broker.run_until_idle()
     assert value(metrics, "paota_tasks_in_progress", queue=Q, task="held") == 0

@@ -63,7 +63,7 @@ async def eventually(setup: Setup, task_id: str, check: Any, timeout_s: float = 
         if state is not None and check(state):
             return state
         assert loop.time() < deadline, f"not seen in time; last record: {state}"
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # sleep-ok: poll
 
 
 # --- progress --------------------------------------------------------------------------------
@@ -207,7 +207,7 @@ async def test_a_progress_write_refused_by_a_cancellation_cancels_the_run(setup:
             except TaskCancelledError as exc:
                 raised.append(exc.reason)
                 raise
-            await asyncio.sleep(0.06)
+            await asyncio.sleep(0.06)  # sleep-ok: work
 
     await setup.start()
     handle = await chatty.send()

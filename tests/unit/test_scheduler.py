@@ -38,6 +38,7 @@ from paota.scheduler import (
     slot_task_id,
 )
 from paota.stores.memory import MemoryStore
+from tests.waiting import until
 
 START = datetime(2026, 5, 4, 8, 0, 0, tzinfo=UTC)  # a Monday, far from DST changes
 
@@ -516,10 +517,7 @@ async def test_a_worker_pool_with_scheduler_true_runs_its_periodic_tasks() -> No
 
     async with pool:
         worker = asyncio.create_task(pool.start(install_signal_handlers=False))
-        for _ in range(200):
-            if len(runs) >= 3:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: len(runs) >= 3, timeout_s=30, what="three scheduled runs")
         await pool.stop()
         await asyncio.wait_for(worker, 10)
     assert len(runs) >= 3

@@ -135,7 +135,7 @@ def _until_runs(proc: subprocess.Popen[str], runs: Path, count: int, timeout_s: 
         lines = runs.read_text().splitlines() if runs.exists() else []
         if len(lines) >= count:
             break
-        time.sleep(0.05)
+        time.sleep(0.05)  # sleep-ok: poll
     return lines
 
 
@@ -154,9 +154,16 @@ def test_a_worker_with_scheduler_sends_and_runs_its_periodic_tasks(app: Path) ->
 
 def test_the_scheduler_command_sends_until_sigterm(app: Path) -> None:
     proc = start("scheduler", "app:pool", "--name", "cli-scheduler", cwd=app)
-    time.sleep(1.5)
+    assert proc.stderr is not None
+    # the first send is logged: read the log up to it (a hung scheduler fails at the test timeout)
+    head = ""
+    while "of schedule 'often' as task sched:often:" not in head:
+        line = proc.stderr.readline()
+        assert line, f"the scheduler ended before sending: {head}"
+        head += line
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
+    err = head + err
     assert proc.returncode == 0, err
     assert "scheduler cli-scheduler started with 2 schedule(s)" in err
     assert "sends to the in-memory broker of this process" in err

@@ -44,7 +44,7 @@ class SlowBroker(MemoryBroker):
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             if self.confirm_s:
-                await asyncio.sleep(self.confirm_s)
+                await asyncio.sleep(self.confirm_s)  # sleep-ok: work
             if message.message_id in self.refuse:
                 raise PublishError(f"task {message.message_id} was nacked by the broker")
             await super().publish(message)

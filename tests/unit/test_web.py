@@ -23,6 +23,7 @@ from paota.cli import main
 from paota.middleware.heartbeat import HeartbeatMiddleware
 from paota.stores.memory import MemoryStore
 from paota.web import create_app
+from tests.waiting import until
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -83,7 +84,7 @@ async def web() -> AsyncIterator[Setup]:
 
     @setup.pool.task(name="Slow")
     async def slow() -> str:
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # sleep-ok: work
         return "done"
 
     await setup.start()
@@ -599,10 +600,7 @@ async def test_the_live_view_shows_a_task_go_from_started_to_succeeded_within_2s
     await pool.connect()
     worker = asyncio.create_task(pool.start(install_signal_handlers=False))
     try:
-        for _ in range(1000):  # at most 10 s
-            if server.started:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: server.started, what="the server listening")
         handle = await held.send()
         seen: list[tuple[float, str]] = []
         async with (

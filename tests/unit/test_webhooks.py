@@ -25,6 +25,7 @@ from paota.middleware.webhooks import (
     verify_signature,
 )
 from paota.stores.memory import MemoryStore
+from tests.waiting import until
 from tests.webhook_sink import Sink
 
 SECRET = "s3cret-for-tests"
@@ -53,7 +54,7 @@ class Backends:
 
         @pool.task(name="Slow")
         async def slow() -> None:
-            await asyncio.sleep(30)
+            await asyncio.sleep(30)  # sleep-ok: cancelled
 
         return pool
 
@@ -111,7 +112,7 @@ async def eventually(check: Callable[[], Any], timeout_s: float = 10.0) -> Any:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout_s}s")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # sleep-ok: poll
 
 
 async def outbox(store: Any, kind: str = EVENT_KIND) -> list[dict[str, Any]]:
@@ -185,8 +186,12 @@ async def test_a_cancelled_task_sends_a_cancelled_event(backends: Backends) -> N
         pool = await backends.start(backends.pool(hooks(sink.url, events={"cancelled"})))
         client = Client(Config(), broker=backends.broker, store=backends.store)
         slow = await _send(pool, "Slow")
-        await eventually(lambda: backends.broker.unacked_count == 1)
-        await asyncio.sleep(0.05)
+
+        async def running() -> bool:
+            state = await backends.store.get(slow)
+            return state is not None and state.status is TaskStatus.STARTED
+
+        await until(running, what="the slow task running")
         assert await client.cancel(slow, reason="no longer needed")
         [request] = await eventually(sink.accepted)
         event = request.event
@@ -272,7 +277,8 @@ async def test_two_workers_send_each_event_once(backends: Backends) -> None:
         await backends.start(backends.pool(second, name="two"))
         ids = [await _send(pool, "ok", i) for i in range(60)]
         await eventually(lambda: len(sink.accepted()) >= 60)
-        await asyncio.sleep(0.3)  # anything sent twice would have arrived by now
+        # a second send of an event could only come from its outbox entry, deleted once answered
+        await eventually(lambda: not _docs(backends.store, EVENT_KIND))
         sent = [r.headers["x-paota-event-id"] for r in sink.accepted()]
         assert len(sent) == len(set(sent)) == 60
         assert {r.event["task"]["id"] for r in sink.accepted()} == set(ids)
@@ -324,7 +330,9 @@ async def test_an_event_whose_write_failed_is_written_by_the_redelivery(
         assert state is not None and state.status is TaskStatus.SUCCEEDED
         # a later duplicate (the event was sent) sends nothing more
         await backends.broker.publish(_copy_of_sent(backends.broker, task_id))
-        await asyncio.sleep(0.3)
+        await backends.broker.run_until_idle()
+        # had the duplicate written an event, it would be in the outbox until sent and answered
+        await eventually(lambda: not _docs(backends.store, EVENT_KIND))
         assert len(sink.received) == 1
     finally:
         await sink.stop()
