@@ -218,9 +218,10 @@ def _container_engine(session: nox.Session) -> Iterator[None]:
 
 #: pytest-xdist processes for the integration tests. Each test uses brokers of its own or names of
 #: its own on the session's broker; tests that share a module-scoped cluster run in one process
-#: (``xdist_group``). Most of their time is waiting on brokers, so four beat two on two cores.
+#: (``xdist_group``). Most of their time is waiting on brokers, so three beat two on two cores;
+#: four overloaded them (connection set-ups timed out).
 #: ``-- -n 0`` runs them in one process.
-INTEGRATION_PROCESSES = 4
+INTEGRATION_PROCESSES = 3
 
 
 def _integration(session: nox.Session, markers: str) -> None:

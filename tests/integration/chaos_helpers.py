@@ -70,7 +70,7 @@ def chaos_config(
         "delayed_queue": f"chaos_delayed_{suffix}",
         "failed_queue": f"chaos_failed_{suffix}",
         "timeout_queue": f"chaos_timeout_{suffix}",
-        "connection_timeout_s": 5.0,
+        "connection_timeout_s": 15.0,  # a loaded machine may take over 5 s
         "publish_timeout_s": 30.0,
         **amqp,
     }

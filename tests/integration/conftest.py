@@ -183,7 +183,7 @@ async def make_config(amqp_url: str, delay_ladder: str) -> AsyncIterator[Callabl
             "delay_ladder": delay_ladder,
             "failed_queue": f"paota_test_failed_{suffix}",
             "timeout_queue": f"paota_test_timeout_{suffix}",
-            "connection_timeout_s": 5.0,
+            "connection_timeout_s": 15.0,  # a loaded machine may take over 5 s
             "publish_timeout_s": 10.0,
             **amqp_fields,
         }

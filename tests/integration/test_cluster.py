@@ -159,7 +159,7 @@ def cluster_config(
         "delay_ladder": ladder,
         "failed_queue": f"paota_cluster_failed_{tag}",
         "timeout_queue": f"paota_cluster_timeout_{tag}",
-        "connection_timeout_s": 5.0,
+        "connection_timeout_s": 15.0,  # a loaded machine may take over 5 s
         "publish_timeout_s": 20.0,
         **amqp,
     }

@@ -466,6 +466,7 @@ async def test_demo_with_the_mongodb_store_records_every_task(mongo: Mongo) -> N
         PAOTA_BROKER="memory",
         PAOTA_STORE="mongodb",
         PAOTA_MONGO_URI=mongo.uri,
+        PAOTA_MONGO_TIMEOUT="30",  # the server shares a loaded machine with other tests
         PAOTA_MONGO_DB=mongo.database,
     )
     # when it runs 200 tasks in a process of its own

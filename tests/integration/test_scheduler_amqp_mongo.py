@@ -207,7 +207,12 @@ async def test_three_scheduler_processes_for_two_minutes_send_each_slot_once(
     stopped_at = datetime.now(UTC)
     for name, proc in procs.items():
         logs[name] = await stop(proc)
-    await asyncio.sleep(3)  # the last tasks run
+    # the last tasks sent run (however long a loaded machine takes)
+    logged = {t for log in logs.values() for t in re.findall(r" as task (sched:\S+)", log)}
+    deadline = time.monotonic() + 60
+    while not logged <= {run.task_id for run in runs}:
+        assert time.monotonic() < deadline, logged - {run.task_id for run in runs}
+        await asyncio.sleep(0.1)
     await worker.stop()
 
     # then every slot between the first scheduler's start and the stop ran exactly once

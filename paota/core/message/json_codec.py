@@ -306,7 +306,7 @@ def _decode_args(value: Any, key: str) -> tuple[Arg, ...]:
         raise invalid(key, value, "want a JSON array of {Name, Type, Value} objects or null")
     out: list[Arg] = []
     append = out.append
-    for item in value:
+    for index, item in enumerate(value):
         # Fast path: exactly {"Name": str, "Type": str, "Value": ...}.
         if type(item) is dict and len(item) == 3:
             try:
@@ -314,12 +314,12 @@ def _decode_args(value: Any, key: str) -> tuple[Arg, ...]:
                 type_ = item["Type"]
                 val = item["Value"]
             except KeyError:
-                name, type_, val = _arg_fields(key, value.index(item), item)
+                name, type_, val = _arg_fields(key, index, item)
             else:
                 if type(name) is not str or type(type_) is not str:
-                    name, type_, val = _arg_fields(key, value.index(item), item)
+                    name, type_, val = _arg_fields(key, index, item)
         else:
-            name, type_, val = _arg_fields(key, value.index(item), item)
+            name, type_, val = _arg_fields(key, index, item)
         coerce = _FLOAT_COERCION.get(type_)
         if coerce is not None:
             if coerce:
