@@ -25,7 +25,8 @@ def paota_command() -> list[str]:
 def process_env(config: Config, **extra: str) -> dict[str, str]:
     """This process's environment without its ``PAOTA_*`` variables, plus those of ``config``'s
     broker and topology (one connection), ``PYTHONPATH`` with :data:`ROOT`, then ``extra`` (a
-    store, heartbeats, a test's own variables)."""
+    store, heartbeats, a test's own variables). Connection and store timeouts are the config's
+    and 15 s: a child starting on a loaded machine must not give up on a healthy server."""
     amqp = config.amqp
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAOTA_")}
     env.update(
@@ -37,8 +38,10 @@ def process_env(config: Config, **extra: str) -> dict[str, str]:
         PAOTA_AMQP_FAILED_QUEUE=amqp.failed_queue,
         PAOTA_AMQP_TIMEOUT_QUEUE=amqp.timeout_queue,
         PAOTA_AMQP_CONNECTION_POOL_SIZE="1",
+        PAOTA_AMQP_CONNECTION_TIMEOUT=str(amqp.connection_timeout_s),
+        PAOTA_MONGO_TIMEOUT="15",
         PAOTA_QUEUE_NAME=config.task_queue_name,
         PYTHONPATH=str(ROOT),
-        **extra,
     )
+    env.update(extra)
     return env
