@@ -63,6 +63,9 @@ class Config(Section):
     retry_backoff_cap_s: float = opt(10.0, "PAOTA_RETRY_BACKOFF_CAP", seconds(positive=True))
     unknown_task_max_returns: int = opt(5, "PAOTA_UNKNOWN_TASK_MAX_RETURNS", integer(0))
     shutdown_grace_s: float = opt(30.0, "PAOTA_SHUTDOWN_GRACE", seconds(positive=False))
+    # Python only: a delivered body over this many bytes is parked as `too-large` without being
+    # decoded (0: no limit). 32 MiB: twice RabbitMQ 4's default limit (16 MiB); 3.x takes 128.
+    max_message_bytes: int = opt(32 * 1024 * 1024, "PAOTA_MAX_MESSAGE_BYTES", integer(0))
     # Python only: how often a worker records that it is alive (0: never); see
     # paota.middleware.heartbeat.
     heartbeat_interval_s: float = opt(10.0, "PAOTA_HEARTBEAT_INTERVAL", seconds(positive=False))

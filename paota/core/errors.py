@@ -80,7 +80,17 @@ class TopologyError(BrokerError):
 
 
 class StoreError(PaotaError):
-    """The task-state store cannot be reached or a write failed."""
+    """The task-state store cannot be reached or a write failed.
+
+    ``permanent`` is True when trying again cannot help: the store refused this very write for
+    good (a document over its size limit, a value it cannot encode, an integer out of its range).
+    False (the default) for an outage: a connection, a timeout, no primary. Workers wait out an
+    outage with the delivery unacked; a permanent refusal parks the delivery (``store-rejected``).
+    """
+
+    def __init__(self, message: str = "", *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class TaskTimeoutError(PaotaError, TimeoutError):

@@ -21,6 +21,7 @@ import signal
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from paota.core.bounds import BadHeaders, MessageTooLarge, check_headers, check_size
 from paota.core.client import Client
 from paota.core.clock import Clock
 from paota.core.config import Config
@@ -392,15 +393,22 @@ class WorkerPool(Client):
         settler = self._settler
         assert settler is not None
         try:
+            check_size(delivery.body, self.config.max_message_bytes)
+            check_headers(delivery.headers)
             sig = decode_message(delivery.body, delivery.headers)
         except DecodeError as exc:
             placeholder = Signature("", uuid=delivery.message_id or "")
             ctx = TaskContext(
                 placeholder, queue=delivery.queue, headers=delivery.headers, worker=self.name
             )
-            outcome: Outcome = Park(
-                ParkQueue.FAILED, ParkReason.UNDECODABLE, error_info(exc), TaskStatus.FAILED
+            reason = (
+                ParkReason.TOO_LARGE
+                if isinstance(exc, MessageTooLarge)
+                else ParkReason.BAD_HEADERS
+                if isinstance(exc, BadHeaders)
+                else ParkReason.UNDECODABLE
             )
+            outcome: Outcome = Park(ParkQueue.FAILED, reason, error_info(exc), TaskStatus.FAILED)
             await settler.settle(delivery, None, outcome, ctx)
             return
         ctx = TaskContext(sig, queue=delivery.queue, headers=delivery.headers, worker=self.name)

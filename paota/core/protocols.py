@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from paota.core.bounds import MAX_ERROR_HEADER, MAX_TRACEBACK_HEADER, bounded_text
 from paota.core.state import TaskState, TaskStatus
 
 if TYPE_CHECKING:
@@ -126,6 +127,13 @@ class ParkReason(str, enum.Enum):
     START_DEADLINE = "start-deadline"
     EXEC_TIMEOUT = "exec-timeout"
     INTERNAL_ERROR = "internal-error"
+    TOO_LARGE = "too-large"
+    """The body is over ``Config.max_message_bytes``; it was not decoded."""
+    BAD_HEADERS = "bad-headers"
+    """An ``x-paota-*`` header is of the wrong type or out of range (:mod:`paota.core.bounds`)."""
+    STORE_REJECTED = "store-rejected"
+    """The store refused the task's record for good (too large, not encodable): retrying cannot
+    help. A smaller FAILED record is written where the store takes one."""
 
 
 @dataclass(frozen=True)
@@ -133,8 +141,10 @@ class ParkInfo:
     """Why and when a message was parked, by which worker, and which queue it came from.
 
     The core adds it to the parked copy as headers: ``x-paota-reason``, ``x-paota-error``
-    (``"Type: message"``), ``x-paota-traceback`` (truncated), ``x-paota-worker``,
-    ``x-paota-parked-at`` (RFC 3339) and ``x-paota-origin-queue``.
+    (``"Type: message"``, at most :data:`~paota.core.bounds.MAX_ERROR_HEADER` characters),
+    ``x-paota-traceback`` (its last :data:`~paota.core.bounds.MAX_TRACEBACK_HEADER`),
+    ``x-paota-worker``, ``x-paota-parked-at`` (RFC 3339) and ``x-paota-origin-queue``. Cut text
+    says so in a marker; the store, if there is one, keeps the whole error.
     """
 
     reason: ParkReason
@@ -149,9 +159,11 @@ class ParkInfo:
         """The ``x-paota-*`` headers for the parked copy."""
         headers = {
             "x-paota-reason": self.reason.value,
-            "x-paota-error": f"{self.error_type}: {self.error_message}",
-            "x-paota-traceback": self.traceback[-4000:],
-            "x-paota-worker": self.worker,
+            "x-paota-error": bounded_text(
+                f"{self.error_type}: {self.error_message}", MAX_ERROR_HEADER
+            ),
+            "x-paota-traceback": bounded_text(self.traceback, MAX_TRACEBACK_HEADER, keep="end"),
+            "x-paota-worker": bounded_text(self.worker, 200),
             "x-paota-parked-at": self.parked_at.isoformat(),
         }
         if self.origin_queue:

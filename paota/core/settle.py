@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from paota.core.bounds import bounded_text
 from paota.core.clock import Clock
 from paota.core.context import TaskContext
 from paota.core.errors import StoreError
@@ -57,6 +58,8 @@ from paota.core.protocols import (
     Message,
     OutgoingMessage,
     ParkInfo,
+    ParkQueue,
+    ParkReason,
     Store,
     has_coordination,
     header_int,
@@ -76,6 +79,9 @@ __all__ = [
 logger = logging.getLogger("paota.core.pool")
 
 T = TypeVar("T")
+
+#: How much of an error message a log line of the settle step shows (the store keeps it whole).
+LOG_TEXT_LIMIT = 1000
 
 
 def wire_args(sig: Signature) -> list[dict[str, Any]]:
@@ -183,7 +189,14 @@ class Settler:
             if state is not None:
                 if self._result_ttl is not None and state.status.is_final:
                     state = self._expiring(state)
-                if not await self.record(state) and type(outcome) in _FINAL_RUN:
+                try:
+                    applied = await self.record(state)
+                except StoreError as exc:
+                    if not exc.permanent:
+                        raise
+                    outcome = await self._store_rejected(delivery, sig, outcome, ctx, exc)
+                    applied = True
+                if not applied and type(outcome) in _FINAL_RUN:
                     # Refused: the run was cancelled while it ran (or a duplicate finished first).
                     cancelled = await self._cancelled_run(delivery, sig)
                     if cancelled is not None:
@@ -239,6 +252,62 @@ class Settler:
         )
         return parked_copy(delivery, self._broker.parking_queue(outcome.queue), info)
 
+    # --- a record the store refuses for good ------------------------------------------------------
+
+    async def _store_rejected(
+        self,
+        delivery: Delivery,
+        sig: Signature,
+        outcome: Outcome,
+        ctx: TaskContext,
+        exc: StoreError,
+    ) -> Outcome:
+        """The outcome once the store refused ``outcome``'s record permanently.
+
+        A retry, deferral or return already published its copy: the task goes on there and the
+        next record may fit, so the outcome stands. Any other outcome becomes a parked copy with
+        reason ``store-rejected`` (unless it was parked already) and a smaller FAILED record (no
+        result, the error cut; then without the arguments) is written where the store takes it.
+        """
+        logger.error(
+            "task %s (%s): the store refused its %s record for good: %s",
+            sig.uuid,
+            sig.name,
+            type(outcome).__name__,
+            exc,
+            extra={"task_id": sig.uuid, "task_name": sig.name},
+        )
+        if isinstance(outcome, Retry | Defer | Return):
+            return outcome
+        error = ErrorInfo(
+            "StoreRejected", bounded_text(f"the store refused the record: {exc}", 2000)
+        )
+        if isinstance(outcome, Park):  # parked already: record its own error, cut
+            park = outcome
+            cut = ErrorInfo(
+                outcome.error.type,
+                bounded_text(outcome.error.message, 2000),
+                outcome.error.traceback[-4000:],
+            )
+            smaller = Park(outcome.queue, outcome.reason, cut, outcome.status)
+        else:
+            park = smaller = Park(
+                ParkQueue.FAILED, ParkReason.STORE_REJECTED, error, TaskStatus.FAILED
+            )
+            copy = self._copy(delivery, sig, park)
+            assert copy is not None
+            await self._broker.publish(copy)
+        small = self._state_after(delivery, sig, smaller, ctx)
+        assert small is not None
+        for state in (small, small.replace(args=[])):
+            try:
+                await self.record(state)
+                break
+            except StoreError as again:
+                if not again.permanent:
+                    raise
+        return park
+
     # --- cancellations and lifetimes -------------------------------------------------------------
 
     async def _cancelled_run(self, delivery: Delivery, sig: Signature) -> Cancelled | None:
@@ -285,7 +354,7 @@ class Settler:
             try:
                 return await call()
             except StoreError as exc:
-                if self._stopping():
+                if exc.permanent or self._stopping():
                     raise
                 logger.warning(
                     "task %s: store %s failed: %s; retrying in %.1fs",
@@ -406,7 +475,7 @@ def _log(outcome: Outcome, sig: Signature | None, delivery: Delivery, ctx: TaskC
             ctx.id,
             ctx.name,
             outcome.error.type,
-            outcome.error.message,
+            bounded_text(outcome.error.message, LOG_TEXT_LIMIT),
             outcome.attempt,
             sig.retry_count,
             outcome.delay_s,
@@ -420,7 +489,7 @@ def _log(outcome: Outcome, sig: Signature | None, delivery: Delivery, ctx: TaskC
             outcome.queue.value,
             outcome.reason.value,
             outcome.error.type,
-            outcome.error.message,
+            bounded_text(outcome.error.message, LOG_TEXT_LIMIT),
             extra=extra,
         )
     elif isinstance(outcome, Return):

@@ -41,6 +41,8 @@ MB = 1024 * 1024
 
 PARKED_UNDECODABLE = "parked:undecodable"
 PARKED_UNKNOWN = "parked:unknown-task"
+PARKED_BAD_HEADERS = "parked:bad-headers"
+PARKED_FAILED = "parked:retries-exhausted"
 RAN = "ran"
 DROPPED = "dropped"
 
@@ -149,12 +151,40 @@ def poison_set() -> list[Poison]:
             },
             content_type="application/octet-stream",
         ),
-        # a replay counter that makes no sense on a good task: runs
+        # replay counters out of range (negative; over 8 bytes, which no store query takes):
+        # parked before anything reaches the store
         Poison(
             "b-replays",
-            RAN,
+            PARKED_BAD_HEADERS,
             task_json(Name="work", UUID="poison-b-replays"),
             {"x-paota-replays": -3},
+        ),
+        Poison(
+            "b-replays-huge",
+            PARKED_BAD_HEADERS,
+            task_json(Name="work", UUID="poison-b-replays-huge"),
+            {"x-paota-replays": "99999999999999999999"},
+        ),
+        # 20,000 args with lowercase keys (the careful decoding path; it was quadratic: 37 s)
+        Poison(
+            "q-lowercase-args",
+            RAN,
+            task_json(
+                Name="work",
+                UUID="poison-q-lowercase-args",
+                Args=[{"name": f"a{i}", "type": "int", "value": i} for i in range(20_000)],
+            ),
+        ),
+        # a task whose error echoes a 300 KB argument: its parked copy must fit RabbitMQ's frame
+        # (131,072 bytes of headers), or the connection drops and the delivery comes back forever
+        Poison(
+            "e-huge-error",
+            PARKED_FAILED,
+            task_json(
+                Name="echo-error",
+                UUID="poison-e-huge-error",
+                Args=[{"Name": "text", "Type": "string", "Value": "e" * 300_000}],
+            ),
         ),
         # what Go's lenient decoder accepts: extra keys, any key case, a later duplicate key
         Poison("s-extra-key", RAN, task_json(Name="work", UUID="poison-s-extra-key", Colour="red")),
@@ -196,7 +226,7 @@ def poison_set() -> list[Poison]:
         ),
         Poison(
             "u-returns-text",
-            PARKED_UNKNOWN,
+            PARKED_BAD_HEADERS,
             task_json(Name="nobody-knows", UUID="poison-u-returns-text"),
             {"x-paota-returns": "garbage"},
         ),
@@ -331,12 +361,19 @@ def chaos_pool(config: Config, runs: Runs, *, concurrency: int = 20) -> WorkerPo
         await asyncio.sleep(0.005)
         runs.record(sig.uuid)
 
+    @pool.task(name="echo-error")
+    async def echo_error(sig: Signature) -> None:
+        raise ValueError(sig.arg("text", ""))
+
     return pool
 
 
 @pytest.mark.timeout(300)
 async def test_poison_messages_are_parked_or_run_and_every_good_task_runs(
-    make_config: MakeConfig, running: Any, capsys: pytest.CaptureFixture[str]
+    make_config: MakeConfig,
+    running: Any,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # given a pool, 3,000 good tasks (half delayed 0.5-6 s) in two halves, and between them the
     # poison set (unknown tasks are returned once, then parked)
@@ -402,6 +439,11 @@ async def test_poison_messages_are_parked_or_run_and_every_good_task_runs(
     )
     ready, consumers = await queue_counts(config.amqp.url, config.task_queue_name)
     assert (ready, consumers) == (0, 1)
+    # and no poison message cost a connection (a frame too large closes it)
+    drops = [r.getMessage() for r in caplog.records if "lost (" in r.getMessage()]
+    assert drops == []
+    error = text(parked["e-huge-error"].header.properties.headers["x-paota-error"])
+    assert len(error) <= 2000 and "characters, cut to 2,000]" in error
     count = ChaosCount.of(
         "poison",
         sent.confirmed + list(must_run.values()),

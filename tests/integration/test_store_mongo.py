@@ -229,6 +229,19 @@ async def test_a_result_bson_cannot_hold_is_stored_as_its_repr(
                 assert type(result).__name__ in warned[0].getMessage()
 
 
+async def test_a_record_over_the_document_limit_is_a_permanent_store_error(
+    mongo_uri: str, database: str
+) -> None:
+    # a 20 MB result: MongoDB's documents hold 16 MB; no retry can make it fit
+    async with MongoStore(_config(mongo_uri, database)) as store:
+        with pytest.raises(StoreError) as refused:
+            await store.record(make_state("t-huge", TaskStatus.SUCCEEDED, result="r" * 20_000_000))
+        assert refused.value.permanent
+        assert "t-huge" in str(refused.value)
+        # while an outage is not permanent (below), and a smaller record still goes in
+        assert await store.record(make_state("t-huge", TaskStatus.FAILED))
+
+
 async def test_an_argument_bson_cannot_hold_is_stored_as_its_repr(
     mongo_uri: str, database: str
 ) -> None:
@@ -260,6 +273,7 @@ async def test_an_outage_raises_store_error_in_bounded_time_and_recovers(
         elapsed = time.monotonic() - started
         assert elapsed < 4.0, elapsed
         assert "t-1" in str(info.value)
+        assert not info.value.permanent  # an outage: workers wait it out
         with pytest.raises(StoreError):
             await store.get("t-1")
         # and when a server is back on the same port, the same store works again

@@ -24,15 +24,17 @@ async def _run(pool: WorkerPool) -> MemoryBroker:
     return pool.broker
 
 
-async def test_a_negative_returns_header_is_returned_then_parked() -> None:
+async def test_a_negative_returns_header_is_parked_as_a_bad_header() -> None:
     clock = ManualClock()
     pool = WorkerPool(Config(unknown_task_max_returns=1), 2, broker=MemoryBroker(clock=clock))
     broker = await _run(pool)
     unknown = sig(name="nobody")
     await broker.publish(message(unknown, broker.default_queue, headers={"x-paota-returns": -7}))
     await broker.run_until_idle()
+    # at once: it is not returned for another worker first (nothing paota reads is out of range)
     [parked] = broker.parked(ParkQueue.FAILED)
-    assert parked.headers["x-paota-reason"] == "unknown-task"
+    assert parked.headers["x-paota-reason"] == "bad-headers"
+    assert "x-paota-returns" in parked.headers["x-paota-error"]
     assert broker.unacked_count == 0 and broker.ready_count == 0
     await pool.close()
 

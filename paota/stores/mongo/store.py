@@ -23,10 +23,17 @@ from typing import Any
 
 import bson
 import pymongo
-from bson.errors import InvalidDocument
+from bson.errors import InvalidDocument, InvalidStringData
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import (
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    OperationFailure,
+    PyMongoError,
+    WTimeoutError,
+)
 
 from paota.core.config import Config, redact_url
 from paota.core.errors import StoreError
@@ -48,6 +55,24 @@ TRACEBACK_LIMIT = 4000
 INDEX_TIMEOUT_S = 300.0
 
 _FINAL_NAMES = [s.value for s in TaskStatus if s.is_final]
+
+#: Server error codes that refuse the write itself, whatever the server's health: BadValue,
+#: FailedToParse, TypeMismatch, DollarPrefixedFieldName, BSONObjectTooLarge, and a document that
+#: an update made too large (17419, 17420).
+_PERMANENT_CODES = frozenset({2, 9, 14, 52, 10334, 17419, 17420})
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether MongoDB (or the driver, before sending) refused this write for good: a document it
+    cannot encode or that is over the size limit, an integer over 8 bytes, a value the server
+    rejects. Connection failures, timeouts and elections are not permanent."""
+    if isinstance(exc, InvalidDocument | OverflowError | InvalidStringData):
+        return True  # DocumentTooLarge is an InvalidDocument
+    if isinstance(exc, ConnectionFailure | ExecutionTimeout | WTimeoutError):
+        return False
+    return isinstance(exc, OperationFailure) and exc.code in _PERMANENT_CODES
+
+
 _TTL_INDEX = "finished_at_1"
 _EXPIRY_INDEX = "expires_at_1"
 
@@ -246,7 +271,10 @@ class MongoStore(MongoCoordination):
         return text.replace(password, "***") if password else text
 
     def _failed(self, action: str, exc: BaseException) -> StoreError:
-        return StoreError(f"{action} failed on MongoDB at {self._where}: {self._scrub(exc)}")
+        return StoreError(
+            f"{action} failed on MongoDB at {self._where}: {self._scrub(exc)}",
+            permanent=is_permanent(exc),
+        )
 
     async def record(self, state: TaskState) -> bool:
         """Write ``state`` if :func:`~paota.core.state.may_replace` allows it; True if it did.
@@ -282,7 +310,7 @@ class MongoStore(MongoCoordination):
                 return True
         except DuplicateKeyError:
             pass
-        except (PyMongoError, InvalidDocument, OverflowError) as exc:
+        except (PyMongoError, InvalidDocument, InvalidStringData, OverflowError) as exc:
             raise self._failed(action, exc) from exc
         try:
             result = await collection.update_one(query, {"$set": fields})

@@ -1,0 +1,111 @@
+"""Bounds on what a message may carry and on what paota writes into one.
+
+A task queue is the component that must never jam: every delivery, whatever it carries, reaches an
+outcome in bounded time. So before a body is decoded, the pool checks it here:
+
+- :func:`check_size`: a body over ``Config.max_message_bytes`` is parked as ``too-large``,
+  undecoded (decoding is linear, but a 100 MB body still holds the event loop for seconds);
+- :func:`check_headers`: every ``x-paota-*`` header paota reads is typed and bounded (integers
+  within 0 .. 2**63-1, text within :data:`MAX_HEADER_TEXT` characters); anything else is parked
+  as ``bad-headers``, so that no out-of-range value ever reaches a store query.
+
+And what paota writes into a header is cut with :func:`bounded_text` (a visible marker says how
+much was left out), so that a parked, retried or returned copy always fits the broker's frame
+(RabbitMQ's ``frame_max`` is 131,072 bytes by default, and all headers travel in one frame).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from paota.core.errors import DecodeError
+
+__all__ = [
+    "INT64_MAX",
+    "MAX_ERROR_HEADER",
+    "MAX_HEADER_TEXT",
+    "MAX_TRACEBACK_HEADER",
+    "bounded_text",
+    "check_headers",
+    "check_size",
+]
+
+INT64_MAX = 2**63 - 1
+"""The largest integer a paota header may hold (what MongoDB, Go and AMQP's long-long hold)."""
+MAX_HEADER_TEXT = 8192
+"""The longest text (in characters) of an ``x-paota-*`` header paota reads."""
+MAX_ERROR_HEADER = 2000
+"""How much of an error message a parked copy carries in ``x-paota-error``."""
+MAX_TRACEBACK_HEADER = 4000
+"""How much of a traceback (its end) a parked copy carries in ``x-paota-traceback``."""
+
+#: The ``x-paota-*`` headers paota reads as integers.
+INT_HEADERS = frozenset({"x-paota-returns", "x-paota-replays"})
+
+
+class MessageTooLarge(DecodeError):
+    """The body is larger than ``Config.max_message_bytes``; it was not decoded."""
+
+
+class BadHeaders(DecodeError):
+    """An ``x-paota-*`` header holds a value of the wrong type or out of its range."""
+
+
+def bounded_text(text: str, limit: int, *, keep: str = "start") -> str:
+    """``text`` when it has at most ``limit`` characters, else cut to ``limit`` characters, a
+    marker among them that says how long it was. ``keep="end"`` keeps the end (tracebacks)."""
+    if len(text) <= limit:
+        return text
+    if keep == "end":
+        marker = f"[... {len(text):,} characters, cut to the last {limit:,}] "
+        room = max(0, limit - len(marker))
+        return marker + text[len(text) - room :]
+    marker = f" [... {len(text):,} characters, cut to {limit:,}]"
+    room = max(0, limit - len(marker))
+    return text[:room] + marker
+
+
+def check_size(body: bytes, max_bytes: int) -> None:
+    """Raise :class:`MessageTooLarge` when ``body`` is over ``max_bytes`` (0: no limit)."""
+    if max_bytes and len(body) > max_bytes:
+        raise MessageTooLarge(
+            f"the message body is {len(body):,} bytes, over the limit of {max_bytes:,} "
+            "(Config.max_message_bytes, PAOTA_MAX_MESSAGE_BYTES); it was not decoded",
+            b"",
+        )
+
+
+def check_headers(headers: Mapping[str, Any]) -> None:
+    """Raise :class:`BadHeaders` naming the first ``x-paota-*`` header paota cannot use."""
+    for key, value in headers.items():
+        if not (isinstance(key, str) and key.startswith("x-paota-")):
+            continue
+        if key in INT_HEADERS:
+            _check_int(key, value)
+        elif isinstance(value, str | bytes | bytearray) and len(value) > MAX_HEADER_TEXT:
+            raise BadHeaders(
+                f"header {key!r} holds {len(value):,} characters; at most {MAX_HEADER_TEXT:,} "
+                "are allowed",
+                b"",
+            )
+
+
+def _check_int(key: str, value: Any) -> None:
+    if value is None:  # an AMQP void: as if absent
+        return
+    wanted = f"want an integer from 0 to {INT64_MAX}"
+    number = value
+    if isinstance(value, bytes | bytearray):
+        number = bytes(value).decode("ascii", "replace")
+    if isinstance(number, str):
+        text = number.strip()
+        if not text.isdigit() or len(text) > 19:
+            raise BadHeaders(f"header {key!r} is {_show(value)}; {wanted}", b"")
+        number = int(text)
+    if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= INT64_MAX:
+        raise BadHeaders(f"header {key!r} is {_show(value)}; {wanted}", b"")
+
+
+def _show(value: Any) -> str:
+    return bounded_text(repr(value), 80)
