@@ -65,7 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics-host",
         default="0.0.0.0",
         metavar="HOST",
-        help="the address the metrics are served on (default 0.0.0.0)",
+        help="the address the metrics are served on (default 0.0.0.0, every interface, as "
+        "Prometheus exporters do: the scraper is usually on another machine; 127.0.0.1 keeps "
+        "them local). They hold task and queue names and counts, no args or results",
     )
     parser.add_argument(
         "--processes",

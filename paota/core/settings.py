@@ -46,15 +46,43 @@ def redact_url(url: str) -> str:
 
     Works for AMQP and MongoDB URLs, including ``mongodb+srv://`` and several comma-separated
     hosts: ``mongodb://u:pw@h1,h2/db`` becomes ``mongodb://u:***@h1,h2/db``. A URL without a
-    password is returned unchanged. Reserved characters in the password must be percent-encoded,
-    as the drivers require anyway.
+    password is returned unchanged. A password with reserved characters that were not
+    percent-encoded (``/``, ``@``, ``:``) is hidden too: the user info is taken to end at the last
+    ``@`` before the query, so none of it is shown even where a driver would refuse the URL.
     """
     scheme_end = url.find("://")
     start = scheme_end + 3 if scheme_end >= 0 else 0
-    end = min((i for i in (url.find(c, start) for c in "/?#") if i >= 0), default=len(url))
+    end = min((i for i in (url.find(c, start) for c in "?#") if i >= 0), default=len(url))
     at = url.rfind("@", start, end)
-    colon = url.find(":", start, at) if at >= 0 else -1
+    if at < 0:
+        return url
+    colon = url.find(":", start, at)
     return url if colon < 0 else f"{url[: colon + 1]}***{url[at:]}"
+
+
+def _amqp_authority_problem(url: str) -> str:
+    """Why ``url`` (amqp:// or amqps://) cannot be connected to, or ``""``: checked here so that
+    a driver's parse error, which may quote part of the password, never reaches a log."""
+    from urllib.parse import urlsplit
+
+    reserved = (
+        "reserved characters in the user name or password must be percent-encoded "
+        "(/ as %2F, @ as %40, : as %3A, # as %23, ? as %3F, [ and ] as %5B and %5D)"
+    )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        if "@" in url:
+            return f"the port is not a number 1-65535, or {reserved}"
+        return "the host or port is not valid (a port is a number 1-65535)"
+    if "@" in parts.path or "@" in parts.query:
+        return reserved
+    if not parts.hostname:
+        return "no host"
+    if port is not None and not 0 < port < 65536:
+        return f"port {port} is out of range"
+    return ""
 
 
 # --- kinds: how a value is checked (in code) and parsed (from the environment) ----------------
@@ -241,6 +269,10 @@ def _url(*schemes: str, required: bool) -> _Kind:
         scheme, sep, _ = value.partition("://")
         if value and (not sep or scheme.lower() not in schemes):
             raise _Invalid
+        if value and scheme.lower() in ("amqp", "amqps"):
+            problem = _amqp_authority_problem(value)
+            if problem:
+                raise _Invalid(problem)
         return value
 
     allowed = " or ".join(f"{s}://" for s in schemes)

@@ -28,8 +28,12 @@ it to ignore repeats. Order is not guaranteed (oldest first, several in flight, 
 
 Each request: ``POST`` with ``Content-Type: application/json``, ``X-Paota-Event-Id``,
 ``X-Paota-Event`` (the type), ``X-Paota-Delivery-Attempt`` (1, 2, ...), and
-``X-Paota-Signature: sha256=<hex>``, the HMAC-SHA256 of the exact body bytes with the endpoint's
-secret (check it with :func:`verify_signature`). The body::
+``X-Paota-Signature: t=<unix seconds>,v1=<hex>`` (Stripe's scheme): ``v1`` is the HMAC-SHA256,
+with the endpoint's secret, of ``"<t>.<event id>.<event type>."`` followed by the exact body
+bytes. It covers when the request was signed, which event it is and what it says, so a captured
+request cannot be replayed later or under another id. Check it with :func:`verify_signature`,
+which also refuses a ``t`` more than ``tolerance_s`` (300 s) away from the receiver's clock. The
+body::
 
     {"id": "evt_...", "type": "task.failed", "created_at": "2026-05-04T12:00:00.123456+00:00",
      "task": {"id", "name", "queue", "status", "attempt", "replays", "worker",
@@ -56,6 +60,7 @@ import os
 import random
 import re
 import socket
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +91,8 @@ __all__ = [
     "WebhookEndpoint",
     "WebhookMiddleware",
     "event_id",
+    "quiet_httpx_request_log",
+    "redact_webhook_url",
     "sign",
     "verify_signature",
 ]
@@ -105,18 +112,57 @@ _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _DEFAULT_EVENTS = frozenset({"succeeded", "failed", "timed_out", "cancelled"})
 
 
-def sign(secret: str | bytes, body: bytes) -> str:
-    """The ``X-Paota-Signature`` value of ``body``: ``sha256=`` and the hex HMAC-SHA256."""
+#: How far a signature's timestamp may be from the receiver's clock, by default (seconds).
+SIGNATURE_TOLERANCE_S = 300.0
+
+
+def _mac(secret: str | bytes, timestamp: int, event_id: str, event_type: str, body: bytes) -> str:
     key = secret.encode() if isinstance(secret, str) else secret
-    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+    signed = f"{timestamp}.{event_id}.{event_type}.".encode() + body
+    return hmac.new(key, signed, hashlib.sha256).hexdigest()
 
 
-def verify_signature(secret: str | bytes, body: bytes, header: str | None) -> bool:
-    """Whether ``header`` (``X-Paota-Signature``) is the signature of ``body`` with ``secret``,
-    compared in constant time. Use it in the endpoint, on the raw body bytes."""
-    if not header:
+def sign(
+    secret: str | bytes, body: bytes, *, event_id: str, event_type: str, timestamp: int
+) -> str:
+    """The ``X-Paota-Signature`` value: ``t=<timestamp>,v1=<hex HMAC-SHA256>`` of
+    ``"<timestamp>.<event_id>.<event_type>."`` and ``body``."""
+    return f"t={timestamp},v1={_mac(secret, timestamp, event_id, event_type, body)}"
+
+
+def verify_signature(
+    secret: str | bytes,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    tolerance_s: float = SIGNATURE_TOLERANCE_S,
+    now: float | None = None,
+) -> bool:
+    """Whether a webhook request is authentic and fresh: ``headers`` (the request's, any case)
+    carry an ``X-Paota-Signature`` whose ``v1`` (one of them, during a secret rotation) is the
+    HMAC of ``X-Paota-Event-Id``, ``X-Paota-Event`` and ``body`` (the raw bytes) with ``secret``,
+    compared in constant time, and whose ``t`` is within ``tolerance_s`` of ``now`` (default: this
+    machine's clock). A receiver that also remembers the event ids it has handled (they are the
+    idempotency keys) refuses replays altogether."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    header = lower.get("x-paota-signature", "")
+    timestamp: int | None = None
+    macs: list[str] = []
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t" and value.isdigit():
+            timestamp = int(value)
+        elif key == "v1" and value:
+            macs.append(value)
+    if timestamp is None or not macs:
         return False
-    return hmac.compare_digest(sign(secret, body), header.strip())
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance_s:
+        return False
+    expected = _mac(
+        secret, timestamp, lower.get("x-paota-event-id", ""), lower.get("x-paota-event", ""), body
+    )
+    return any(hmac.compare_digest(expected, mac) for mac in macs)
 
 
 def event_id(task_id: str, replays: int, attempt: int, type_: str) -> str:
@@ -133,7 +179,7 @@ class WebhookEndpoint:
     stable), ``timeout_s`` per request, ``include_result`` (a succeeded task's result in the
     body) and extra request ``headers``. Bad values raise :class:`~paota.ConfigError`."""
 
-    url: str
+    url: str = field(repr=False)
     secret: str = field(repr=False)
     events: frozenset[str] | Iterable[str] = _DEFAULT_EVENTS
     name: str = ""
@@ -144,12 +190,12 @@ class WebhookEndpoint:
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not re.match(r"^https?://[^\s/]+", self.url):
             raise ConfigError(
-                f"webhook url={self.url!r} is not valid: expected http://HOST[:PORT]/PATH or "
-                "https://..."
+                f"webhook url={redact_webhook_url(str(self.url))!r} is not valid: expected "
+                "http://HOST[:PORT]/PATH or https://..."
             )
         if not isinstance(self.secret, str | bytes) or not self.secret:
             raise ConfigError(
-                f"webhook {self.url}: secret must be a non-empty string (the bodies are signed "
+                f"webhook {self.shown_url}: secret must be a non-empty string (the bodies are signed "
                 "with it)"
             )
         events = self.events
@@ -161,7 +207,7 @@ class WebhookEndpoint:
         unknown = events - EVENT_TYPES
         if unknown or not events:
             raise ConfigError(
-                f"webhook {self.url}: events={sorted(unknown) or '(none)'} not valid: choose from "
+                f"webhook {self.shown_url}: events={sorted(unknown) or '(none)'} not valid: choose from "
                 f"{', '.join(sorted(EVENT_TYPES))} (or '*')"
             )
         object.__setattr__(self, "events", events)
@@ -173,14 +219,52 @@ class WebhookEndpoint:
         object.__setattr__(self, "name", name)
         timeout = self.timeout_s
         if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise ConfigError(f"webhook {self.url}: timeout_s={timeout!r} is not a number")
+            raise ConfigError(f"webhook {self.shown_url}: timeout_s={timeout!r} is not a number")
         if not 0 < timeout <= 300:
-            raise ConfigError(f"webhook {self.url}: timeout_s={timeout!r} not within (0, 300]")
+            raise ConfigError(
+                f"webhook {self.shown_url}: timeout_s={timeout!r} not within (0, 300]"
+            )
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as logs and errors show it (:func:`redact_webhook_url`)."""
+        return redact_webhook_url(self.url)
 
     def wants(self, type_: str, parked: bool) -> bool:
         """Whether this endpoint subscribed to an event of ``type_`` (``parked``: its message
         was parked)."""
         return type_ in self.events or (parked and "parked" in self.events)
+
+
+def quiet_httpx_request_log() -> None:
+    """Raise the ``httpx`` logger to WARNING unless the application set its level: at INFO it
+    logs each request line with the full URL. An application that wants those lines sets the
+    level itself (``logging.getLogger("httpx").setLevel(logging.INFO)``)."""
+    http_logger = logging.getLogger("httpx")
+    if http_logger.level == logging.NOTSET:
+        http_logger.setLevel(logging.WARNING)
+
+
+def redact_webhook_url(url: str) -> str:
+    """``url`` as a log line may show it: scheme, host and port only. A webhook URL often carries
+    its credential in the user info, the path (``/services/T0/B0/secret``) or the query
+    (``?token=...``); each is replaced by ``***``."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "(a webhook URL that does not parse)"
+    if ":" in host:
+        host = f"[{host}]"
+    shown = f"{parts.scheme}://{host}{f':{port}' if port else ''}"
+    if parts.username is not None or parts.password is not None:
+        shown = f"{parts.scheme}://***@{shown.partition('://')[2]}"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        shown += "/***"
+    return shown
 
 
 def _seconds(value: Any, name: str, *, low: float) -> float:
@@ -266,6 +350,8 @@ class WebhookMiddleware(Middleware):
         if self.send:
             import httpx
 
+            # httpx logs every request's URL at INFO; a webhook URL holds a credential
+            quiet_httpx_request_log()
             self._http = httpx.AsyncClient(follow_redirects=False)
             self._wake = asyncio.Event()
             self._sender = asyncio.create_task(self._sending(), name=f"{worker.name}-webhooks")
@@ -560,14 +646,22 @@ class WebhookMiddleware(Middleware):
             "X-Paota-Event-Id": key,
             "X-Paota-Event": str(doc.get("type", "")),
             "X-Paota-Delivery-Attempt": str(attempts),
-            "X-Paota-Signature": sign(endpoint.secret, body),
+            "X-Paota-Signature": sign(
+                endpoint.secret,
+                body,
+                event_id=key,
+                event_type=str(doc.get("type", "")),
+                timestamp=int(time.time()),
+            ),
         }
         try:
             response = await http.post(
                 endpoint.url, content=body, headers=headers, timeout=endpoint.timeout_s
             )
         except httpx.HTTPError as exc:
-            return f"{type(exc).__name__}: {exc}"[:500], None
+            # httpx may quote the URL (and its credential): never in a log or the outbox
+            text = f"{type(exc).__name__}: {exc}".replace(endpoint.url, endpoint.shown_url)
+            return text[:500], None
         if 200 <= response.status_code < 300:
             return None, None
         retry_after = response.headers.get("retry-after", "")

@@ -127,7 +127,7 @@ class _Guard:
                 return WebError(
                     403, "this paota web app runs open (no token) and answers loopback clients only"
                 )
-            return None
+            return _open_mode_refusal(scope)
         given = b""
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
@@ -141,6 +141,95 @@ class _Guard:
         if not hmac.compare_digest(digest, self.token_digest):
             return WebError(401, "authorization: the token is not valid")
         return None
+
+
+#: Methods that change something.
+_CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _open_mode_refusal(scope: Scope) -> WebError | None:
+    """Without a token, loopback is the only credential, and a web page the user visits is on
+    loopback too: refuse what a page of another site could make the browser send.
+
+    - ``Host`` must name the loopback interface (``localhost``, ``127.0.0.1``, ``[::1]``): a
+      DNS-rebinding page reaches 127.0.0.1 under its own host name;
+    - an ``Origin``, when the browser sends one, must be a loopback origin;
+    - a request that changes something must be ``Content-Type: application/json``, which a
+      cross-site page cannot send without a CORS preflight (that this app never answers).
+    """
+    headers = {name: value for name, value in scope.get("headers", ())}
+    host = headers.get(b"host", b"").decode("latin-1")
+    if not _loopback_authority(host):
+        return WebError(
+            403,
+            f"Host {host!r} is not allowed: without a token this app answers requests addressed "
+            "to localhost, 127.0.0.1 or [::1] only (a page of another site may be trying to "
+            "reach it through DNS rebinding); set PAOTA_WEB_TOKEN to serve other names",
+        )
+    origin = headers.get(b"origin")
+    if origin is not None:
+        text = origin.decode("latin-1")
+        scheme, _, authority = text.partition("://")
+        if scheme not in ("http", "https") or not _loopback_authority(authority):
+            return WebError(
+                403, f"Origin {text!r} is not allowed: without a token, only loopback pages"
+            )
+    if scope.get("method", "GET") in _CHANGES:
+        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if content_type != b"application/json":
+            return WebError(
+                415,
+                "a request that changes something must be 'Content-Type: application/json' "
+                f"(got {content_type.decode('latin-1') or 'none'!r})",
+            )
+    return None
+
+
+def _loopback_authority(authority: str) -> bool:
+    """Whether ``host[:port]`` names the loopback interface."""
+    if authority.startswith("["):
+        host = authority[1 : authority.find("]")] if "]" in authority else ""
+    else:
+        host = authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+    host = host.lower().rstrip(".")
+    return host == "localhost" or (host != "" and is_loopback(host))
+
+
+#: Sent with every response: the dashboard loads only its own files, runs no inline script,
+#: cannot be framed, and leaks no address.
+SECURITY_HEADERS = (
+    (
+        b"content-security-policy",
+        b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        b"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        b"frame-ancestors 'none'",
+    ),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+)
+
+
+class _SecurityHeaders:
+    """ASGI middleware: :data:`SECURITY_HEADERS` on every HTTP response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", ())}
+                extra = [(n, v) for n, v in SECURITY_HEADERS if n not in present]
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _resolve_token(token: str | None, open: bool) -> bytes | None:
@@ -214,6 +303,7 @@ def create_app(
         },
     )
     app.add_middleware(_Guard, token_digest=digest)
+    app.add_middleware(_SecurityHeaders)
     app.state.paota_client = client
     return app
 

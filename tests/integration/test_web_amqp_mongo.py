@@ -381,6 +381,13 @@ async def test_the_dashboard_retries_a_failed_task_and_shows_it_succeed(
     task_id = await deployment.send("Flaky", 41)
     await eventually(lambda: _is(deployment.status_of(task_id), "FAILED"), 60, "it failed")
     page = await browser.new_page(viewport={"width": 1400, "height": 820})
+    # the dashboard works under its Content-Security-Policy: the browser reports no violation
+    violations: list[str] = []
+    page.on(
+        "console",
+        lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None,
+    )
+    page.on("pageerror", lambda exc: violations.append(f"page error: {exc}"))
     try:
         # when a person opens the dashboard and signs in
         await page.goto(deployment.url + "/")
@@ -437,5 +444,14 @@ async def test_the_dashboard_retries_a_failed_task_and_shows_it_succeed(
             f'#tasks tr[data-task-id="{task_id}"] .status[data-status="SUCCEEDED"]'
         )
         await page.screenshot(path=str(SCREENSHOTS / "dashboard.png"))
+        assert violations == []
     finally:
         await page.close()
+    # and no other page can frame it (frame-ancestors 'none', X-Frame-Options: DENY)
+    framer = await browser.new_page()
+    try:
+        await framer.set_content(f'<iframe id="framed" src="{deployment.url}/"></iframe>')
+        [framed] = [frame for frame in framer.frames if frame != framer.main_frame]
+        assert await framed.query_selector("#token") is None, framed.url
+    finally:
+        await framer.close()

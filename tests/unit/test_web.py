@@ -184,10 +184,53 @@ async def test_an_open_app_answers_loopback_clients_only() -> None:
     app = create_app(pool, open=True)
     for address, status in (("127.0.0.1", 200), ("::1", 200), ("10.1.2.3", 403)):
         transport = httpx.ASGITransport(app=app, client=(address, 40000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as http:
             response = await http.get("/api/tasks")
             assert response.status_code == status, (address, response.text)
     await pool.close()
+
+
+async def test_an_open_app_refuses_what_a_page_of_another_site_can_send() -> None:
+    # given an open app (no token: loopback is the only credential)
+    pool = WorkerPool(Config(store="memory"), name="open")
+    app = create_app(pool, open=True)
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as http:
+        # a DNS-rebinding page reaches 127.0.0.1 under its own name
+        rebound = await http.get("/api/tasks", headers={"Host": "evil.example:8000"})
+        assert rebound.status_code == 403 and "DNS rebinding" in rebound.text
+        # a cross-site fetch carries its Origin
+        cross = await http.get("/api/tasks", headers={"Origin": "https://evil.example"})
+        assert cross.status_code == 403 and "Origin" in cross.text
+        # a no-cors POST can only be text/plain (or a form): refused before any handler runs
+        body = '{"name": "Add", "args": []}'
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+            headers = {"Content-Type": content_type} if content_type else {}
+            created = await http.post("/api/tasks", content=body, headers=headers)
+            assert created.status_code == 415, created.text
+            cancelled = await http.post("/api/tasks/t1/cancel", headers=headers)
+            assert cancelled.status_code == 415
+        # while the dashboard's own requests pass: loopback names, JSON, same origin
+        for host in ("localhost:8000", "127.0.0.1:8000", "[::1]:8000", "localhost"):
+            ok = await http.get("/api/info", headers={"Host": host})
+            assert ok.status_code == 200, (host, ok.text)
+        same = await http.post(
+            "/api/tasks/t1/cancel",
+            headers={"Origin": "http://127.0.0.1:8000", "Content-Type": "application/json"},
+        )
+        assert same.status_code != 415 and same.status_code != 403, same.text
+    await pool.close()
+
+
+async def test_every_response_carries_the_security_headers(web: Setup) -> None:
+    for path in ("/", "/static/app.js", "/api/tasks", "/api/nothing-here"):
+        response = await web.http.get(path)
+        csp = response.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp, path
+        assert "'unsafe-inline'" not in csp
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "no-referrer"
 
 
 # --- tasks ----------------------------------------------------------------------------------------

@@ -138,7 +138,7 @@ async def test_an_endpoint_that_fails_twice_then_accepts_gets_the_event(
     for request in sink.received:
         assert request.headers["content-type"] == "application/json"
         assert request.headers["x-paota-event"] == "task.succeeded"
-        assert verify_signature(SECRET, request.body, request.headers["x-paota-signature"])
+        assert verify_signature(SECRET, request.body, request.headers)
         assert request.body == sink.received[0].body
     event = sink.received[-1].event
     assert event["id"] == ids.pop() and event["type"] == "task.succeeded"
@@ -398,16 +398,37 @@ def test_endpoints_and_options_are_checked() -> None:
         WebhookMiddleware([endpoint], concurrency=0)
 
 
-def test_signatures_are_hmac_sha256_of_the_body() -> None:
+def test_signatures_cover_the_time_the_event_id_and_type_and_the_body() -> None:
     import hashlib
     import hmac
 
     body = b'{"id":"evt_1"}'
-    expected = "sha256=" + hmac.new(b"key", body, hashlib.sha256).hexdigest()
-    assert sign("key", body) == expected
-    assert verify_signature("key", body, expected)
-    assert not verify_signature("key", body + b" ", expected)
-    assert not verify_signature("other", body, expected)
-    assert not verify_signature("key", body, None)
+    t = 1_800_000_000
+    mac = hmac.new(b"key", b"1800000000.evt_1.task.succeeded." + body, hashlib.sha256)
+    expected = f"t={t},v1={mac.hexdigest()}"
+    assert sign("key", body, event_id="evt_1", event_type="task.succeeded", timestamp=t) == expected
+    headers = {
+        "X-Paota-Signature": expected,
+        "X-Paota-Event-Id": "evt_1",
+        "X-Paota-Event": "task.succeeded",
+    }
+    assert verify_signature("key", body, headers, now=t + 10)
+    # a receiver's headers in any case
+    assert verify_signature("key", body, {k.lower(): v for k, v in headers.items()}, now=t)
+    # a changed body, secret, event id or type fails
+    assert not verify_signature("key", body + b" ", headers, now=t)
+    assert not verify_signature("other", body, headers, now=t)
+    assert not verify_signature("key", body, {**headers, "X-Paota-Event-Id": "evt_2"}, now=t)
+    assert not verify_signature("key", body, {**headers, "X-Paota-Event": "task.failed"}, now=t)
+    # a replay outside the tolerance (300 s by default) fails, however well signed
+    assert not verify_signature("key", body, headers, now=t + 301)
+    assert not verify_signature("key", body, headers, now=t - 301)
+    assert verify_signature("key", body, headers, now=t + 3000, tolerance_s=3600)
+    # a rotation: any of several v1 values may match; nothing, or garbage, never does
+    rotated = {**headers, "X-Paota-Signature": f"t={t},v1=00ff,v1={mac.hexdigest()}"}
+    assert verify_signature("key", body, rotated, now=t)
+    for bad in ("", "sha256=" + mac.hexdigest(), f"t=x,v1={mac.hexdigest()}", f"t={t}"):
+        assert not verify_signature("key", body, {**headers, "X-Paota-Signature": bad}, now=t)
+    assert not verify_signature("key", body, {}, now=t)
     assert event_id("t", 0, 0, "succeeded") == event_id("t", 0, 0, "succeeded")
     assert event_id("t", 1, 0, "succeeded") != event_id("t", 0, 0, "succeeded")

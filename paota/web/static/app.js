@@ -18,6 +18,7 @@ function h(tag, attrs, ...children) {
     if (value === undefined || value === null || value === false) continue;
     if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
     else if (key === "dataset") Object.assign(el.dataset, value);
+    else if (key === "style") el.style.cssText = String(value); // CSSOM: allowed by the CSP
     else el.setAttribute(key, value === true ? "" : String(value));
   }
   for (const child of children.flat()) {
@@ -35,7 +36,10 @@ class ApiError extends Error {
 }
 
 async function api(path, options = {}) {
-  const headers = { ...authHeaders(), ...(options.body ? { "Content-Type": "application/json" } : {}) };
+  // Every request that changes something says it is JSON: a cross-site page cannot send that
+  // without CORS (the open mode refuses state changes without it).
+  const changes = options.method && options.method !== "GET";
+  const headers = { ...authHeaders(), ...(options.body || changes ? { "Content-Type": "application/json" } : {}) };
   const response = await fetch(API + path, { ...options, headers });
   if (response.status === 204) return null;
   let body = null;
