@@ -115,7 +115,7 @@ def tests(session: nox.Session) -> None:
     ``-- -n 0``)."""
     _install(session, "test")
     session.run(
-        "pytest", "tests/unit", "-q", *_processes(session, "auto"), _junit(session),
+        "pytest", "tests/unit", "-q", *_processes(session, "auto", "loadgroup"), _junit(session),
         *session.posargs,
     )  # fmt: skip
 
@@ -228,6 +228,9 @@ def _integration(session: nox.Session, markers: str) -> None:
     _install(session, "test")
     args = ["-m", markers] if markers else []
     parallel = _processes(session, str(INTEGRATION_PROCESSES), "loadgroup")
+    # each chaos test's counts (tasks, lost, ran twice, recovery), for .ci/report.py
+    session.env.setdefault("PAOTA_CHAOS_REPORT", os.path.join(REPORT_DIR, "chaos.jsonl"))
+    os.makedirs(REPORT_DIR, exist_ok=True)
     with _container_engine(session):
         session.run(
             "pytest", "tests/integration", "-q", *parallel, _junit(session), *args,
@@ -349,10 +352,12 @@ def stress(session: nox.Session) -> None:
         for n in range(runs):
             seed = str(base_seed + n)
             attempt(
-                f"unit {n + 1}/{runs}", seed, "pytest", "tests/unit", "-q", "-n", "auto",
+                f"unit {n + 1}/{runs}", seed, "pytest", "tests/unit", "-q", "-n", "auto", "--dist",
+                "loadgroup",
                 "-p", "randomly", f"--randomly-seed={seed}", "-p", "no:cacheprovider",
             )  # fmt: skip
         if "--unit-only" not in session.posargs:
+            session.env.setdefault("PAOTA_CHAOS_REPORT", os.path.join(REPORT_DIR, "chaos.jsonl"))
             with _container_engine(session):
                 attempt(
                     "integration", "-", "pytest", "tests/integration", "-q", "-n",

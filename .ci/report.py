@@ -57,9 +57,41 @@ def slowest(count: int) -> None:
         print(f"{seconds:8.1f}  {session:<14} {name}{'  [' + outcome + ']' if outcome else ''}")
 
 
+def figures() -> None:
+    path = REPORT / "figures.jsonl"
+    if path.exists():
+        print("\nfigures")
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            print(f"  {row.get('figure', '?')}: {row.get('text', '')}")
+    path = REPORT / "chaos.jsonl"
+    if path.exists():
+        print("\nchaos (test: tasks, lost, ran twice, recovery s; the rest)")
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            rest = {k: v for k, v in row.items() if k not in CHAOS_MAIN}
+            recover = row.get("recover_s")
+            if isinstance(recover, list):
+                recover = ", ".join(f"{s:.1f}" for s in recover if isinstance(s, int | float))
+            print(
+                f"  {row.get('test')}: {row.get('tasks')}, {row.get('lost')}, "
+                f"{row.get('duplicates')}, {recover}; {json.dumps(rest)}"
+            )
+
+
+CHAOS_MAIN = {"test", "tasks", "ran", "lost", "duplicates", "recover_s"}
+
+
 def main() -> int:
     try:
         sessions()
+        figures()
         slowest(int(os.environ.get("PAOTA_CI_SLOWEST", "20")))
     except Exception as exc:  # a report must never turn a run red
         print(f"ci report: could not be printed ({exc!r})", file=sys.stderr)
