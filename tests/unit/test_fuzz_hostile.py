@@ -6,8 +6,9 @@
   for every delivery (nothing left ready or unacked), every good task runs, and every message that
   did not run is parked with a reason or dropped as asked.
 
-The budgets are real-clock bounds, set for a loaded 2-core machine (linear decoding takes a few
-hundred microseconds per KB at worst; the quadratic path this guards against took seconds). The
+The budgets are of CPU time (``time.process_time``: what the decode itself costs, whatever else
+the machine runs), with room to spare (linear decoding takes a few hundred microseconds per KB at
+worst; the quadratic path this guards against took 37 s for 20,000 args). The
 figures (messages tried, slowest decode, per KB) go to ``.nox/report/figures.jsonl``, which
 ``.ci/report.py`` prints at the end of a CI run.
 """
@@ -131,14 +132,14 @@ def figures() -> Iterator[None]:
 def test_the_decoder_ends_every_message_in_time_and_raises_only_decode_errors(
     body: bytes, hdrs: dict[str, Any]
 ) -> None:
-    started = time.perf_counter()
+    started = time.process_time()
     try:
         check_size(body, 32 * 1024 * 1024)
         check_headers(hdrs)
         decode_message(body, hdrs)
     except DecodeError:
         pass
-    took = time.perf_counter() - started
+    took = time.process_time() - started
     kb = max(len(body) / 1024, 1.0)
     FIGURES["messages"] += 1
     FIGURES["slowest_s"] = max(FIGURES["slowest_s"], took)
@@ -150,9 +151,9 @@ def test_a_large_wide_message_decodes_within_its_budget() -> None:
     # the worst shape found: many args with lowercase keys (the careful path), 1 MB
     args = [{"name": f"a{i}", "type": "int", "value": i} for i in range(25_000)]
     body = json.dumps({"UUID": "wide", "Name": "work", "Args": args}).encode()
-    started = time.perf_counter()
+    started = time.process_time()
     decode_message(body)
-    took = time.perf_counter() - started
+    took = time.process_time() - started
     kb = len(body) / 1024
     assert took < BUDGET_S + BUDGET_PER_KB_S * kb, f"{took:.2f} s for {kb:.0f} KB"
     FIGURES["wide_s"], FIGURES["wide_kb"] = took, kb
