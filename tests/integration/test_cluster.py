@@ -412,9 +412,10 @@ async def test_worker_loses_its_node_in_the_middle_of_10000_tasks(
         )
 
         # when the node the worker consumes from is killed, 3,000 tasks in
-        await wait_until("3,000 tasks ran", lambda: len(runs.count) >= 3000, timeout_s=60)
+        # (the timeouts detect a hang: a loaded 2-core machine runs them far slower than quiet)
+        await wait_until("3,000 tasks ran", lambda: len(runs.count) >= 3000, timeout_s=300)
         [endpoint] = await wait_for(
-            "the worker's consumer", lambda: consumer_endpoints(worker), timeout_s=10
+            "the worker's consumer", lambda: consumer_endpoints(worker), timeout_s=60
         )
         victim = url_node(config, nodes, endpoint)
         survivors = [n for n in nodes if n is not victim]
@@ -437,7 +438,7 @@ async def test_worker_loses_its_node_in_the_middle_of_10000_tasks(
         def ran_since_kill() -> bool:
             return any(started > kill_returned for started, _ in runs.done[-200:])
 
-        recovered_at = await wait_until("a task delivered after the kill ran", ran_since_kill, 60)
+        recovered_at = await wait_until("a task delivered after the kill ran", ran_since_kill, 120)
         first_done = min(done for started, done in runs.done if started > kill_returned)
         recover_s = first_done - killed_at
         [moved_to] = await wait_for(
