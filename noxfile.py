@@ -358,6 +358,7 @@ def stress(session: nox.Session) -> None:
             )  # fmt: skip
         if "--unit-only" not in session.posargs:
             session.env.setdefault("PAOTA_CHAOS_REPORT", os.path.join(REPORT_DIR, "chaos.jsonl"))
+            os.makedirs(REPORT_DIR, exist_ok=True)
             with _container_engine(session):
                 attempt(
                     "integration", "-", "pytest", "tests/integration", "-q", "-n",

@@ -354,6 +354,7 @@ class ChaosCount:
                 "recover_s": self.recover_s,
                 **self.extra,
             }
+            os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
             with open(target, "a", encoding="utf-8") as out:
                 out.write(json.dumps(record, sort_keys=False) + "\n")
         return self
