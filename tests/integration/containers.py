@@ -270,8 +270,18 @@ class RabbitNode:
         self.start_again(timeout_s)
 
     def pause(self) -> None:
-        """SIGSTOP every process of the broker (it neither answers nor sends heartbeats)."""
-        self._wrapped.pause()
+        """SIGSTOP every process of the broker (it neither answers nor sends heartbeats).
+
+        The cgroup freezer can give up on a loaded machine ("OCI runtime pause failed: unable
+        to freeze"), leaving the container running: that is tried again, a few times."""
+        for attempt in range(6):
+            try:
+                self._wrapped.pause()
+                return
+            except Exception as exc:
+                if "unable to freeze" not in str(exc) or attempt == 5:
+                    raise
+                time.sleep(0.5)  # the freezer thawed the container; try again
 
     def resume(self) -> None:
         """SIGCONT after :meth:`pause`."""
