@@ -12,19 +12,27 @@ import os
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 REPORT = Path(os.environ.get("PAOTA_CI_REPORT_DIR", Path(__file__).parents[1] / ".nox" / "report"))
 
 
-def sessions() -> None:
-    path = REPORT / "sessions.jsonl"
+def _jsonl(name: str) -> list[dict[str, object]] | None:
+    """The rows of ``REPORT/name`` (lines that are not JSON skipped); None when it is missing."""
+    path = REPORT / name
+    if not path.exists():
+        return None
     rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def sessions() -> None:
+    rows: list[Any] = _jsonl("sessions.jsonl") or []
     if not rows:
         print("ci report: no session timings (.nox/report/sessions.jsonl)")
         return
@@ -58,23 +66,15 @@ def slowest(count: int) -> None:
 
 
 def figures() -> None:
-    path = REPORT / "figures.jsonl"
-    if path.exists():
+    figures_rows = _jsonl("figures.jsonl")
+    if figures_rows is not None:
         print("\nfigures")
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
+        for row in figures_rows:
             print(f"  {row.get('figure', '?')}: {row.get('text', '')}")
-    path = REPORT / "chaos.jsonl"
-    if path.exists():
+    chaos_rows = _jsonl("chaos.jsonl")
+    if chaos_rows is not None:
         print("\nchaos (test: tasks, lost, ran twice, recovery s; the rest)")
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
+        for row in chaos_rows:
             rest = {k: v for k, v in row.items() if k not in CHAOS_MAIN}
             recover = row.get("recover_s")
             if isinstance(recover, list):

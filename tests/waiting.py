@@ -14,7 +14,7 @@ import asyncio
 import functools
 import selectors
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar
+from typing import IO, Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -44,6 +44,17 @@ async def until(
         if loop.time() > deadline:
             raise AssertionError(f"{what} did not hold within {timeout_s} s")
         await asyncio.sleep(POLL_S)
+
+
+def read_until(stream: IO[str], marker: str, what: str) -> str:
+    """Read lines of a child process's ``stream`` until one holds ``marker``; return all read.
+    Fails with ``what`` when the stream ends first (a hung child fails at the test timeout)."""
+    seen = ""
+    while marker not in seen:
+        line = stream.readline()
+        assert line, f"{what}: {seen}"
+        seen += line
+    return seen
 
 
 class _JumpingSelector(selectors.BaseSelector):

@@ -23,6 +23,8 @@ from paota.core.errors import DecodeError
 
 __all__ = [
     "INT64_MAX",
+    "BadHeaders",
+    "MessageTooLarge",
     "MAX_ERROR_HEADER",
     "MAX_HEADER_TEXT",
     "MAX_TRACEBACK_HEADER",

@@ -16,6 +16,7 @@ import pytest
 from paota import Arg, ConfigError
 from paota.cli import main, parse_arg
 from paota.cli._common import parse_queues
+from tests.waiting import read_until
 
 
 def run_cli(
@@ -76,12 +77,7 @@ def worker_process(cwd: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str
     )
     try:
         assert proc.stderr is not None
-        seen = ""
-        while "consuming" not in seen:
-            line = proc.stderr.readline()
-            assert line, f"worker exited early: {seen}"
-            seen += line
-        yield proc, seen
+        yield proc, read_until(proc.stderr, "consuming", "worker exited early")
     finally:
         if proc.poll() is None:
             proc.kill()

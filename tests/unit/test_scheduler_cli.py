@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from paota.cli import main
+from tests.waiting import read_until
 
 APP = """
 from paota import Config, WorkerPool, current_task
@@ -155,12 +156,9 @@ def test_a_worker_with_scheduler_sends_and_runs_its_periodic_tasks(app: Path) ->
 def test_the_scheduler_command_sends_until_sigterm(app: Path) -> None:
     proc = start("scheduler", "app:pool", "--name", "cli-scheduler", cwd=app)
     assert proc.stderr is not None
-    # the first send is logged: read the log up to it (a hung scheduler fails at the test timeout)
-    head = ""
-    while "of schedule 'often' as task sched:often:" not in head:
-        line = proc.stderr.readline()
-        assert line, f"the scheduler ended before sending: {head}"
-        head += line
+    # the first send is logged: read the log up to it
+    marker = "of schedule 'often' as task sched:often:"
+    head = read_until(proc.stderr, marker, "the scheduler ended before sending")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     err = head + err
