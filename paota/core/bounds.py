@@ -6,8 +6,10 @@ outcome in bounded time. So before a body is decoded, the pool checks it here:
 - :func:`check_size`: a body over ``Config.max_message_bytes`` is parked as ``too-large``,
   undecoded (decoding is linear, but a 100 MB body still holds the event loop for seconds);
 - :func:`check_headers`: every ``x-paota-*`` header paota reads is typed and bounded (integers
-  within 0 .. 2**63-1, text within :data:`MAX_HEADER_TEXT` characters); anything else is parked
-  as ``bad-headers``, so that no out-of-range value ever reaches a store query.
+  within 0 .. 2**63-1, text within :data:`MAX_HEADER_TEXT` characters), and the whole header
+  table leaves room for what paota adds (at most :data:`MAX_HEADER_TABLE` bytes); anything else is
+  parked as ``bad-headers``, so that no out-of-range value ever reaches a store query and no copy
+  paota publishes outgrows the frame.
 
 And what paota writes into a header is cut with :func:`bounded_text` (a visible marker says how
 much was left out), so that a parked, retried or returned copy always fits the broker's frame
@@ -22,15 +24,19 @@ from typing import Any
 from paota.core.errors import DecodeError
 
 __all__ = [
+    "FRAME_MAX",
     "INT64_MAX",
     "BadHeaders",
     "MessageTooLarge",
     "MAX_ERROR_HEADER",
+    "MAX_HEADER_TABLE",
     "MAX_HEADER_TEXT",
     "MAX_TRACEBACK_HEADER",
     "bounded_text",
     "check_headers",
     "check_size",
+    "fitting_headers",
+    "header_table_bytes",
 ]
 
 INT64_MAX = 2**63 - 1
@@ -41,6 +47,15 @@ MAX_ERROR_HEADER = 2000
 """How much of an error message a parked copy carries in ``x-paota-error``."""
 MAX_TRACEBACK_HEADER = 4000
 """How much of a traceback (its end) a parked copy carries in ``x-paota-traceback``."""
+
+FRAME_MAX = 131_072
+"""RabbitMQ's default ``frame_max``: a message's headers travel in one frame of at most this."""
+MAX_HEADER_TABLE = FRAME_MAX - 16_384
+"""The largest header table (in encoded bytes, about) a delivery may carry: the rest of the frame
+is room for the headers paota adds to a parked, retried or returned copy (error and traceback
+texts, reason, worker, times: under 8 KiB) and for the other properties."""
+DROPPED_HEADER = "x-paota-headers-dropped"
+"""On a parked copy whose headers did not fit: the names of those left out."""
 
 #: The ``x-paota-*`` headers paota reads as integers.
 INT_HEADERS = frozenset({"x-paota-returns", "x-paota-replays"})
@@ -79,7 +94,15 @@ def check_size(body: bytes, max_bytes: int) -> None:
 
 
 def check_headers(headers: Mapping[str, Any]) -> None:
-    """Raise :class:`BadHeaders` naming the first ``x-paota-*`` header paota cannot use."""
+    """Raise :class:`BadHeaders` naming the first ``x-paota-*`` header paota cannot use, or when
+    the whole table is over :data:`MAX_HEADER_TABLE` bytes."""
+    size = header_table_bytes(headers)
+    if size > MAX_HEADER_TABLE:
+        raise BadHeaders(
+            f"the headers take about {size:,} bytes; at most {MAX_HEADER_TABLE:,} are allowed "
+            f"(the broker's frame is {FRAME_MAX:,} bytes and paota adds its own to every copy)",
+            b"",
+        )
     for key, value in headers.items():
         if not (isinstance(key, str) and key.startswith("x-paota-")):
             continue
@@ -93,6 +116,52 @@ def check_headers(headers: Mapping[str, Any]) -> None:
             )
 
 
+def header_table_bytes(headers: Mapping[str, Any]) -> int:
+    """About how many bytes ``headers`` take as an AMQP field table (an upper bound for the
+    types RabbitMQ delivers: text, bytes, numbers, times, nested tables and arrays)."""
+    return 4 + sum(
+        2 + _text_bytes(str(key)) + _field_bytes(value) for key, value in headers.items()
+    )
+
+
+def _text_bytes(text: str) -> int:
+    # surrogatepass: header text RabbitMQ delivered as invalid UTF-8 comes with lone surrogates
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _field_bytes(value: Any) -> int:
+    if isinstance(value, str):
+        return 5 + _text_bytes(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return 5 + len(value)
+    if isinstance(value, Mapping):
+        return 1 + header_table_bytes(value)
+    if isinstance(value, list | tuple):
+        return 5 + sum(_field_bytes(item) for item in value)
+    return 10  # numbers, bool, None, datetime, Decimal: at most 1 + 9 bytes
+
+
+def fitting_headers(
+    headers: Mapping[str, Any], added: Mapping[str, Any], limit: int = FRAME_MAX - 4096
+) -> dict[str, Any]:
+    """``headers`` with ``added`` over them, the largest of ``headers`` left out (and named in
+    :data:`DROPPED_HEADER`) until the table fits in ``limit`` bytes; ``added`` is always kept."""
+    merged = {**headers, **added}
+    if header_table_bytes(merged) <= limit:
+        return merged
+    kept = {key: value for key, value in headers.items() if key not in added}
+    dropped: list[str] = []
+    room = limit - header_table_bytes(added) - MAX_HEADER_TEXT - 64
+    by_size = sorted(kept, key=lambda key: _field_bytes(kept[key]) + len(str(key)), reverse=True)
+    for key in by_size:
+        if header_table_bytes(kept) <= room:
+            break
+        del kept[key]
+        dropped.append(str(key))
+    note = bounded_text(", ".join(dropped), MAX_HEADER_TEXT)
+    return {**kept, **added, DROPPED_HEADER: note}
+
+
 def _check_int(key: str, value: Any) -> None:
     if value is None:  # an AMQP void: as if absent
         return
@@ -102,7 +171,7 @@ def _check_int(key: str, value: Any) -> None:
         number = bytes(value).decode("ascii", "replace")
     if isinstance(number, str):
         text = number.strip()
-        if not text.isdigit() or len(text) > 19:
+        if not (text.isascii() and text.isdigit()) or len(text) > 19:
             raise BadHeaders(f"header {key!r} is {_show(value)}; {wanted}", b"")
         number = int(text)
     if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= INT64_MAX:

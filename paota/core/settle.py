@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from paota.core.bounds import bounded_text
+from paota.core.bounds import bounded_text, fitting_headers
 from paota.core.clock import Clock
 from paota.core.context import TaskContext
 from paota.core.errors import StoreError
@@ -106,8 +106,10 @@ def resend(
 
 
 def parked_copy(delivery: Delivery, queue: str, info: ParkInfo) -> OutgoingMessage:
-    """The copy of ``delivery`` for parking queue ``queue``: every header it had, plus ``info``'s."""
-    return resend(delivery, queue, headers={**delivery.headers, **info.headers()})
+    """The copy of ``delivery`` for parking queue ``queue``: every header it had, plus ``info``'s
+    (when they would not fit the broker's frame together, the largest of its own are left out and
+    named in ``x-paota-headers-dropped``)."""
+    return resend(delivery, queue, headers=fitting_headers(delivery.headers, info.headers()))
 
 
 #: Outcomes before which the settler asks the store whether the run was cancelled.

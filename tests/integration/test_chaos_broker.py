@@ -123,6 +123,7 @@ async def test_broker_sigkill_twice_mid_stream_loses_nothing(
 
     # then every confirmed task runs, immediate and delayed alike
     await runs.wait_for_all(sent.confirmed, timeout_s=120)
+    delayed_duplicates = sum(runs.counts[task_id] - 1 for task_id in sent.due)
     count = ChaosCount.of(
         "sigkill",
         sent.confirmed,
@@ -132,11 +133,17 @@ async def test_broker_sigkill_twice_mid_stream_loses_nothing(
         delayed_waiting_at_kills=",".join(map(str, waiting)),
         done_at_kills=",".join(map(str, done_at_kills)),
         broker_down_s=",".join(f"{s:.1f}" for s in down_s),
+        delayed_duplicates=delayed_duplicates,
     ).report(capsys)
     assert count.lost == 0
     assert min(waiting) > 0, "no delayed task was in the ladder at a kill"
-    # only unacked deliveries come back: at most a prefetch window per kill
-    assert count.duplicates <= 2 * config.amqp.prefetch_count
+    # an immediate task runs twice only if its delivery was unacked at a kill: at most a prefetch
+    # window per kill
+    assert count.duplicates - delayed_duplicates <= 2 * config.amqp.prefetch_count
+    # a delayed one also when the kill came between a ladder hop's confirm and the settle of its
+    # source (quorum queues dead-letter at least once, see paota.brokers.amqp.topology): at most
+    # the tasks in the ladder at the kills, on top of the unacked windows
+    assert delayed_duplicates <= sum(waiting) + 2 * config.amqp.prefetch_count
 
 
 @pytest.mark.timeout(300)

@@ -186,6 +186,25 @@ def poison_set() -> list[Poison]:
                 Args=[{"Name": "text", "Type": "string", "Value": "e" * 300_000}],
             ),
         ),
+        # headers of its own that fill most of a frame (a producer may send up to ~130 KB): parked
+        # without them, or the parked copy outgrows the frame; under that budget, they stay beside
+        # a huge error and the copy still fits
+        Poison(
+            "h-wide-headers",
+            PARKED_BAD_HEADERS,
+            task_json(Name="work", UUID="poison-h-wide-headers"),
+            {"x-trace": "t" * 127_000},
+        ),
+        Poison(
+            "h-wide-headers-huge-error",
+            PARKED_FAILED,
+            task_json(
+                Name="echo-error",
+                UUID="poison-h-wide-headers-huge-error",
+                Args=[{"Name": "text", "Type": "string", "Value": "e" * 300_000}],
+            ),
+            {"x-trace": "t" * 110_000},
+        ),
         # what Go's lenient decoder accepts: extra keys, any key case, a later duplicate key
         Poison("s-extra-key", RAN, task_json(Name="work", UUID="poison-s-extra-key", Colour="red")),
         Poison("s-lowercase", RAN, b'{"name":"work","uuid":"poison-s-lowercase"}'),

@@ -6,6 +6,8 @@ never stops the pool from running the good tasks beside it.
 - an ``x-paota-*`` header out of range (a 20-digit replays count) is parked ``bad-headers``;
 - an error message of 200,000 characters is cut in the parked copy's headers, kept whole in the
   store;
+- a header table too large to leave room for what paota adds is parked ``bad-headers``, its
+  largest headers left out of the parked copy (and named), so the copy fits the broker's frame;
 - a result the store refuses for good is parked ``store-rejected`` with a smaller FAILED record,
   instead of holding its slot through settle retries forever.
 """
@@ -19,8 +21,15 @@ from typing import Any
 import pytest
 
 from paota import Config, ManualClock, ParkQueue, StoreError, TaskStatus, WorkerPool
+from paota.brokers.amqp.properties import message_properties
 from paota.brokers.memory import MemoryBroker
-from paota.core.bounds import MAX_ERROR_HEADER, bounded_text, check_headers
+from paota.core.bounds import (
+    FRAME_MAX,
+    MAX_ERROR_HEADER,
+    bounded_text,
+    check_headers,
+    header_table_bytes,
+)
 from paota.core.message import decode_message
 from paota.core.protocols import OutgoingMessage
 from paota.core.state import TaskState
@@ -111,9 +120,77 @@ async def test_an_out_of_range_paota_header_is_parked_bad_headers() -> None:
 
 def test_header_checks_name_the_header_and_the_range() -> None:
     check_headers({"x-paota-replays": 3, "x-paota-returns": "2", "other": "x" * 100_000})
-    for headers in ({"x-paota-returns": True}, {"x-paota-workflow-id": "w" * 10_000}):
+    for headers in (
+        {"x-paota-returns": True},
+        {"x-paota-returns": "\u00b2"},  # a digit to str.isdigit, not to int()
+        {"x-paota-workflow-id": "w" * 10_000},
+    ):
         with pytest.raises(ValueError, match=next(iter(headers))):
             check_headers(headers)
+
+
+async def test_a_header_table_without_room_for_paotas_headers_is_parked_and_fits_the_frame() -> (
+    None
+):
+    # given a task whose own headers fill most of a frame (a producer may send up to ~131 KB, and
+    # a parked copy adds an error, a traceback, a reason: RabbitMQ closed the connection on it)
+    pool, broker, ran = await _pool(MemoryStore())
+    bad = sig(name="good", args=[]).replace(uuid="wide_headers")
+    headers = {"x-trace": "t" * 127_000, "x-small": "kept"}
+    await broker.publish(message(bad, broker.default_queue, headers=headers))
+    await _good(broker, 4)
+    await _drain(pool, broker)
+    # then it is parked bad-headers, the big header left out of the copy and named, the copy within
+    # the frame, and the good task ran
+    [parked] = broker.parked(ParkQueue.FAILED)
+    assert parked.headers["x-paota-reason"] == "bad-headers"
+    assert (
+        "127,0" in parked.headers["x-paota-error"] and "at most" in parked.headers["x-paota-error"]
+    )
+    assert "x-trace" not in parked.headers and parked.headers["x-small"] == "kept"
+    assert parked.headers["x-paota-headers-dropped"] == "x-trace"
+    assert header_table_bytes(parked.headers) < FRAME_MAX - 4096
+    assert ran == [4]
+    await pool.close()
+
+
+async def test_headers_under_the_budget_still_fit_beside_a_huge_error() -> None:
+    # given a task with 110 KB of headers of its own (under the budget) that fails with an error
+    # of 200,000 characters
+    pool, broker, _ = await _pool(MemoryStore())
+
+    @pool.task(name="echo", retry_count=0)
+    async def echo(text: str) -> None:
+        raise ValueError(text)
+
+    await echo.with_options(headers={"x-trace": "t" * 110_000}).send("x" * 200_000)
+    await _drain(pool, broker)
+    # then the parked copy keeps them all and still fits the frame
+    [parked] = broker.parked(ParkQueue.FAILED)
+    assert parked.headers["x-trace"] == "t" * 110_000
+    assert "x-paota-headers-dropped" not in parked.headers
+    assert header_table_bytes(parked.headers) < FRAME_MAX - 4096
+    await pool.close()
+
+
+def test_header_sizes_count_text_that_was_not_utf8() -> None:
+    # RabbitMQ delivers invalid UTF-8 header text as lone surrogates (paota.brokers.amqp.tolerant):
+    # measuring it must not raise, or the delivery can neither run nor park
+    headers = {"x-\udcff": "\udcfe" * 10, "x-paota-worker": "w\udcfe"}
+    check_headers(headers)
+    assert header_table_bytes(headers) == 4 + (2 + 5 + 5 + 30) + (2 + 14 + 5 + 4)
+
+
+def test_amqp_properties_refuse_headers_that_do_not_fit_a_frame() -> None:
+    # an AMQP publish whose headers are over the frame makes RabbitMQ close the connection: refused
+    # before it is sent, naming the sizes
+    with pytest.raises(ValueError, match=r"headers take 140,0\d\d bytes encoded; at most 130,048"):
+        message_properties(
+            headers={"x-big": "b" * 140_000}, content_type=None, priority=None, message_id="m"
+        )
+    assert message_properties(
+        headers={"x-big": "b" * 120_000}, content_type=None, priority=None, message_id="m"
+    ).headers
 
 
 async def test_a_huge_error_message_is_cut_in_the_parked_copy_and_kept_in_the_store() -> None:

@@ -26,6 +26,8 @@ from typing import Any
 from pamqp import commands as spec
 from pamqp import encode
 
+from paota.core.bounds import FRAME_MAX
+
 __all__ = ["GO_INT64_HEADERS", "encode_headers", "message_properties"]
 
 #: Header names that Go paota reads as ``int64`` only.
@@ -80,6 +82,9 @@ def encode_headers(headers: Mapping[str, Any]) -> bytes:
 
 
 _U16 = struct.Struct(">H")
+#: The most a published message's encoded headers may take: the frame, less its own 8 bytes, the
+#: content header's 14 and room for the other properties.
+MAX_ENCODED_HEADERS = FRAME_MAX - 1024
 _BYTE = struct.Struct("B")
 # The Basic.Properties flags of the fields paota sets; the others (content_encoding, correlation_id,
 # reply_to, expiration, timestamp, message_type, user_id, app_id, cluster_id) are left to pamqp.
@@ -203,12 +208,20 @@ def message_properties(
     message_id: str | None,
     persistent: bool = True,
 ) -> spec.Basic.Properties:
-    """Properties for a published message. Raises TypeError/ValueError for unencodable headers."""
-    props: spec.Basic.Properties = _Properties(
+    """Properties for a published message. Raises TypeError/ValueError for unencodable headers,
+    and ValueError for headers that would not fit one frame (the broker would close the
+    connection, and every publish in flight on it with it)."""
+    props: _Properties = _Properties(
         headers=headers,
         content_type=content_type or None,
         delivery_mode=2 if persistent else 1,
         priority=priority,
         message_id=message_id or None,
     )
+    size = len(props._encoded_headers)
+    if size > MAX_ENCODED_HEADERS:
+        raise ValueError(
+            f"its headers take {size:,} bytes encoded; at most {MAX_ENCODED_HEADERS:,} fit the "
+            f"broker's frame of {FRAME_MAX:,} bytes"
+        )
     return props
