@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,8 @@ from paota.core.errors import BrokerError, PublishError
 from paota.core.protocols import Delivery, OutgoingMessage, ParkQueue, QueueStat, Rewrite
 
 __all__ = ["DelayRecord", "MemoryBroker", "MemoryDelivery", "MemoryMessage"]
+
+logger = logging.getLogger("paota.brokers.memory")
 
 DEFAULT_QUEUE = "paota_tasks"
 DEFAULT_PARKING = {
@@ -209,6 +212,7 @@ class MemoryBroker:
             return
         self._closed = True
         self._open = False
+        self._warn_of_tasks_left()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -219,6 +223,28 @@ class MemoryBroker:
             queue.wakeup.set()
         for listener in self._control:
             listener.put_nowait(None)  # the end
+
+    def _warn_of_tasks_left(self) -> None:
+        """A producer that sent into this broker and closes before anything consumed the tasks
+        has lost them: say so, with the count (the broker lives in this process only)."""
+        unacked = sum(len(c.deliveries) for c in self._consumers)
+        left = self.ready_count + len(self._delayed) + unacked
+        if not left:
+            return
+        by_queue = {q.name: len(q.ready) for q in self._queues.values() if q.ready}
+        parking = set(self._parking.values())
+        shown = ", ".join(f"{n} in {q}" for q, n in sorted(by_queue.items()) if q not in parking)
+        if self._delayed:
+            shown += f"{', ' if shown else ''}{len(self._delayed)} delayed"
+        if unacked:
+            shown += f"{', ' if shown else ''}{unacked} delivered, not settled"
+        logger.warning(
+            "the in-memory broker closes with %d task(s) that will never run (%s): it lives in "
+            "this process only. To send tasks to workers in other processes, set "
+            "PAOTA_BROKER=amqp and PAOTA_AMQP_URL",
+            left,
+            shown,
+        )
 
     async def __aenter__(self) -> MemoryBroker:
         await self.connect()

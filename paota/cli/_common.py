@@ -61,6 +61,21 @@ def seconds(text: str) -> float:
     return value
 
 
+_SCALAR_TYPES = _INT_TYPES | _FLOAT_TYPES | {"bool", "string", "interface{}"}
+
+
+def _is_go_type(type_: str) -> bool:
+    while True:
+        if type_ in _SCALAR_TYPES:
+            return True
+        if type_.startswith("[]"):
+            type_ = type_[2:]
+        elif type_.startswith("map[string]"):
+            type_ = type_[len("map[string]") :]
+        else:
+            return False
+
+
 def parse_arg(text: str) -> Arg:
     """``[NAME:]TYPE=VALUE`` -> :class:`Arg`; the value is parsed by its Go type
     (``int``..., ``float64``, ``bool``, ``string``; anything else as JSON)."""
@@ -72,6 +87,16 @@ def parse_arg(text: str) -> Arg:
         )
     name, _, type_ = spec.rpartition(":")
     type_ = type_.strip()
+    if not _is_go_type(type_):
+        hint = (
+            f"; to name an argument, put its type after it: {type_}:int={raw}"
+            if type_.isidentifier() and not name
+            else ""
+        )
+        raise ConfigError(
+            f"--arg {text!r} is not valid: {type_!r} is not a Go type (expected one of "
+            f"{', '.join(sorted(_SCALAR_TYPES))}, []TYPE or map[string]TYPE){hint}"
+        )
     try:
         value: Any
         if type_ in _INT_TYPES:

@@ -66,6 +66,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     config = Config.from_env()
+    if config.broker == "memory":
+        # the task would live in this process's memory and vanish when the command ends
+        logger.error(
+            "paota send: the broker is the in-memory one (PAOTA_BROKER unset or 'memory'), so the "
+            "task would vanish when this command ends and no worker would run it; set "
+            "PAOTA_BROKER=amqp and PAOTA_AMQP_URL=amqp://... to send to your workers' RabbitMQ"
+        )
+        return 2
+    if args.wait is not None and config.store in ("", "memory"):
+        # checked before publishing: failing after it would invite a resend, and a duplicate
+        logger.error(
+            "paota send --wait: results are read from the store the worker writes, and %s; set "
+            "PAOTA_STORE=mongodb and PAOTA_MONGO_URI (the worker's too), or send without --wait. "
+            "Nothing was sent",
+            "no store is configured (PAOTA_STORE unset)"
+            if not config.store
+            else "the memory store lives in this process only",
+        )
+        return 2
     sig = Signature(
         args.name,
         args=tuple(parse_arg(a) for a in args.arg),
@@ -80,10 +99,6 @@ async def run(args: argparse.Namespace) -> int:
             sig = sig.replace(eta=pool.clock.now() + timedelta(seconds=args.delay))
         handle = await pool.send_task(sig, queue=args.queue)
         print(handle.id)
-        if config.broker == "memory":
-            logger.warning(
-                "sent to the in-memory broker of this process only: no worker will see it"
-            )
         if args.wait is not None:
             result = await handle.result(timeout=args.wait)
             print(json.dumps(result, default=repr))

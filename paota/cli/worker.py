@@ -165,10 +165,18 @@ async def _run_pool(args: argparse.Namespace, child: Any = None) -> int:
     if args.scheduler:
         pool.run_scheduler = True
     if pool.config.broker == "memory":
+        if os.environ.get("PAOTA_BROKER", "").strip().lower() == "amqp":
+            because = (
+                f"{args.target} builds its Config with broker='memory' in code, which wins over "
+                "PAOTA_BROKER=amqp; leave broker out of the Config to take the environment's"
+            )
+        else:
+            because = "set PAOTA_BROKER=amqp and PAOTA_AMQP_URL to share a queue across processes"
         logger.warning(
             "worker %s runs on the in-memory broker: only tasks sent from this same process will "
-            "reach it. Set PAOTA_BROKER=amqp and PAOTA_AMQP_URL to share a queue across processes.",
+            "reach it (%s)",
             pool.name,
+            because,
         )
     metrics = _metrics(pool, args)
     async with pool, metrics:

@@ -1,5 +1,9 @@
 """Configuration: :class:`Config`, read from ``PAOTA_*`` environment variables.
 
+One rule at every entry point (``Config()``, ``Client``, ``WorkerPool``, every CLI command): a
+field given in code wins, else its ``PAOTA_*`` variable when set, else the default. A variable
+set but empty is an error naming it.
+
 The variable names are those of the Go library, so one env file configures Go and Python workers
 alike. Every field is declared once, together with its variable and its *kind*
 (:mod:`paota.core.settings`); :meth:`Config.from_env` and ``__post_init__`` both work from that
@@ -16,14 +20,20 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from paota.brokers.amqp.settings import AMQPConfig
+from paota.brokers.amqp.settings import (
+    DEFAULT_BINDING_KEY,
+    DEFAULT_DELAYED_QUEUE,
+    DEFAULT_EXCHANGE,
+    AMQPConfig,
+)
+from paota.core.errors import ConfigError
 from paota.core.settings import (
     Section,
     backend,
     config_error,
+    environment,
     integer,
     opt,
-    read_env,
     redact_url,
     seconds,
     text,
@@ -33,14 +43,15 @@ from paota.stores.mongo.settings import MongoConfig
 __all__ = ["AMQPConfig", "Config", "MongoConfig", "redact_url"]
 
 _AMQP_URL_EXPECTED = (
-    "required when broker is 'amqp' (or amqp.urls); expected a URL starting with amqp:// or "
-    "amqps://"
+    "required when broker is 'amqp' (PAOTA_BROKER=amqp): set amqp.url (PAOTA_AMQP_URL) or "
+    "amqp.urls (PAOTA_AMQP_URLS) to a URL starting with amqp:// or amqps://"
 )
 
 
 @dataclass(frozen=True, repr=False)
 class Config(Section):
-    """The whole paota configuration; variables ``PAOTA_*`` (see :meth:`from_env`).
+    """The whole paota configuration. Fields not given read their ``PAOTA_*`` variable from the
+    environment when it is set (see :meth:`from_env`), so ``Config()`` is what the deployment says.
 
     ``broker`` is ``"memory"`` (embedded, no server), ``"amqp"`` or an installed third-party
     broker (entry point group ``paota.brokers``); ``store`` is ``""`` (no task state is recorded;
@@ -81,21 +92,47 @@ class Config(Section):
                 )
         if self.broker == "amqp" and not self.amqp.endpoints:
             raise config_error("amqp.url", self.amqp.url, _AMQP_URL_EXPECTED)
+        if self.broker == "amqp":
+            _refuse_copying_binding(self)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
-        """Build a config from ``PAOTA_*`` variables of ``env`` (default :data:`os.environ`).
+        """Build a config from the ``PAOTA_*`` variables of ``env`` (default :data:`os.environ`).
 
-        Unset or empty variables keep the default. Durations accept plain seconds (``"2.5"``) or a
-        Go duration (``"1m30s"``, ``"500ms"``); booleans accept true/false, 1/0, yes/no, on/off;
-        the ``*_ARGS`` variables hold a JSON object. Errors name the variable.
+        ``Config()`` reads :data:`os.environ` the same way for every field not given in code;
+        ``from_env(env)`` reads ``env`` instead (``from_env({})``: the defaults alone). A variable
+        that is set but empty is an error, never the default. Durations accept plain seconds
+        (``"2.5"``) or a Go duration (``"1m30s"``, ``"500ms"``); booleans accept true/false, 1/0,
+        yes/no, on/off; the ``*_ARGS`` variables hold a JSON object. Errors name the variable.
         """
-        env = os.environ if env is None else env
-        values = read_env(cls, env)
-        amqp = AMQPConfig(**read_env(AMQPConfig, env))
-        if values.get("broker") == "amqp" and not amqp.endpoints:
-            expected = _AMQP_URL_EXPECTED.replace("broker is", "PAOTA_BROKER is").replace(
-                "amqp.urls", "PAOTA_AMQP_URLS"
-            )
-            raise config_error("PAOTA_AMQP_URL", env.get("PAOTA_AMQP_URL", ""), expected)
-        return cls(**values, amqp=amqp, mongo=MongoConfig(**read_env(MongoConfig, env)))
+        with environment(os.environ if env is None else env):
+            return cls()
+
+
+_DEFAULT_QUEUE = "paota_tasks"
+
+
+def _refuse_copying_binding(config: Config) -> None:
+    """A renamed task queue on the default exchange and binding key would be bound beside every
+    other queue of that key (``paota_tasks`` first): each task copied into each. Refused, with the
+    fix (Go's defaults stay where nothing is set)."""
+    amqp = config.amqp
+    if (
+        config.task_queue_name == _DEFAULT_QUEUE
+        or amqp.exchange_type != "direct"
+        or amqp.exchange != DEFAULT_EXCHANGE
+        or amqp.binding_key != DEFAULT_BINDING_KEY
+    ):
+        return
+    queue = config.task_queue_name
+    fix = f"PAOTA_AMQP_BINDING_KEY={queue}"
+    if amqp.delayed_queue == DEFAULT_DELAYED_QUEUE:
+        fix += f" and PAOTA_AMQP_DELAYED_QUEUE={queue}_delayed (Go's delayed queue forwards "
+        fix += "by the binding key, so each key needs its own)"
+    raise ConfigError(
+        f"task_queue_name={queue!r} (PAOTA_QUEUE_NAME) is bound to the default exchange "
+        f"{amqp.exchange!r} with the default binding key {amqp.binding_key!r}, like the default "
+        f"queue {_DEFAULT_QUEUE!r}: every task sent to either would be copied into both. Give "
+        f"the queue a binding key of its own: {fix}; or its own exchange (PAOTA_AMQP_EXCHANGE). "
+        "Go workers and producers of this queue need the same settings"
+    )

@@ -75,8 +75,10 @@ class PublishError(BrokerError):
     """A publish was negatively confirmed, returned as unroutable, or not confirmed in time."""
 
 
-class TopologyError(BrokerError):
-    """Declaring a queue or exchange clashed with an existing one (the message says which argument)."""
+class TopologyError(BrokerError, ConfigError):
+    """Declaring a queue or exchange clashed with an existing one: a configuration that does not
+    match the broker. The message says which argument, which setting declares it, and how to
+    migrate."""
 
 
 class StoreError(PaotaError):

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from types import MappingProxyType
@@ -30,6 +33,7 @@ __all__ = [
     "backend",
     "choice",
     "config_error",
+    "environment",
     "integer",
     "opt",
     "read_env",
@@ -38,6 +42,7 @@ __all__ = [
     "text",
     "url",
     "url_list",
+    "variables",
 ]
 
 
@@ -317,14 +322,59 @@ class _Spec:
     kind: _Kind
 
 
-def _opt(default: Any, env: str, kind: _Kind) -> Any:
-    """A dataclass field with its environment variable and kind."""
-    spec = _Spec(env, kind)
-    if isinstance(default, Mapping):
-        return field(
-            default_factory=lambda: MappingProxyType({}), hash=False, metadata={"paota": spec}
+#: Where the fields of a config read their variables (:func:`environment`); None: os.environ.
+_ENVIRONMENT: ContextVar[Mapping[str, str] | None] = ContextVar("paota_environment", default=None)
+
+
+@contextmanager
+def _environment(env: Mapping[str, str]) -> Iterator[None]:
+    """Within the block, configs built in this context read their variables from ``env``
+    (``{}``: none, every field not given takes its default) instead of :data:`os.environ`."""
+    token = _ENVIRONMENT.set(env)
+    try:
+        yield
+    finally:
+        _ENVIRONMENT.reset(token)
+
+
+def _current_environment() -> Mapping[str, str]:
+    env = _ENVIRONMENT.get()
+    return os.environ if env is None else env
+
+
+def _from_variable(spec: _Spec, raw: str) -> Any:
+    """The typed value of variable ``spec.env`` holding ``raw``; a ConfigError naming it."""
+    if not raw.strip():
+        raise ConfigError(
+            f"{spec.env} is set but empty: unset it to use the default, or give a value "
+            f"({spec.kind.env_expected or spec.kind.expected})"
         )
-    return field(default=default, metadata={"paota": spec})
+    try:
+        return spec.kind.check(spec.kind.parse(raw.strip()))
+    except _Invalid as exc:
+        expected = spec.kind.env_expected or spec.kind.expected
+        raise _error(spec.env, raw, expected, detail=exc.detail, is_url=spec.kind.is_url) from None
+
+
+def _opt(default: Any, env: str, kind: _Kind) -> Any:
+    """A dataclass field with its environment variable and kind.
+
+    A field not given in code takes its variable's value when the variable is set, else
+    ``default``: the environment configures a deployment without code changes, and code wins.
+    """
+    spec = _Spec(env, kind)
+
+    def initial() -> Any:
+        raw = _current_environment().get(env)
+        if raw is not None:
+            return _from_variable(spec, raw)
+        return MappingProxyType({}) if isinstance(default, Mapping) else default
+
+    return field(
+        default_factory=initial,
+        hash=False if isinstance(default, Mapping) else None,
+        metadata={"paota": spec},
+    )
 
 
 def _error(
@@ -336,21 +386,20 @@ def _error(
 
 
 def _read_env(cls: type[Any], env: Mapping[str, str]) -> dict[str, Any]:
-    """The fields of ``cls`` whose variable is set and not empty, parsed and checked."""
+    """The fields of ``cls`` whose variable is set, parsed and checked (an empty one is an
+    error naming it)."""
     values: dict[str, Any] = {}
     for f in fields(cls):
         spec: _Spec | None = f.metadata.get("paota")
         raw = env.get(spec.env) if spec else None
-        if spec is None or raw is None or not raw.strip():
-            continue
-        try:
-            values[f.name] = spec.kind.check(spec.kind.parse(raw.strip()))
-        except _Invalid as exc:
-            expected = spec.kind.env_expected or spec.kind.expected
-            raise _error(
-                spec.env, raw, expected, detail=exc.detail, is_url=spec.kind.is_url
-            ) from None
+        if spec is not None and raw is not None:
+            values[f.name] = _from_variable(spec, raw)
     return values
+
+
+def _variables(cls: type[Any]) -> list[str]:
+    """The ``PAOTA_*`` variables the fields of ``cls`` read."""
+    return [f.metadata["paota"].env for f in fields(cls) if "paota" in f.metadata]
 
 
 class _Section:
@@ -388,6 +437,8 @@ class _Section:
 Section = _Section
 opt = _opt
 read_env = _read_env
+environment = _environment
+variables = _variables
 config_error = _error
 text = _text
 choice = _choice

@@ -20,7 +20,7 @@ import pytest
 from paota.brokers.amqp import MAX_DELAY_S, AMQPBroker
 from paota.brokers.amqp.properties import encode_headers
 from paota.core.config import Config
-from paota.core.errors import BrokerError, PublishError, TopologyError
+from paota.core.errors import BrokerError, ConfigError, PublishError, TopologyError
 from paota.core.message import Arg, decode_message
 from paota.core.protocols import (
     PARKING_HEADERS,
@@ -440,6 +440,26 @@ async def test_a_queue_argument_clash_raises_topology_error(make_config: ConfigF
     message = str(raised.value)
     assert "x-max-priority" in message
     assert clashing.topology.task_queue in message
+    await clashing.close()
+
+
+async def test_changing_only_the_binding_key_names_the_setting_and_the_migration(
+    make_config: ConfigFactory,
+) -> None:
+    # given the queues declared with one binding key (the delayed queue forwards with it)
+    async with AMQPBroker(make_config(binding_key="first_key")):
+        pass
+    # when a config changes only the binding key
+    clashing = AMQPBroker(make_config(binding_key="second_key"))
+    with pytest.raises(ConfigError) as raised:
+        await asyncio.wait_for(clashing.connect(), 15)
+    # then it is a ConfigError (a TopologyError) that names the setting and the way out
+    message = str(raised.value)
+    assert isinstance(raised.value, TopologyError)
+    assert "x-dead-letter-routing-key" in message
+    assert "amqp.binding_key (PAOTA_AMQP_BINDING_KEY)" in message
+    assert "PAOTA_AMQP_DELAYED_QUEUE" in message
+    assert "rabbitmqctl delete_queue paota_test_delayed_" in message
     await clashing.close()
 
 

@@ -98,3 +98,36 @@ async def test_close_returns_unacked_deliveries() -> None:
 async def test_unopened_broker_says_so() -> None:
     with pytest.raises(BrokerError, match="not connected"):
         await publish(MemoryBroker(), sig())
+
+
+async def test_closing_with_tasks_nobody_ran_says_how_many_will_never_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # a producer on the default (memory) broker that sends and closes loses its tasks: not silently
+    from paota import Client, Config
+
+    client = Client(Config(), name="newcomer")
+
+    @client.task(name="resize")
+    async def resize(path: str) -> None: ...
+
+    async with client:
+        await resize.send("a.png")
+        await resize.send("b.png")
+        await resize.with_options(delay_s=60).send("c.png")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        "closes with 3 task(s) that will never run (2 in paota_tasks, 1 delayed)" in m
+        and "PAOTA_BROKER=amqp" in m
+        for m in warnings
+    ), warnings
+
+
+async def test_closing_after_everything_ran_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    broker = MemoryBroker(clock=ManualClock())
+    async with broker:
+        await publish(broker, sig())
+        async for delivery in broker.consume(broker.default_queue, prefetch=1):
+            await delivery.ack()
+            break
+    assert not [r for r in caplog.records if "never run" in r.getMessage()]

@@ -149,10 +149,22 @@ def test_worker_target_errors_are_clear(tmp_path: Path) -> None:
     assert "expected MODULE:POOL" in result.stderr
 
 
-def test_send_prints_the_task_id() -> None:
+def test_send_refuses_the_memory_broker_where_the_task_would_vanish() -> None:
     result = run_cli("send", "Print", "--arg", "who:string=Ada", "--arg", "int=3")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().startswith("task_")
+    assert result.returncode == 2
+    assert "would vanish when this command ends" in result.stderr
+    assert "PAOTA_BROKER=amqp" in result.stderr
+    assert result.stdout == ""
+
+
+def test_send_wait_without_a_store_fails_before_sending() -> None:
+    # publishing first and failing after invited a resend, and a duplicate
+    env = {"PAOTA_BROKER": "amqp", "PAOTA_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/"}
+    result = run_cli("send", "Print", "--wait", "5", env=env)
+    assert result.returncode == 2
+    assert "no store is configured" in result.stderr and "Nothing was sent" in result.stderr
+    result = run_cli("send", "Print", "--wait", "5", env={**env, "PAOTA_STORE": "memory"})
+    assert result.returncode == 2 and "memory store lives in this process" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -168,6 +180,23 @@ def test_send_prints_the_task_id() -> None:
 )
 def test_parse_arg(text: str, expected: Arg) -> None:
     assert parse_arg(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("a=5", "'a' is not a Go type (expected one of bool, float32"),
+        ("a=5", "put its type after it: a:int=5"),
+        ("n:integer=5", "'integer' is not a Go type"),
+        ("xs:[]number=[1]", "'[]number' is not a Go type"),
+    ],
+)
+def test_parse_arg_names_an_unknown_type(text: str, says: str) -> None:
+    # `a=5` was taken as a value of a type named `a`, and `integer` was accepted
+    with pytest.raises(ConfigError) as error:
+        parse_arg(text)
+    assert says in str(error.value)
+    assert parse_arg("m:map[string][]int={}") == Arg("m", "map[string][]int", {})
 
 
 @pytest.mark.parametrize("text", ["int", "x:int=abc", "b:bool=maybe", "j:[]int=[1,"])

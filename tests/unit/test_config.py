@@ -64,14 +64,50 @@ def test_defaults() -> None:
     assert mongo.timeout_s == 5.0
 
 
-def test_empty_variables_keep_defaults() -> None:
-    env = {"PAOTA_BROKER": "", "PAOTA_AMQP_PREFETCH_COUNT": "", "PAOTA_MONGO_URI": "  "}
-    assert Config.from_env(env) == Config()
+@pytest.mark.parametrize(
+    "name", ["PAOTA_QUEUE_NAME", "PAOTA_BROKER", "PAOTA_AMQP_PREFETCH_COUNT", "PAOTA_MONGO_URI"]
+)
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_variable_is_an_error_naming_it(name: str, value: str) -> None:
+    # an empty PAOTA_QUEUE_NAME= once bound the shared default queue to the user's exchange
+    message = _env_error({name: value})
+    assert message.startswith(f"{name} is set but empty: unset it to use the default")
+    assert "expected" in message
 
 
 def test_from_env_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PAOTA_QUEUE_NAME", "from_os_environ")  # restored by monkeypatch
     assert Config.from_env().task_queue_name == "from_os_environ"
+
+
+def test_config_reads_the_environment_and_code_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the README's producer, Client(Config()), sent into a memory broker with PAOTA_BROKER=amqp
+    monkeypatch.setenv("PAOTA_BROKER", "amqp")
+    monkeypatch.setenv("PAOTA_AMQP_URL", "amqp://u:p@rabbit:5672/")
+    monkeypatch.setenv("PAOTA_QUEUE_NAME", "from_env")
+    monkeypatch.setenv("PAOTA_AMQP_BINDING_KEY", "from_env")
+    monkeypatch.setenv("PAOTA_AMQP_PREFETCH_COUNT", "7")
+    config = Config()
+    assert (config.broker, config.amqp.url, config.task_queue_name) == (
+        "amqp",
+        "amqp://u:p@rabbit:5672/",
+        "from_env",
+    )
+    assert config.amqp.prefetch_count == 7
+    assert Config(task_queue_name="in_code", broker="memory").task_queue_name == "in_code"
+    assert Config(amqp=AMQPConfig(url="amqp://other/")).amqp.prefetch_count == 7
+    assert Config.from_env({}) == Config.from_env({"PAOTA_X_UNKNOWN": "1"})
+    assert Config.from_env({}).broker == "memory"
+
+
+def test_the_environment_names_a_bad_value_even_when_read_by_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PAOTA_AMQP_PREFETCH_COUNT", "many")
+    with pytest.raises(ConfigError, match=r"^PAOTA_AMQP_PREFETCH_COUNT='many' is not valid"):
+        Config()
+    # a value given in code is used: the bad variable is not read
+    Config(amqp=AMQPConfig(prefetch_count=3))
 
 
 # --- every variable ------------------------------------------------------------------------------
@@ -303,7 +339,8 @@ def test_unknown_exchange_type() -> None:
 
 def test_amqp_broker_without_url_from_env() -> None:
     message = _env_error({"PAOTA_BROKER": "amqp"})
-    assert message.startswith("PAOTA_AMQP_URL='' is not valid: required when PAOTA_BROKER is")
+    assert message.startswith("amqp.url='' is not valid: required when broker is 'amqp'")
+    assert "PAOTA_AMQP_URL" in message
 
 
 def test_amqp_broker_without_url_in_code() -> None:
@@ -468,3 +505,20 @@ def test_repr_redacts_passwords() -> None:
     assert "amqp://u:***@h/" in text
     assert "mongodb://u:***@h1,h2/" in text
     assert text.startswith("Config(broker='amqp', store=''")
+
+
+def test_a_renamed_queue_on_the_default_binding_is_refused_with_the_fix() -> None:
+    # only PAOTA_QUEUE_NAME changed: a second queue bound with the same key got a copy of every
+    # task (74 unconsumed copies; "done 16/10")
+    env = {"PAOTA_BROKER": "amqp", "PAOTA_AMQP_URL": "amqp://h/", "PAOTA_QUEUE_NAME": "images"}
+    message = _env_error(env)
+    assert "every task sent to either would be copied into both" in message
+    assert "PAOTA_AMQP_BINDING_KEY=images and PAOTA_AMQP_DELAYED_QUEUE=images_delayed" in message
+    # the fix, or a queue of its own exchange, or another exchange type, is accepted
+    fixed = {**env, "PAOTA_AMQP_BINDING_KEY": "images", "PAOTA_AMQP_DELAYED_QUEUE": "images_d"}
+    assert Config.from_env(fixed).amqp.binding_key == "images"
+    assert Config.from_env({**env, "PAOTA_AMQP_EXCHANGE": "images_x"}).task_queue_name == "images"
+    assert Config.from_env({**env, "PAOTA_AMQP_EXCHANGE_TYPE": "topic"}).broker == "amqp"
+    # Go's defaults stay where nothing is set; the memory broker binds nothing
+    assert Config.from_env({k: v for k, v in env.items() if k != "PAOTA_QUEUE_NAME"})
+    assert Config(task_queue_name="images").task_queue_name == "images"

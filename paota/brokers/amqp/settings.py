@@ -22,6 +22,12 @@ from paota.core.settings import (
 __all__ = ["AMQPConfig"]
 
 
+#: Go's defaults for the task exchange, the task queue's binding key and the delayed queue.
+DEFAULT_EXCHANGE = "paota_task_exchange"
+DEFAULT_BINDING_KEY = "paota_task_binding_key"
+DEFAULT_DELAYED_QUEUE = "paota_task_delayed_queue"
+
+
 @dataclass(frozen=True, repr=False)
 class AMQPConfig(Section):
     """The AMQP broker (RabbitMQ) settings; variables ``PAOTA_AMQP_*``.
@@ -41,18 +47,16 @@ class AMQPConfig(Section):
 
     url: str = opt("", "PAOTA_AMQP_URL", url("amqp", "amqps", required=False))
     urls: tuple[str, ...] = opt((), "PAOTA_AMQP_URLS", url_list("amqp", "amqps"))
-    exchange: str = opt("paota_task_exchange", "PAOTA_AMQP_EXCHANGE", text())
+    exchange: str = opt(DEFAULT_EXCHANGE, "PAOTA_AMQP_EXCHANGE", text())
     exchange_type: str = opt(
         "direct", "PAOTA_AMQP_EXCHANGE_TYPE", choice("direct", "topic", "fanout", "headers")
     )
     queue_declare_args: Mapping[str, Any] = opt({}, "PAOTA_AMQP_QUEUE_DECLARE_ARGS", JSON_OBJECT)
     queue_binding_args: Mapping[str, Any] = opt({}, "PAOTA_AMQP_QUEUE_BINDING_ARGS", JSON_OBJECT)
-    binding_key: str = opt("paota_task_binding_key", "PAOTA_AMQP_BINDING_KEY", text())
+    binding_key: str = opt(DEFAULT_BINDING_KEY, "PAOTA_AMQP_BINDING_KEY", text())
     prefetch_count: int = opt(100, "PAOTA_AMQP_PREFETCH_COUNT", integer(1))
     auto_delete: bool = opt(False, "PAOTA_AMQP_AUTO_DELETE", BOOLEAN)
-    delayed_queue: str = opt(
-        "paota_task_delayed_queue", "PAOTA_AMQP_DELAYED_QUEUE", text(required=True)
-    )
+    delayed_queue: str = opt(DEFAULT_DELAYED_QUEUE, "PAOTA_AMQP_DELAYED_QUEUE", text(required=True))
     delay_queue_type: str = opt(
         "quorum", "PAOTA_AMQP_DELAY_QUEUE_TYPE", choice("quorum", "classic")
     )

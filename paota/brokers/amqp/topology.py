@@ -64,6 +64,7 @@ limit and leaves the node's at-least-once queues unable to dead-letter until it 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -454,7 +455,58 @@ async def declare(channel: AbstractChannel, topology: Topology, *, timeout_s: fl
                 what = f"exchange {label!r} (type {item.type!r}, durable)"
             else:
                 what = f"{kind} of {label}"
-            raise TopologyError(f"RabbitMQ refused to declare {what}: {reply}") from exc
+            advice = _advice(item, reply)
+            raise TopologyError(
+                f"RabbitMQ refused to declare {what}: {reply}{'. ' + advice if advice else ''}"
+            ) from exc
+
+
+#: Which setting a queue argument paota declares comes from, and what to do when it differs.
+_ARGUMENT_SETTINGS = {
+    "x-dead-letter-routing-key": (
+        "amqp.binding_key (PAOTA_AMQP_BINDING_KEY): the delayed queue forwards due tasks with the "
+        "binding key, so each binding key needs a delayed queue of its own; set amqp.delayed_queue "
+        "(PAOTA_AMQP_DELAYED_QUEUE) to a new name"
+    ),
+    "x-dead-letter-exchange": (
+        "amqp.exchange (PAOTA_AMQP_EXCHANGE): the delayed queue forwards due tasks to the "
+        "exchange, so each exchange needs a delayed queue of its own; set amqp.delayed_queue "
+        "(PAOTA_AMQP_DELAYED_QUEUE) to a new name"
+    ),
+    "x-queue-type": (
+        "amqp.delay_queue_type (PAOTA_AMQP_DELAY_QUEUE_TYPE) for the delay ladder, "
+        "amqp.queue_declare_args (PAOTA_AMQP_QUEUE_DECLARE_ARGS) for the task queues"
+    ),
+}
+_INEQUIVALENT = re.compile(r"inequivalent arg '([^']+)' for (queue|exchange) '([^']*)'")
+
+
+def _advice(item: object, reply: str) -> str:
+    """For a PRECONDITION_FAILED reply: the setting that declares what differs, and how to move
+    on. Empty for other replies."""
+    match = _INEQUIVALENT.search(reply)
+    if match is None:
+        return ""
+    argument, kind, name = match.groups()
+    if kind == "exchange":
+        setting = (
+            "amqp.exchange_type (PAOTA_AMQP_EXCHANGE_TYPE)"
+            if argument == "type"
+            else "the exchange's declaration (paota declares it durable)"
+        )
+    elif argument in _ARGUMENT_SETTINGS:
+        setting = _ARGUMENT_SETTINGS[argument]
+    elif argument in ("durable", "auto_delete", "exclusive"):
+        setting = "how another client declared it (paota declares queues durable, not auto-delete)"
+    else:
+        setting = "amqp.queue_declare_args (PAOTA_AMQP_QUEUE_DECLARE_ARGS)"
+    delete = f"rabbitmqctl delete_{kind} {name}" if kind == "queue" else ""
+    return (
+        f"The {kind} {name!r} exists with another {argument!r}; this config's comes from "
+        f"{setting}. RabbitMQ keeps a {kind}'s arguments for its life: keep the value it has, "
+        f"or use a {kind} of another name, or drain and delete it"
+        + (f" ({delete})" if delete else "")
+    )
 
 
 async def delete_ladder(
