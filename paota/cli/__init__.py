@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
+from paota import __version__
 from paota.cli._common import parse_arg, parse_queues
 from paota.core.errors import ConfigError, PaotaError
 
@@ -80,14 +81,57 @@ def _parser(commands: dict[str, ModuleType]) -> argparse.ArgumentParser:
         description="paota: an asyncio task queue. Configured by PAOTA_* environment variables "
         "(PAOTA_BROKER=memory|amqp, PAOTA_AMQP_URL, PAOTA_STORE=memory|mongodb, PAOTA_MONGO_URI, ...).",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument("--version", action="version", version=f"paota {__version__}")
+    parser.add_argument("--log-level", default="INFO", type=_log_levels, help=_LOG_LEVEL_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in commands.items():
         command = sub.add_parser(
             name, help=module.HELP, description=module.DESCRIPTION, formatter_class=_Formatter
         )
         module.add_arguments(command)
+        # also after the command (paota worker app:pool --log-level DEBUG); SUPPRESS: given
+        # before the command only, the top-level value stands
+        command.add_argument(
+            "--log-level", default=argparse.SUPPRESS, type=_log_levels, help=_LOG_LEVEL_HELP
+        )
     return parser
+
+
+_LOG_LEVEL_HELP = (
+    "logging level (default INFO); LOGGER=LEVEL pairs, comma-separated, set one logger's, e.g. "
+    "DEBUG,aiormq=DEBUG (aiormq's frame dumps show only when asked for)"
+)
+_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+def _log_levels(text: str) -> dict[str, int]:
+    """``--log-level``: ``LEVEL`` and/or ``LOGGER=LEVEL`` items -> {logger name ("" root): level}."""
+    levels: dict[str, int] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, sep, level = item.rpartition("=")
+        if level.upper() not in _LEVELS:
+            raise argparse.ArgumentTypeError(
+                f"{level!r} is not a logging level: expected one of {', '.join(_LEVELS)}"
+                + (f" (in {item!r})" if sep else "")
+            )
+        levels[name.strip()] = getattr(logging, level.upper())
+    return levels
+
+
+def _configure_logging(levels: dict[str, int], command: str) -> None:
+    root = levels.get("", logging.INFO)
+    logging.basicConfig(level=root, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if command == "demo" and "" not in levels:
+        logging.getLogger("paota").setLevel(logging.WARNING)
+    if "aiormq" not in levels:
+        # aiormq logs every refused reconnect at ERROR with a traceback and every frame at DEBUG;
+        # paota's broker already says what happens, once per backoff step.
+        logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+    for name, level in levels.items():
+        if name:
+            logging.getLogger(name).setLevel(level)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -107,16 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``paota`` command; returns the exit status."""
     commands = _commands(sys.argv[1:] if argv is None else argv)
     args = _parser(commands).parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if args.command == "demo" and args.log_level == "INFO":
-        logging.getLogger("paota").setLevel(logging.WARNING)
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        # aiormq logs every refused reconnect at ERROR with a traceback; paota's broker already
-        # says what happens, once per backoff step.
-        logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+    levels = args.log_level if isinstance(args.log_level, dict) else _log_levels(args.log_level)
+    _configure_logging(levels, args.command)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             status: int = runner.run(commands[args.command].run(args))

@@ -7,7 +7,7 @@ import argparse
 from paota.cli._common import int_in
 from paota.core.config import Config
 from paota.core.pool import WorkerPool
-from paota.core.protocols import ParkQueue
+from paota.core.protocols import ParkQueue, ParkReason
 
 NAME = "requeue"
 HELP = "move parked messages back to the queues they came from"
@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reason",
         default=None,
-        help="only messages with this x-paota-reason (e.g. retries-exhausted)",
+        choices=[r.value for r in ParkReason],
+        metavar="REASON",
+        help="only messages with this x-paota-reason: " + ", ".join(r.value for r in ParkReason),
     )
     parser.add_argument("--limit", type=int_in(1), default=None, help="move at most this many")
 

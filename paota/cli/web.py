@@ -50,14 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
+    from paota.core.extras import require
+
+    uvicorn = require("uvicorn", "paota web")
     from paota.web.app import TOKEN_ENV, create_app, is_loopback
 
-    try:
-        import uvicorn
-    except ImportError as exc:
-        raise ConfigError(
-            f"paota web needs uvicorn and starlette: pip install 'paota[web]' ({exc})"
-        ) from None
     token = os.environ.get(TOKEN_ENV, "")
     if args.insecure_open:
         if not is_loopback(args.host):

@@ -37,6 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command's options."""
     parser.add_argument("target", metavar="MODULE:POOL")
     parser.add_argument(
+        "-I",
+        "--include",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE after the pool, for the tasks it registers on it (repeatable, or "
+        "comma-separated; Celery's -I)",
+    )
+    parser.add_argument(
         "--concurrency", type=int_in(1), default=None, help="override the pool's concurrency"
     )
     parser.add_argument(
@@ -154,6 +163,13 @@ async def run(args: argparse.Namespace) -> int:
 
 async def _run_pool(args: argparse.Namespace, child: Any = None) -> int:
     pool = load_pool(args.target)
+    _include(args)
+    if not pool.task_names:
+        raise ConfigError(
+            f"{args.target} has no tasks registered: every task delivered would be returned as "
+            "unknown. Register them on this pool (@pool.task) in the module, or name the modules "
+            "that do with --include MODULE"
+        )
     if child is not None:
         from paota.core.middleware import MiddlewareChain
 
@@ -184,12 +200,29 @@ async def _run_pool(args: argparse.Namespace, child: Any = None) -> int:
     return 0
 
 
+def _include(args: argparse.Namespace) -> None:
+    """Import the ``--include`` modules (after the pool: they register tasks on it)."""
+    import importlib
+
+    for name in (n.strip() for value in args.include for n in value.split(",")):
+        if not name:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"--include {name!r}: cannot import it: {exc}") from exc
+
+
 def _check_reload_dirs(args: argparse.Namespace) -> None:
     if args.reload_dirs and not args.reload:
         raise ConfigError("--reload-dir is valid with --reload only")
     for directory in args.reload_dirs or ():
         if not os.path.isdir(directory):
             raise ConfigError(f"--reload-dir {directory!r} is not a directory")
+    if args.reload:
+        from paota.core.extras import require
+
+        require("watchfiles", "paota worker --reload")  # refused at start, not an ERROR later
 
 
 async def _supervise(args: argparse.Namespace) -> int:
@@ -198,8 +231,13 @@ async def _supervise(args: argparse.Namespace) -> int:
 
     processes = args.processes if args.processes is not None else 1
     _check_reload_dirs(args)
-    child_args = {k: v for k, v in vars(args).items() if k not in _SUPERVISOR_ONLY}
-    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    child_args = {
+        k: v for k, v in vars(args).items() if k not in (*_SUPERVISOR_ONLY, "log_level")
+    }
+    level = ",".join(
+        f"{name}={logging.getLevelName(number)}" if name else logging.getLevelName(number)
+        for name, number in args.log_level.items()
+    )
     env = dict(os.environ)
     env[ARGS_ENV] = json.dumps(child_args)
     with contextlib.ExitStack() as cleanup:
@@ -213,7 +251,7 @@ async def _supervise(args: argparse.Namespace) -> int:
 
         def command(slot: int) -> list[str]:
             scheduler = ["--scheduler"] if args.scheduler and slot == 0 else []
-            line = [sys.executable, "-m", "paota", "--log-level", str(level), "worker"]
+            line = [sys.executable, "-m", "paota", "--log-level", level or "INFO", "worker"]
             return [*line, "--supervised", *scheduler, args.target]
 
         supervisor = Supervisor(

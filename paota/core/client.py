@@ -384,6 +384,11 @@ class Client:
         )
 
     @property
+    def task_names(self) -> list[str]:
+        """The names of the registered tasks, in registration order."""
+        return list(self._registry)
+
+    @property
     def schedules(self) -> list[Schedule]:
         """The schedules declared with :meth:`periodic`, in order."""
         return list(self._schedules.values())

@@ -45,10 +45,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from paota.core.extras import missing_extra
+
+try:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+    from prometheus_client.core import GaugeMetricFamily, Metric
+    from prometheus_client.exposition import choose_encoder
+    from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+except ModuleNotFoundError as exc:
+    raise missing_extra(exc, "Prometheus metrics (paota.middleware.metrics)") from None
 
 from paota.core.context import TaskContext
 from paota.core.errors import ConfigError

@@ -30,10 +30,15 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.propagators.textmap import Getter, TextMapPropagator
-from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+from paota.core.extras import missing_extra
+
+try:
+    from opentelemetry import context as otel_context
+    from opentelemetry import propagate, trace
+    from opentelemetry.propagators.textmap import Getter, TextMapPropagator
+    from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+except ModuleNotFoundError as exc:
+    raise missing_extra(exc, "OpenTelemetry tracing (paota.middleware.tracing)") from None
 
 from paota import __version__
 from paota.core.context import NotInTaskError, TaskContext, current_task

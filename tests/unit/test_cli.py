@@ -149,6 +149,35 @@ def test_worker_target_errors_are_clear(tmp_path: Path) -> None:
     assert "expected MODULE:POOL" in result.stderr
 
 
+def test_a_worker_without_tasks_refuses_to_start_and_include_finds_them(tmp_path: Path) -> None:
+    # it consumed and bounced every message as unknown
+    (tmp_path / "app.py").write_text("from paota import WorkerPool\npool = WorkerPool()\n")
+    result = run_cli("worker", "app:pool", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "app:pool has no tasks registered" in result.stderr
+    assert "--include MODULE" in result.stderr
+    # tasks defined beside the pool, in a module of their own, found with --include
+    (tmp_path / "tasks.py").write_text(
+        "from app import pool\n\n@pool.task(name='hello')\nasync def hello() -> None: ...\n"
+    )
+    result = run_cli("worker", "app:pool", "-I", "nothere", cwd=tmp_path)
+    assert result.returncode == 2 and "--include 'nothere': cannot import it" in result.stderr
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "paota", "worker", "app:pool", "--include", "tasks"],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PAOTA_")},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stderr is not None
+        seen = read_until(worker.stderr, "consuming", "the worker with --include did not start")
+        assert "hello" in seen
+    finally:
+        worker.terminate()
+        worker.communicate(timeout=60)
+
+
 def test_send_refuses_the_memory_broker_where_the_task_would_vanish() -> None:
     result = run_cli("send", "Print", "--arg", "who:string=Ada", "--arg", "int=3")
     assert result.returncode == 2
@@ -223,3 +252,23 @@ def test_bad_options_are_clear_errors(
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_version_and_log_level_after_the_command() -> None:
+    from paota import __version__
+
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"paota {__version__}"
+    # --log-level is accepted after the subcommand, and LOGGER=LEVEL pairs set one logger's
+    result = run_cli("demo", "--tasks", "20", "--log-level", "INFO,paota.cli=DEBUG")
+    assert result.returncode == 0, result.stderr
+    result = run_cli("demo", "--tasks", "20", "--log-level", "loud")
+    assert result.returncode == 2
+    assert "'loud' is not a logging level: expected one of CRITICAL" in result.stderr
+
+
+def test_requeue_lists_the_valid_reasons() -> None:
+    result = run_cli("requeue", "--from", "failed", "--reason", "retries_exhausted")
+    assert result.returncode == 2
+    assert "invalid choice: 'retries_exhausted'" in result.stderr
+    assert "'retries-exhausted'" in result.stderr and "'store-rejected'" in result.stderr
