@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -18,6 +17,7 @@ from types import ModuleType
 
 from paota import __version__
 from paota.cli._common import parse_arg, parse_queues
+from paota.cli._logging import FORMAT_HELP, LEVEL_HELP, configure, log_levels
 from paota.core.errors import ConfigError, PaotaError
 
 __all__ = ["COMMANDS", "main", "parse_arg", "parse_queues"]
@@ -82,7 +82,8 @@ def _parser(commands: dict[str, ModuleType]) -> argparse.ArgumentParser:
         "(PAOTA_BROKER=memory|amqp, PAOTA_AMQP_URL, PAOTA_STORE=memory|mongodb, PAOTA_MONGO_URI, ...).",
     )
     parser.add_argument("--version", action="version", version=f"paota {__version__}")
-    parser.add_argument("--log-level", default="INFO", type=_log_levels, help=_LOG_LEVEL_HELP)
+    parser.add_argument("--log-level", default=None, type=log_levels, help=LEVEL_HELP)
+    parser.add_argument("--log-format", default="text", choices=("text", "json"), help=FORMAT_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in commands.items():
         command = sub.add_parser(
@@ -92,46 +93,12 @@ def _parser(commands: dict[str, ModuleType]) -> argparse.ArgumentParser:
         # also after the command (paota worker app:pool --log-level DEBUG); SUPPRESS: given
         # before the command only, the top-level value stands
         command.add_argument(
-            "--log-level", default=argparse.SUPPRESS, type=_log_levels, help=_LOG_LEVEL_HELP
+            "--log-level", default=argparse.SUPPRESS, type=log_levels, help=LEVEL_HELP
+        )
+        command.add_argument(
+            "--log-format", default=argparse.SUPPRESS, choices=("text", "json"), help=FORMAT_HELP
         )
     return parser
-
-
-_LOG_LEVEL_HELP = (
-    "logging level (default INFO); LOGGER=LEVEL pairs, comma-separated, set one logger's, e.g. "
-    "DEBUG,aiormq=DEBUG (aiormq's frame dumps show only when asked for)"
-)
-_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
-
-
-def _log_levels(text: str) -> dict[str, int]:
-    """``--log-level``: ``LEVEL`` and/or ``LOGGER=LEVEL`` items -> {logger name ("" root): level}."""
-    levels: dict[str, int] = {}
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
-        name, sep, level = item.rpartition("=")
-        if level.upper() not in _LEVELS:
-            raise argparse.ArgumentTypeError(
-                f"{level!r} is not a logging level: expected one of {', '.join(_LEVELS)}"
-                + (f" (in {item!r})" if sep else "")
-            )
-        levels[name.strip()] = getattr(logging, level.upper())
-    return levels
-
-
-def _configure_logging(levels: dict[str, int], command: str) -> None:
-    root = levels.get("", logging.INFO)
-    logging.basicConfig(level=root, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if command == "demo" and "" not in levels:
-        logging.getLogger("paota").setLevel(logging.WARNING)
-    if "aiormq" not in levels:
-        # aiormq logs every refused reconnect at ERROR with a traceback and every frame at DEBUG;
-        # paota's broker already says what happens, once per backoff step.
-        logging.getLogger("aiormq").setLevel(logging.CRITICAL)
-    for name, level in levels.items():
-        if name:
-            logging.getLogger(name).setLevel(level)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -151,8 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``paota`` command; returns the exit status."""
     commands = _commands(sys.argv[1:] if argv is None else argv)
     args = _parser(commands).parse_args(argv)
-    levels = args.log_level if isinstance(args.log_level, dict) else _log_levels(args.log_level)
-    _configure_logging(levels, args.command)
+    configure(args.log_level or {}, args.log_format, args.command)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             status: int = runner.run(commands[args.command].run(args))

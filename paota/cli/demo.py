@@ -84,7 +84,14 @@ async def run(args: argparse.Namespace) -> int:
         elapsed = time.perf_counter() - t0
         if tty:
             print(file=out)
-        await sender
+        if worker.done() and not sender.done():
+            # the pool stopped (Ctrl-C, SIGTERM): so does sending, at once
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+            print(f"paota demo: stopped early, {done} of {total} tasks done", file=out)
+        else:
+            await sender
         await pool.stop()
         await worker
         counts: dict[str, int] = {}

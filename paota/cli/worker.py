@@ -12,6 +12,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from paota.cli._common import int_in, load_pool, parse_queues
+from paota.cli._logging import levels_text
 from paota.core.errors import ConfigError
 from paota.core.pool import WorkerPool
 
@@ -232,12 +233,11 @@ async def _supervise(args: argparse.Namespace) -> int:
     processes = args.processes if args.processes is not None else 1
     _check_reload_dirs(args)
     child_args = {
-        k: v for k, v in vars(args).items() if k not in (*_SUPERVISOR_ONLY, "log_level")
+        k: v
+        for k, v in vars(args).items()
+        if k not in (*_SUPERVISOR_ONLY, "log_level", "log_format")
     }
-    level = ",".join(
-        f"{name}={logging.getLevelName(number)}" if name else logging.getLevelName(number)
-        for name, number in args.log_level.items()
-    )
+    level = levels_text(args.log_level or {})
     env = dict(os.environ)
     env[ARGS_ENV] = json.dumps(child_args)
     with contextlib.ExitStack() as cleanup:
@@ -251,7 +251,8 @@ async def _supervise(args: argparse.Namespace) -> int:
 
         def command(slot: int) -> list[str]:
             scheduler = ["--scheduler"] if args.scheduler and slot == 0 else []
-            line = [sys.executable, "-m", "paota", "--log-level", level or "INFO", "worker"]
+            line = [sys.executable, "-m", "paota", "--log-level", level or "INFO"]
+            line += ["--log-format", args.log_format, "worker"]
             return [*line, "--supervised", *scheduler, args.target]
 
         supervisor = Supervisor(
@@ -280,10 +281,11 @@ async def _run_child(args: argparse.Namespace) -> int:
             "--processes N instead"
         ) from None
     args.scheduler = scheduler  # the supervisor gives it to one child only
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
-        )
+    if args.log_format != "json":  # JSON lines carry the process id already
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+            )
     child = supervised_child(
         fd, max_tasks=args.max_tasks_per_child, max_memory_bytes=args.max_memory_per_child
     )

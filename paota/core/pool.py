@@ -94,6 +94,7 @@ class WorkerPool(Client):
         self._stats = StatsMiddleware()
         self._stopping: asyncio.Event | None = None
         self._stopped: asyncio.Event | None = None
+        self._hurry: asyncio.Event | None = None  # a second signal: stop without the grace
         self._consumers: list[asyncio.Task[None]] = []
         self._inflight: set[asyncio.Task[None]] = set()
         self._runner: Runner | None = None
@@ -169,6 +170,7 @@ class WorkerPool(Client):
             raise PaotaError(f"worker pool {self.name} is already running")
         self._stopping = stopping = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._hurry = asyncio.Event()
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
         started = False
@@ -249,9 +251,30 @@ class WorkerPool(Client):
         return self._stopping is not None and self._stopping.is_set()
 
     def _on_signal(self, signum: signal.Signals) -> None:
-        logger.info("worker pool %s: %s received, stopping", self.name, signum.name)
-        if self._stopping is not None:
+        if self._stopping is None:
+            return
+        running = len(self._inflight)
+        if not self._stopping.is_set():
+            logger.info(
+                "worker pool %s: %s received, stopping: no new tasks; %s (%s again to stop at "
+                "once)",
+                self.name,
+                signum.name,
+                f"waiting for {running} running task(s), at most {self.config.shutdown_grace_s:g} s"
+                if running
+                else "none running",
+                "Ctrl-C" if signum is signal.SIGINT else signum.name,
+            )
             self._stopping.set()
+        elif self._hurry is not None and not self._hurry.is_set():
+            logger.warning(
+                "worker pool %s: %s received again: stopping now, %d running task(s) go back to "
+                "the broker",
+                self.name,
+                signum.name,
+                running,
+            )
+            self._hurry.set()
 
     async def stop(self) -> None:
         """Stop gracefully: take no new deliveries, let running tasks finish within
@@ -268,17 +291,34 @@ class WorkerPool(Client):
             with contextlib.suppress(asyncio.CancelledError):
                 await consumer
         if self._inflight:
-            _, pending = await asyncio.wait(
-                set(self._inflight), timeout=self.config.shutdown_grace_s
-            )
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.config.shutdown_grace_s
+            hurry = self._hurry
+            hurried = asyncio.ensure_future(hurry.wait()) if hurry is not None else None
+            try:
+                while self._inflight and not (hurry is not None and hurry.is_set()):
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    waiting: set[asyncio.Future[Any]] = set(self._inflight)
+                    if hurried is not None:
+                        waiting.add(hurried)
+                    await asyncio.wait(
+                        waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                    )
+            finally:
+                if hurried is not None:
+                    hurried.cancel()
+            pending = set(self._inflight)
             if pending:
-                logger.warning(
-                    "worker pool %s: %d task(s) still running after the %.1fs grace period; "
-                    "returning them to the broker",
-                    self.name,
-                    len(pending),
-                    self.config.shutdown_grace_s,
-                )
+                if hurry is None or not hurry.is_set():
+                    logger.warning(
+                        "worker pool %s: %d task(s) still running after the %.1fs grace period; "
+                        "returning them to the broker",
+                        self.name,
+                        len(pending),
+                        self.config.shutdown_grace_s,
+                    )
                 for task in pending:
                     task.cancel()
                 await asyncio.wait(pending, timeout=5.0)

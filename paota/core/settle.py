@@ -77,6 +77,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("paota.core.pool")
+#: One INFO line per succeeded task (the others are WARNING or ERROR on ``logger``).
+task_logger = logging.getLogger("paota.tasks")
 
 T = TypeVar("T")
 
@@ -205,7 +207,7 @@ class Settler:
                         outcome = cancelled
             if type(outcome) is Cancelled and not await self._first_to_settle(delivery, sig):
                 outcome = Duplicate()
-        _log(outcome, sig, delivery, ctx)
+        _log(outcome, sig, delivery, ctx, self._clock)
         if self._middleware:
             await self._middleware.after_outcome(ctx, outcome)
         await delivery.ack()
@@ -463,11 +465,25 @@ class Settler:
         )
 
 
-def _log(outcome: Outcome, sig: Signature | None, delivery: Delivery, ctx: TaskContext) -> None:
-    """One line per outcome worth a line (successes are DEBUG, for speed)."""
+def _log(
+    outcome: Outcome, sig: Signature | None, delivery: Delivery, ctx: TaskContext, clock: Clock
+) -> None:
+    """One line per outcome. Successes go to ``paota.tasks`` at INFO (``paota worker`` shows them,
+    as Celery's worker does; a library user's default WARNING skips them at the cost of one
+    level check; ``--log-level paota.tasks=WARNING`` turns them off for speed)."""
     if isinstance(outcome, Succeeded):
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("task %s (%s) succeeded", ctx.id, ctx.name, extra=ctx.log_extra)
+        if task_logger.isEnabledFor(logging.INFO):
+            took = ""
+            if ctx.started_at is not None:
+                took = f" in {(clock.now() - ctx.started_at).total_seconds() * 1000:.1f} ms"
+            task_logger.info(
+                "task %s (%s) succeeded%s: %s",
+                ctx.id,
+                ctx.name,
+                took,
+                bounded_text(repr(outcome.result), 100),
+                extra=ctx.log_extra,
+            )
         return
     extra = ctx.log_extra
     if isinstance(outcome, Retry):

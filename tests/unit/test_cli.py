@@ -272,3 +272,44 @@ def test_requeue_lists_the_valid_reasons() -> None:
     assert result.returncode == 2
     assert "invalid choice: 'retries_exhausted'" in result.stderr
     assert "'retries-exhausted'" in result.stderr and "'store-rejected'" in result.stderr
+
+
+def test_an_unreachable_broker_is_reported_at_once_while_retrying() -> None:
+    # 10 s of silence before the first word about it, before
+    env = {
+        "PAOTA_BROKER": "amqp",
+        "PAOTA_AMQP_URL": "amqp://guest:secret@127.0.0.1:1/",
+        "PAOTA_AMQP_CONNECTION_TIMEOUT": "3",
+    }
+    result = run_cli("requeue", "--from", "failed", env=env)
+    assert result.returncode == 1
+    first, *rest = [line for line in result.stderr.splitlines() if line.strip()]
+    assert (
+        "WARNING" in first
+        and "cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/" in first
+    )
+    assert "retrying for up to" in first and "PAOTA_AMQP_CONNECTION_TIMEOUT" in first
+    assert rest[-1].startswith("paota: error: cannot connect") and "gave up after 3 s" in rest[-1]
+    assert "secret" not in result.stderr
+
+
+def test_demo_stops_at_the_first_ctrl_c() -> None:
+    import signal
+
+    # it sent on for 30 s after the first Ctrl-C
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PAOTA_")}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "paota", "demo", "--tasks", "5000000"],
+        env=base,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert demo.stderr is not None
+    # the first progress line comes once the pool runs (and handles signals)
+    read_until(demo.stderr, "done ", "the demo did not start")
+    demo.send_signal(signal.SIGINT)
+    out, err = demo.communicate(timeout=60)
+    assert "stopped early" in err and "of 5000000 tasks done" in err
+    assert "Traceback" not in err
+    assert "tasks in" in out

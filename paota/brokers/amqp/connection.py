@@ -568,7 +568,16 @@ class ConnectionPool:
                     raise BrokerError(
                         f"{exc} (gave up after {self._connect_timeout_s:g} s)"
                     ) from exc.__cause__
-                logger.debug("connection #%d failed (%s); retrying", slot.index, exc)
+                if attempt == 0 and slot.index == 0:
+                    # at once, not after the whole connection timeout of silence
+                    logger.warning(
+                        "%s; retrying for up to %.0f s more (amqp.connection_timeout_s, "
+                        "PAOTA_AMQP_CONNECTION_TIMEOUT)",
+                        exc,
+                        remaining,
+                    )
+                else:
+                    logger.debug("connection #%d failed (%s); retrying", slot.index, exc)
                 await asyncio.sleep(min(self._backoff_s(attempt), remaining))
                 attempt += 1
 
