@@ -29,6 +29,8 @@ COMMANDS = [
     "demo",
     "requeue",
     "cancel",
+    "status",
+    "result",
     "scheduler",
     "schedules",
     "workers",

@@ -6,11 +6,14 @@ import argparse
 import json
 import logging
 from datetime import timedelta
+from typing import Any
 
-from paota.cli._common import INT32_MAX, int_in, parse_arg, seconds
-from paota.core.config import Config
+from paota.cli._common import INT32_MAX, int_in, load_pool, parse_arg, seconds
+from paota.core.client import Client
+from paota.core.errors import ConfigError
 from paota.core.message import Signature
 from paota.core.pool import WorkerPool
+from paota.core.tasks import Task
 
 NAME = "send"
 HELP = "publish one task"
@@ -23,6 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command's options."""
     parser.add_argument("name", help="task name")
     parser.add_argument(
+        "--app",
+        default=None,
+        metavar="MODULE:POOL",
+        help="the pool (or client) that registers the task: its defaults apply (retries, queue), "
+        "the arguments are checked against the function before anything is sent, and "
+        "--arg NAME=VALUE is parsed by the parameter's annotation",
+    )
+    parser.add_argument(
         "--arg",
         action="append",
         default=[],
@@ -32,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--retry-count",
         type=int_in(0, INT32_MAX),
-        default=0,
-        help="retries on failure (default 0)",
+        default=None,
+        help="retries on failure (default: the task's with --app, else 0)",
     )
     parser.add_argument(
         "--priority", type=int_in(0, 255), default=0, help="AMQP priority 0..255 (default 0)"
@@ -65,7 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    config = Config.from_env()
+    pool: Client = load_pool(args.app) if args.app else WorkerPool(name="paota-send")
+    config = pool.config
     if config.broker == "memory":
         # the task would live in this process's memory and vanish when the command ends
         logger.error(
@@ -85,21 +97,79 @@ async def run(args: argparse.Namespace) -> int:
             else "the memory store lives in this process only",
         )
         return 2
-    sig = Signature(
-        args.name,
-        args=tuple(parse_arg(a) for a in args.arg),
-        retry_count=args.retry_count,
-        priority=args.priority,
-        task_timeout=args.task_timeout,
-        ignore_when_task_not_registered=args.ignore_unregistered,
-    )
-    pool = WorkerPool(config, name="paota-send")
+    task = pool.registered_task(args.name) if args.app else None
+    if args.app and task is None:
+        raise ConfigError(
+            f"{args.app} registers no task {args.name!r}; it registers: "
+            + (", ".join(map(repr, pool.task_names)) or "none")
+        )
+    types = task.parameter_go_types() if task is not None else {}
     async with pool:
-        if args.delay:
-            sig = sig.replace(eta=pool.clock.now() + timedelta(seconds=args.delay))
-        handle = await pool.send_task(sig, queue=args.queue)
+        if task is not None and not task.go_style:
+            handle = await _send_typed(task, types, args)
+        else:
+            retry_count = args.retry_count
+            if retry_count is None:
+                retry_count = (task.defaults.retry_count or 0) if task is not None else 0
+            sig = Signature(
+                args.name,
+                args=tuple(parse_arg(a) for a in args.arg),
+                retry_count=retry_count,
+                priority=args.priority,
+                task_timeout=args.task_timeout,
+                ignore_when_task_not_registered=args.ignore_unregistered,
+            )
+            if args.delay:
+                sig = sig.replace(eta=pool.clock.now() + timedelta(seconds=args.delay))
+            queue = args.queue or (task.defaults.queue if task is not None else None)
+            handle = await pool.send_task(sig, queue=queue)
         print(handle.id)
         if args.wait is not None:
             result = await handle.result(timeout=args.wait)
             print(json.dumps(result, default=repr))
     return 0
+
+
+async def _send_typed(task: Task[Any, Any], types: dict[str, str | None], args: Any) -> Any:
+    """Send ``task`` as its function is called: --arg NAME=VALUE parsed by the annotation,
+    checked against the signature (TypeError before anything is published), the task's defaults
+    under the options given."""
+    positional: list[Any] = []
+    named: dict[str, Any] = {}
+    for text in args.arg:
+        spec, sep, raw = text.partition("=")
+        if sep and ":" not in spec and spec.strip() in types:
+            name = spec.strip()
+            go_type = types[name]
+            value = parse_arg(f"{name}:{go_type}={raw}").value if go_type else _loose(raw)
+            named[name] = value
+            continue
+        arg = parse_arg(text)
+        if arg.name:
+            if arg.name not in types:
+                raise ConfigError(
+                    f"--arg {text!r}: task {task.name!r} has no parameter {arg.name!r}; its "
+                    f"parameters: {', '.join(types) or 'none'}"
+                )
+            named[arg.name] = arg.value
+        else:
+            positional.append(arg.value)
+    sender = task.with_options(
+        queue=args.queue,
+        priority=args.priority or None,
+        delay_s=args.delay or None,
+        retry_count=args.retry_count,
+        task_timeout=args.task_timeout or None,
+    )
+    try:
+        return await sender.send(*positional, **named)
+    except TypeError as exc:  # checked before publishing
+        raise ConfigError(f"{exc}; nothing was sent") from None
+
+
+def _loose(raw: str) -> Any:
+    """A value for a parameter without a typed annotation: JSON when it parses, else text."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw

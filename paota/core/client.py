@@ -383,6 +383,10 @@ class Client:
             anchor=anchor,
         )
 
+    def registered_task(self, name: str) -> Task[Any, Any] | None:
+        """The task registered under ``name``, or None."""
+        return self._registry.get(name)
+
     @property
     def task_names(self) -> list[str]:
         """The names of the registered tasks, in registration order."""

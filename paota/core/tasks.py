@@ -278,6 +278,11 @@ class Binder:
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
         )
 
+    def go_types(self) -> dict[str, str | None]:
+        """Each parameter's Go type from its annotation (None: not annotated with a type that
+        has one), in order."""
+        return dict(self._go_types)
+
     def to_args(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[Arg, ...]:
         """The Go args for a call with ``args`` and ``kwargs`` (defaults filled in).
 
@@ -526,6 +531,11 @@ class Task(Generic[P, R]):
         self.is_async = is_async
         self._binder = None if self.go_style else Binder(fn, name)
         functools.update_wrapper(self, fn)
+
+    def parameter_go_types(self) -> dict[str, str | None]:
+        """The function's parameters with the Go type of each annotation (None: none), in order;
+        empty for a Go-style task (it takes the :class:`Signature`)."""
+        return {} if self._binder is None else self._binder.go_types()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} of {self.fn!r}>"

@@ -33,7 +33,9 @@ def run_cli(
     )
 
 
-@pytest.mark.parametrize("command", [[], ["worker"], ["send"], ["demo"], ["requeue"]])
+@pytest.mark.parametrize(
+    "command", [[], ["worker"], ["send"], ["demo"], ["requeue"], ["status"], ["result"]]
+)
 def test_every_command_has_help(command: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -313,3 +315,67 @@ def test_demo_stops_at_the_first_ctrl_c() -> None:
     assert "stopped early" in err and "of 5000000 tasks done" in err
     assert "Traceback" not in err
     assert "tasks in" in out
+
+
+async def test_send_with_app_uses_the_tasks_defaults_and_checks_arguments_before_sending() -> None:
+    # a task declared with retry_count=2 was parked on its first failure when sent from the CLI,
+    # `a=5` was a value of a type named `a`, and bad arguments were found by the worker
+    from paota import Config, ManualClock, WorkerPool
+    from paota.brokers.memory import MemoryBroker
+    from paota.cli.send import _send_typed
+    from paota.core.message import decode_message
+
+    broker = MemoryBroker(clock=ManualClock())
+    pool = WorkerPool(Config(), broker=broker, name="cli-app")
+
+    @pool.task(name="resize", retry_count=2, queue="images")
+    async def resize(
+        path: str, width: int, sharp: bool = False, tags: list[str] | None = None
+    ) -> None: ...
+
+    def options(*arg: str, **more: object) -> argparse.Namespace:
+        fields = {"queue": None, "priority": 0, "delay": 0.0, "retry_count": None}
+        return argparse.Namespace(arg=list(arg), task_timeout=0, **{**fields, **more})
+
+    types = resize.parameter_go_types()
+    assert types == {"path": "string", "width": "int", "sharp": "bool", "tags": "[]string"}
+    async with pool:
+        handle = await _send_typed(resize, types, options("path=a.png", "width=640", 'tags=["x"]'))
+        [sent] = broker.messages("images")
+        sig = decode_message(sent.body)
+        assert sig.uuid == handle.id and sig.retry_count == 2
+        assert [(a.name, a.type, a.value) for a in sig.args] == [
+            ("path", "string", "a.png"),
+            ("width", "int", 640),
+            ("sharp", "bool", False),
+            ("tags", "[]string", ["x"]),
+        ]
+        await _send_typed(resize, types, options("path=b", "width=1", retry_count=0))
+        assert decode_message(broker.messages("images")[-1].body).retry_count == 0
+        for bad, says in [
+            (["path=a.png"], "missing a required argument: 'width'"),
+            (["path=a", "width=wide"], "is not a valid int"),
+            (["path=a", "width=1", "height:int=2"], "has no parameter 'height'"),
+        ]:
+            with pytest.raises(ConfigError, match=says):
+                await _send_typed(resize, types, options(*bad))
+        assert len(broker.messages("images")) == 2  # nothing more was sent
+
+
+@pytest.mark.parametrize("command", ["status", "result"])
+def test_status_and_result_need_the_workers_store(command: str) -> None:
+    result = run_cli(command, "task_x")
+    assert result.returncode == 2
+    assert "set PAOTA_STORE=mongodb and PAOTA_MONGO_URI" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_send_app_names_the_tasks_it_registers(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(
+        "from paota import WorkerPool\npool = WorkerPool()\n"
+        "@pool.task(name='resize')\nasync def resize(path: str) -> None: ...\n"
+    )
+    env = {"PAOTA_BROKER": "amqp", "PAOTA_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/"}
+    result = run_cli("send", "--app", "app:pool", "rezise", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "app:pool registers no task 'rezise'; it registers: 'resize'" in result.stderr
