@@ -2,7 +2,8 @@
 
 One rule at every entry point (``Config()``, ``Client``, ``WorkerPool``, every CLI command): a
 field given in code wins, else its ``PAOTA_*`` variable when set, else the default. A variable
-set but empty is an error naming it.
+set but empty is never the default: it is the empty value where the field takes one, else an
+error naming it.
 
 The variable names are those of the Go library, so one env file configures Go and Python workers
 alike. Every field is declared once, together with its variable and its *kind*
@@ -101,7 +102,7 @@ class Config(Section):
 
         ``Config()`` reads :data:`os.environ` the same way for every field not given in code;
         ``from_env(env)`` reads ``env`` instead (``from_env({})``: the defaults alone). A variable
-        that is set but empty is an error, never the default. Durations accept plain seconds
+        set but empty is the empty value where the field takes one, else an error, never the default. Durations accept plain seconds
         (``"2.5"``) or a Go duration (``"1m30s"``, ``"500ms"``); booleans accept true/false, 1/0,
         yes/no, on/off; the ``*_ARGS`` variables hold a JSON object. Errors name the variable.
         """

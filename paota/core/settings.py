@@ -345,10 +345,15 @@ def _current_environment() -> Mapping[str, str]:
 def _from_variable(spec: _Spec, raw: str) -> Any:
     """The typed value of variable ``spec.env`` holding ``raw``; a ConfigError naming it."""
     if not raw.strip():
-        raise ConfigError(
-            f"{spec.env} is set but empty: unset it to use the default, or give a value "
-            f"({spec.kind.env_expected or spec.kind.expected})"
-        )
+        # empty is the empty value where the field takes one (PAOTA_STORE=: no store), never a
+        # fallback to a default that differs (PAOTA_QUEUE_NAME= once bound the shared queue)
+        try:
+            return spec.kind.check(spec.kind.parse(""))
+        except _Invalid:
+            raise ConfigError(
+                f"{spec.env} is set but empty: unset it to use the default, or give a value "
+                f"({spec.kind.env_expected or spec.kind.expected})"
+            ) from None
     try:
         return spec.kind.check(spec.kind.parse(raw.strip()))
     except _Invalid as exc:

@@ -75,6 +75,12 @@ def test_an_empty_variable_is_an_error_naming_it(name: str, value: str) -> None:
     assert "expected" in message
 
 
+def test_an_empty_variable_is_the_empty_value_where_the_field_takes_one() -> None:
+    env = {"PAOTA_STORE": "", "PAOTA_AMQP_DELAY_LADDER": " ", "PAOTA_STORE_QUEUE_NAME": ""}
+    config = Config.from_env(env)
+    assert (config.store, config.amqp.delay_ladder, config.store_queue_name) == ("", "", "")
+
+
 def test_from_env_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PAOTA_QUEUE_NAME", "from_os_environ")  # restored by monkeypatch
     assert Config.from_env().task_queue_name == "from_os_environ"
