@@ -102,9 +102,10 @@ class Config(Section):
 
         ``Config()`` reads :data:`os.environ` the same way for every field not given in code;
         ``from_env(env)`` reads ``env`` instead (``from_env({})``: the defaults alone). A variable
-        set but empty is the empty value where the field takes one, else an error, never the default. Durations accept plain seconds
-        (``"2.5"``) or a Go duration (``"1m30s"``, ``"500ms"``); booleans accept true/false, 1/0,
-        yes/no, on/off; the ``*_ARGS`` variables hold a JSON object. Errors name the variable.
+        set but empty is the empty value where the field takes one, else an error, never the
+        default. Durations accept plain seconds (``"2.5"``) or a Go duration (``"1m30s"``,
+        ``"500ms"``); booleans accept true/false, 1/0, yes/no, on/off; the ``*_ARGS`` variables
+        hold a JSON object. Errors name the variable.
         """
         with environment(os.environ if env is None else env):
             return cls()
