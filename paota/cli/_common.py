@@ -15,7 +15,16 @@ from paota.core.errors import ConfigError
 from paota.core.message import Arg
 from paota.core.pool import WorkerPool
 
-__all__ = ["INT32_MAX", "int_in", "load_pool", "parse_arg", "parse_queues", "seconds"]
+__all__ = [
+    "INT32_MAX",
+    "add_include",
+    "include_modules",
+    "int_in",
+    "load_pool",
+    "parse_arg",
+    "parse_queues",
+    "seconds",
+]
 
 _INT_TYPES = {
     "int",
@@ -127,6 +136,30 @@ def parse_queues(text: str) -> dict[str, int | None]:
             raise argparse.ArgumentTypeError(f"{text!r}: an empty queue name")
         named[name] = int_in(1)(count.strip()) if sep else None
     return named
+
+
+def add_include(parser: argparse.ArgumentParser) -> None:
+    """The ``-I``/``--include MODULE`` option (repeatable, or comma-separated)."""
+    parser.add_argument(
+        "-I",
+        "--include",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE after the pool, for the tasks it registers on it (repeatable, or "
+        "comma-separated; Celery's -I)",
+    )
+
+
+def include_modules(values: list[str]) -> None:
+    """Import the ``--include`` modules (after the pool: they register tasks on it)."""
+    for name in (n.strip() for value in values for n in value.split(",")):
+        if not name:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"--include {name!r}: cannot import it: {exc}") from exc
 
 
 def load_pool(target: str) -> WorkerPool:

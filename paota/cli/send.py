@@ -8,7 +8,15 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from paota.cli._common import INT32_MAX, int_in, load_pool, parse_arg, seconds
+from paota.cli._common import (
+    INT32_MAX,
+    add_include,
+    include_modules,
+    int_in,
+    load_pool,
+    parse_arg,
+    seconds,
+)
 from paota.core.client import Client
 from paota.core.errors import ConfigError
 from paota.core.message import Signature
@@ -33,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the arguments are checked against the function before anything is sent, and "
         "--arg NAME=VALUE is parsed by the parameter's annotation",
     )
+    add_include(parser)
     parser.add_argument(
         "--arg",
         action="append",
@@ -77,6 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     pool: Client = load_pool(args.app) if args.app else WorkerPool(name="paota-send")
+    include_modules(args.include)
     config = pool.config
     if config.broker == "memory":
         # the task would live in this process's memory and vanish when the command ends

@@ -11,7 +11,7 @@ import sys
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from paota.cli._common import int_in, load_pool, parse_queues
+from paota.cli._common import add_include, include_modules, int_in, load_pool, parse_queues
 from paota.cli._logging import levels_text
 from paota.core.errors import ConfigError
 from paota.core.pool import WorkerPool
@@ -37,15 +37,7 @@ logger = logging.getLogger("paota.cli")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command's options."""
     parser.add_argument("target", metavar="MODULE:POOL")
-    parser.add_argument(
-        "-I",
-        "--include",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import MODULE after the pool, for the tasks it registers on it (repeatable, or "
-        "comma-separated; Celery's -I)",
-    )
+    add_include(parser)
     parser.add_argument(
         "--concurrency", type=int_in(1), default=None, help="override the pool's concurrency"
     )
@@ -164,7 +156,7 @@ async def run(args: argparse.Namespace) -> int:
 
 async def _run_pool(args: argparse.Namespace, child: Any = None) -> int:
     pool = load_pool(args.target)
-    _include(args)
+    include_modules(args.include)
     if not pool.task_names:
         raise ConfigError(
             f"{args.target} has no tasks registered: every task delivered would be returned as "
@@ -199,19 +191,6 @@ async def _run_pool(args: argparse.Namespace, child: Any = None) -> int:
     async with pool, metrics:
         await pool.start()
     return 0
-
-
-def _include(args: argparse.Namespace) -> None:
-    """Import the ``--include`` modules (after the pool: they register tasks on it)."""
-    import importlib
-
-    for name in (n.strip() for value in args.include for n in value.split(",")):
-        if not name:
-            continue
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise ConfigError(f"--include {name!r}: cannot import it: {exc}") from exc
 
 
 def _check_reload_dirs(args: argparse.Namespace) -> None:
