@@ -391,8 +391,8 @@ def _error(
 
 
 def _read_env(cls: type[Any], env: Mapping[str, str]) -> dict[str, Any]:
-    """The fields of ``cls`` whose variable is set, parsed and checked (an empty one is an
-    error naming it)."""
+    """The fields of ``cls`` whose variable is set, parsed and checked (an empty one is the
+    field's empty value, or an error naming it when the field takes none)."""
     values: dict[str, Any] = {}
     for f in fields(cls):
         spec: _Spec | None = f.metadata.get("paota")
