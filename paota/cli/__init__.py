@@ -28,6 +28,7 @@ COMMANDS = [
     "send",
     "demo",
     "requeue",
+    "parked",
     "cancel",
     "status",
     "result",

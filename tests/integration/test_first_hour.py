@@ -110,6 +110,26 @@ async def test_first_real_worker_send_wait_and_result(
             "--arg", "width=wide", env=env, cwd=tmp_path,
         )  # fmt: skip
         assert code == 2 and "is not a valid int" in err and out == ""
+
+        # and one sent without --app, unchecked, that the worker cannot bind is parked, with its
+        # reason, where paota parked shows it
+        code, out, err = await _run(
+            "send", "resize", "--arg", "path:string=b.png", env=env, cwd=tmp_path
+        )  # fmt: skip
+        assert code == 0, err
+        parked_id = out.strip()
+        for _ in range(60):  # each look is a process of its own: no sleep between them
+            code, out, err = await _run("parked", "--json", env=env, cwd=tmp_path)
+            assert code == 0, err
+            if out.strip():
+                break
+        else:
+            pytest.fail("the unbindable task was not parked")
+        [item] = [json.loads(line) for line in out.splitlines()]
+        assert (item["id"], item["name"], item["reason"]) == (parked_id, "resize", "bad-arguments")
+        assert "width" in item["error"]
+        code, out, err = await _run("parked", env=env, cwd=tmp_path)
+        assert out.splitlines()[-1].endswith("1 parked (bad-arguments 1)"), out
     finally:
         worker.terminate()
         await asyncio.wait_for(worker.wait(), 60)
