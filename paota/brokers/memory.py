@@ -182,6 +182,7 @@ class MemoryBroker:
         self._consumers: set[_Consumer] = set()
         self._consumed: set[str] = set()  # queues that have had a consumer
         self._control: set[asyncio.Queue[bytes | None]] = set()  # control listeners
+        self._replies: dict[str, asyncio.Queue[bytes | None]] = {}  # reply addresses
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._open = False
@@ -223,6 +224,8 @@ class MemoryBroker:
             queue.wakeup.set()
         for listener in self._control:
             listener.put_nowait(None)  # the end
+        for inbox in self._replies.values():
+            inbox.put_nowait(None)
 
     def _warn_of_tasks_left(self) -> None:
         """A producer that sent into this broker and closes before anything consumed the tasks
@@ -392,6 +395,30 @@ class MemoryBroker:
         consumer.deliveries.clear()
 
     # control channel -------------------------------------------------------------------------
+
+    async def open_replies(self) -> tuple[str, AsyncIterator[bytes]]:
+        """A reply address of this broker and the replies sent to it (until the broker closes)."""
+        self._check_open()
+        address = f"paota.reply.{next(self._seq)}"
+        inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._replies[address] = inbox
+
+        async def replies() -> AsyncIterator[bytes]:
+            try:
+                while (body := await inbox.get()) is not None:
+                    yield body
+            finally:
+                self._replies.pop(address, None)
+
+        return address, replies()
+
+    async def send_reply(self, address: str, body: bytes) -> None:
+        """Deliver a reply to ``address``; BrokerError when nothing reads it any more."""
+        self._check_open()
+        inbox = self._replies.get(address)
+        if inbox is None:
+            raise BrokerError(f"no reply address {address!r} here (its sender is gone)")
+        inbox.put_nowait(body)
 
     async def broadcast_control(self, body: bytes) -> None:
         """Hand ``body`` to every control listener of this broker (this process only)."""

@@ -21,6 +21,7 @@ from paota.core.client import Client
 from paota.core.errors import ConfigError
 from paota.core.message import Signature
 from paota.core.pool import WorkerPool
+from paota.core.replies import ReplyPath
 from paota.core.tasks import Task
 
 NAME = "send"
@@ -80,7 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=seconds,
         default=None,
         metavar="SECONDS",
-        help="wait up to SECONDS for the result (needs a store shared with the worker)",
+        help="wait up to SECONDS for the result: from the store the worker writes, or without "
+        "one sent back over RabbitMQ to this command",
     )
 
 
@@ -96,15 +98,16 @@ async def run(args: argparse.Namespace) -> int:
             "PAOTA_BROKER=amqp and PAOTA_AMQP_URL=amqp://... to send to your workers' RabbitMQ"
         )
         return 2
-    if args.wait is not None and config.store in ("", "memory"):
-        # checked before publishing: failing after it would invite a resend, and a duplicate
+    # --wait reads the result from the store the worker writes; without one (or with the
+    # in-process memory store) the worker sends it back on the broker's reply path. Checked
+    # before publishing: failing after it would invite a resend, and a duplicate.
+    args.reply = args.wait is not None and config.store in ("", "memory")
+    if args.reply and not isinstance(pool.broker, ReplyPath):
         logger.error(
-            "paota send --wait: results are read from the store the worker writes, and %s; set "
-            "PAOTA_STORE=mongodb and PAOTA_MONGO_URI (the worker's too), or send without --wait. "
-            "Nothing was sent",
-            "no store is configured (PAOTA_STORE unset)"
-            if not config.store
-            else "the memory store lives in this process only",
+            "paota send --wait: no store is configured (PAOTA_STORE) and the %s broker carries "
+            "no replies; set PAOTA_STORE=mongodb and PAOTA_MONGO_URI (the worker's too), or send "
+            "without --wait. Nothing was sent",
+            config.broker,
         )
         return 2
     task = pool.registered_task(args.name) if args.app else None
@@ -132,7 +135,7 @@ async def run(args: argparse.Namespace) -> int:
             if args.delay:
                 sig = sig.replace(eta=pool.clock.now() + timedelta(seconds=args.delay))
             queue = args.queue or (task.defaults.queue if task is not None else None)
-            handle = await pool.send_task(sig, queue=queue)
+            handle = await pool.send_task(sig, queue=queue, reply=args.reply)
         print(handle.id)
         if args.wait is not None:
             result = await handle.result(timeout=args.wait)
@@ -170,6 +173,7 @@ async def _send_typed(task: Task[Any, Any], types: dict[str, str | None], args: 
         delay_s=args.delay or None,
         retry_count=args.retry_count,
         task_timeout=args.task_timeout or None,
+        reply=getattr(args, "reply", False) or None,
     )
     try:
         return await sender.send(*positional, **named)

@@ -46,6 +46,7 @@ from paota.core.protocols import (
 )
 from paota.core.registry import TaskRegistry
 from paota.core.replay import replay_rewrite
+from paota.core.replies import REPLY_HEADER, ReplyInbox, ReplyLostError, ReplyPath
 from paota.core.state import ErrorInfo, TaskStatus, task_state
 from paota.core.tasks import (
     AsyncTask,
@@ -131,6 +132,7 @@ class Client:
         self._connected = False
         self._connect_lock: asyncio.Lock | None = None
         self._schedules: dict[str, Schedule] = {}
+        self._inbox: ReplyInbox | None = None  # replies to sends with reply=True
 
     # --- components ------------------------------------------------------------------------------
 
@@ -181,6 +183,9 @@ class Client:
 
     async def close(self) -> None:
         """Close the broker and the store. Idempotent."""
+        if self._inbox is not None:
+            await self._inbox.close()
+            self._inbox = None
         if self._broker is not None:
             await self._broker.close()
         if self._store is not None:
@@ -415,16 +420,23 @@ class Client:
         queue: str | None = None,
         delay_s: float | None = None,
         headers: Mapping[str, Any] | None = None,
+        reply: bool = False,
     ) -> TaskHandle[Any]:
         """Publish ``sig``; fills ``uuid`` (``task_<uuid4>``) and ``created_at`` when empty.
 
         ``queue`` defaults to the registered task's queue, else the config's task queue;
         ``delay_s`` sets the ETA that many seconds from now (a future ``eta`` is honoured by a
-        broker-side delay); ``headers`` are extra message headers. Returns once the broker has the
-        message (confirmed). With a store, a PENDING record is written first.
+        broker-side delay); ``headers`` are extra message headers; ``reply=True`` asks the worker
+        to send the final outcome back to this process, so that :meth:`result` works without a
+        store (see :mod:`paota.core.replies`; a ConfigError before anything is sent when the
+        broker has no reply path). Returns once the broker has the message (confirmed). With a
+        store, a PENDING record is written first.
         """
         if not self._connected:
             await self.connect()
+        if reply:
+            address = await self._reply_address()
+            headers = {**(headers or {}), REPLY_HEADER: address}
         now = self.clock.now()
         changes: dict[str, Any] = {}
         if not sig.uuid:
@@ -476,7 +488,20 @@ class Client:
             await self.middleware.publish(message, self._publish)
         else:
             await self._publish(message)
+        if reply and self._inbox is not None:
+            self._inbox.expect(message.signature.uuid, address)
         return TaskHandle(message.signature.uuid, message.signature, message.queue, self)
+
+    async def _reply_address(self) -> str:
+        if self._inbox is None:
+            broker = self.broker
+            if not isinstance(broker, ReplyPath):
+                raise ConfigError(
+                    f"reply=True: the {type(broker).__name__} broker carries no replies; read "
+                    "results from a store (PAOTA_STORE=mongodb) instead. Nothing was sent"
+                )
+            self._inbox = ReplyInbox(broker)
+        return await self._inbox.address()
 
     async def _publish(self, message: PublishContext) -> None:
         sig = message.signature
@@ -608,10 +633,26 @@ class Client:
     async def result(self, task_id: str, timeout: float | None = 30.0) -> Any:
         """Wait for ``task_id`` to finish and return its result.
 
-        Polls the store with backoff. Raises :class:`~paota.TaskFailedError` when the task ended
-        FAILED, TIMED_OUT or CANCELLED, :class:`~paota.ResultTimeoutError` when it has not finished
-        within ``timeout`` seconds.
+        A task this client sent with ``reply=True`` is waited for on its reply (no store
+        needed); any other is read from the store, polled with backoff. Raises
+        :class:`~paota.TaskFailedError` when the task ended FAILED, TIMED_OUT or CANCELLED,
+        :class:`~paota.ResultTimeoutError` when it has not finished within ``timeout`` seconds,
+        :class:`~paota.core.replies.ReplyLostError` when its reply path was lost (a reconnection)
+        and there is no store, and :class:`~paota.ConfigError` when neither can give it.
         """
+        inbox = self._inbox
+        if inbox is not None and inbox.expects(task_id):
+            try:
+                return await inbox.wait(task_id, timeout)
+            except ReplyLostError:
+                if self.store is None:
+                    raise
+        if self.store is None:
+            raise ConfigError(
+                f"the result of task {task_id} needs a store the workers write "
+                "(PAOTA_STORE=mongodb), or a send from this client with reply=True "
+                "(task.with_options(reply=True).send(...))"
+            )
         store = self.require_store()
         await self.connect()
         loop = asyncio.get_running_loop()

@@ -30,6 +30,7 @@ __all__ = [
     "DecodeError",
     "PaotaError",
     "PublishError",
+    "ReplyLostError",
     "RegistrationError",
     "ResultTimeoutError",
     "SendManyError",
@@ -171,3 +172,8 @@ class TaskFailedError(TaskError):
 
 class ResultTimeoutError(TaskError, TimeoutError):
     """The task had no final state within the timeout given to ``result()``."""
+
+
+class ReplyLostError(PaotaError):
+    """The reply path of this process was lost (a reconnection) before the task's reply came:
+    its result is only in a store, if there is one (see :mod:`paota.core.replies`)."""

@@ -99,7 +99,8 @@ class TaskOptions:
     ``queue`` is the target queue's name, ``priority`` 0..255, ``eta`` an aware datetime or
     ``delay_s`` seconds from now (not both), ``retry_count`` the retries allowed after a failure,
     ``task_timeout`` Go's ``TaskTimeOut``: a start deadline in seconds, counted from when the task
-    was due; ``headers`` extra message headers.
+    was due; ``headers`` extra message headers; ``reply`` asks the worker to send the outcome
+    back to this process (results without a store, see :mod:`paota.core.replies`).
     """
 
     queue: str | None = None
@@ -109,12 +110,21 @@ class TaskOptions:
     retry_count: int | None = None
     task_timeout: int | None = None
     headers: Mapping[str, Any] = field(default_factory=dict)
+    reply: bool | None = None
 
     def merged(self, other: TaskOptions) -> TaskOptions:
         """These options with ``other``'s set values on top."""
         changes = {
             f: getattr(other, f)
-            for f in ("queue", "priority", "eta", "delay_s", "retry_count", "task_timeout")
+            for f in (
+                "queue",
+                "priority",
+                "eta",
+                "delay_s",
+                "retry_count",
+                "task_timeout",
+                "reply",
+            )
             if getattr(other, f) is not None
         }
         if other.eta is not None:
@@ -132,7 +142,7 @@ class TaskOptions:
 @dataclass(frozen=True)
 class TaskHandle(Generic[R_co]):
     """A sent task: its ``id``, the ``signature`` published and the ``queue``; a way to its state
-    and result (both need a store)."""
+    and result (the state needs a store; the result a store, or a send with ``reply=True``)."""
 
     id: str
     signature: Signature
@@ -431,9 +441,10 @@ class TaskSender(Generic[P, R]):
         retry_count: int | None = None,
         task_timeout: int | None = None,
         headers: Mapping[str, Any] | None = None,
+        reply: bool | None = None,
     ) -> TaskSender[P, R]:
         """More options on top of these."""
-        more = _options(queue, priority, eta, delay_s, retry_count, task_timeout, headers)
+        more = _options(queue, priority, eta, delay_s, retry_count, task_timeout, headers, reply)
         return TaskSender(self._task, self._options.merged(more))
 
     async def send(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
@@ -468,6 +479,7 @@ def _options(
     retry_count: int | None,
     task_timeout: int | None,
     headers: Mapping[str, Any] | None,
+    reply: bool | None = None,
 ) -> TaskOptions:
     if eta is not None and delay_s is not None:
         raise TypeError("give eta or delay_s, not both")
@@ -478,7 +490,7 @@ def _options(
     if queue is not None and (not isinstance(queue, str) or not queue):
         raise TypeError(f"queue must be a non-empty string, got {queue!r}")
     return TaskOptions(
-        queue, priority, eta, delay_s, retry_count, task_timeout, dict(headers or {})
+        queue, priority, eta, delay_s, retry_count, task_timeout, dict(headers or {}), reply
     )
 
 
@@ -554,9 +566,12 @@ class Task(Generic[P, R]):
         retry_count: int | None = None,
         task_timeout: int | None = None,
         headers: Mapping[str, Any] | None = None,
+        reply: bool | None = None,
     ) -> TaskSender[P, R]:
-        """A sender with per-send options: ``task.with_options(queue="emails").send(...)``."""
-        more = _options(queue, priority, eta, delay_s, retry_count, task_timeout, headers)
+        """A sender with per-send options: ``task.with_options(queue="emails").send(...)``;
+        ``reply=True``: the outcome comes back to this process, for ``result()`` without a
+        store."""
+        more = _options(queue, priority, eta, delay_s, retry_count, task_timeout, headers, reply)
         return TaskSender(self, self.defaults.merged(more))
 
     async def send(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
@@ -662,7 +677,11 @@ class Task(Generic[P, R]):
     ) -> TaskHandle[R]:
         sig = self._signature(args, kwargs, options)
         handle = await self._client.send_task(
-            sig, queue=options.queue, delay_s=options.delay_s, headers=options.headers or None
+            sig,
+            queue=options.queue,
+            delay_s=options.delay_s,
+            headers=options.headers or None,
+            reply=bool(options.reply),
         )
         return cast(TaskHandle[R], handle)
 

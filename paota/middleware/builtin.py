@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from paota.core.middleware import Middleware
 from paota.core.protocols import has_control_channel, has_coordination
+from paota.core.replies import ReplyMiddleware, ReplyPath
 from paota.middleware.callbacks import CallbacksMiddleware
 
 if TYPE_CHECKING:
@@ -75,6 +76,10 @@ def _uses_limits(pool: WorkerPool) -> bool:
 def inner(pool: WorkerPool) -> list[Middleware]:
     """Built-in middleware placed after the user's."""
     items: list[Middleware] = [CallbacksMiddleware()]
+    if isinstance(pool.broker, ReplyPath):
+        # Sends the final outcome where a message asks for it (x-paota-reply-to); for the
+        # others, a header lookup per delivery.
+        items.append(ReplyMiddleware(pool.broker))
     if has_coordination(pool.store):
         # A store with the Coordination capability (workflows.uses_workflows) can advance
         # workflows: any delivery may be a workflow step; for one that is not, the hook is a

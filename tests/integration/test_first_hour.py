@@ -1,7 +1,8 @@
 """The first real worker, as a user types it (issue 17): a tasks module registering on a pool in
 another module, ``paota worker app:pool --include tasks``, ``paota send --app app:pool ... --wait``
-and ``paota result``, on RabbitMQ with the MongoDB store, every process configured by the
-environment alone (``Config()`` in the user's code)."""
+and ``paota result``, on RabbitMQ with no store (the result comes back over RabbitMQ), then with
+the MongoDB store, every process configured by the environment alone (``Config()`` in the user's
+code)."""
 
 from __future__ import annotations
 
@@ -50,21 +51,17 @@ async def _run(*argv: str, env: dict[str, str], cwd: Path) -> tuple[int, str, st
     return process.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.parametrize("store", ["none", "mongodb"])
 async def test_first_real_worker_send_wait_and_result(
-    make_config: Any, mongo_uri: str, tmp_path: Path
+    store: str, make_config: Any, mongo_uri: str, tmp_path: Path
 ) -> None:
     # given the user's two modules and a worker started as the README says
     (tmp_path / "app.py").write_text(textwrap.dedent(APP))
     (tmp_path / "tasks.py").write_text(textwrap.dedent(TASKS))
     config = make_config()
     database = f"paota_first_{uuid.uuid4().hex[:10]}"
-    env = process_env(
-        config,
-        PAOTA_STORE="mongodb",
-        PAOTA_MONGO_URI=mongo_uri,
-        PAOTA_MONGO_DB=database,
-        PYTHONPATH=f"{tmp_path}",
-    )
+    stored = {"PAOTA_STORE": "mongodb", "PAOTA_MONGO_URI": mongo_uri, "PAOTA_MONGO_DB": database}
+    env = process_env(config, PYTHONPATH=f"{tmp_path}", **(stored if store == "mongodb" else {}))
     worker = await asyncio.create_subprocess_exec(
         *paota_command(),
         "worker",
@@ -97,12 +94,16 @@ async def test_first_real_worker_send_wait_and_result(
         # parsed as an int by its annotation, and the result came back
         assert json.loads(result_line) == {"path": "flaky.png", "width": 640, "attempt": 1}
         code, out, err = await _run("result", task_id, env=env, cwd=tmp_path)
-        assert code == 0, err
-        assert json.loads(out) == {"path": "flaky.png", "width": 640, "attempt": 1}
-        code, out, err = await _run("status", task_id, env=env, cwd=tmp_path)
-        assert code == 0, err
-        state = json.loads(out)
-        assert (state["status"], state["attempts"]) == ("SUCCEEDED", 1)
+        if store == "none":
+            # a later process reads results from a store only: it says so
+            assert code == 2 and "set PAOTA_STORE=mongodb" in err, (code, out, err)
+        else:
+            assert code == 0, err
+            assert json.loads(out) == {"path": "flaky.png", "width": 640, "attempt": 1}
+            code, out, err = await _run("status", task_id, env=env, cwd=tmp_path)
+            assert code == 0, err
+            state = json.loads(out)
+            assert (state["status"], state["attempts"]) == ("SUCCEEDED", 1)
 
         # and a bad argument is refused before anything is sent
         code, out, err = await _run(

@@ -188,16 +188,6 @@ def test_send_refuses_the_memory_broker_where_the_task_would_vanish() -> None:
     assert result.stdout == ""
 
 
-def test_send_wait_without_a_store_fails_before_sending() -> None:
-    # publishing first and failing after invited a resend, and a duplicate
-    env = {"PAOTA_BROKER": "amqp", "PAOTA_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/"}
-    result = run_cli("send", "Print", "--wait", "5", env=env)
-    assert result.returncode == 2
-    assert "no store is configured" in result.stderr and "Nothing was sent" in result.stderr
-    result = run_cli("send", "Print", "--wait", "5", env={**env, "PAOTA_STORE": "memory"})
-    assert result.returncode == 2 and "memory store lives in this process" in result.stderr
-
-
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

@@ -22,6 +22,7 @@ from paota.brokers.amqp.errors import broker_errors
 from paota.brokers.amqp.properties import message_properties
 from paota.brokers.amqp.publisher import Publisher
 from paota.brokers.amqp.replay import replay_parked
+from paota.brokers.amqp.replies import open_replies
 from paota.brokers.amqp.tolerant import install as _tolerate_non_utf8
 from paota.brokers.amqp.topology import (
     DELAY_QUEUE_TYPES,
@@ -357,6 +358,28 @@ class AMQPBroker:
             timeout_s=self._amqp.connection_timeout_s,
             is_open=lambda: self._state is _State.OPEN,
         )
+
+    # --- replies ---------------------------------------------------------------------------------
+
+    async def open_replies(self) -> tuple[str, AsyncIterator[bytes]]:
+        """This process's reply queue and the replies that reach it (see
+        :mod:`paota.brokers.amqp.replies`)."""
+        return await open_replies(self._require_pool(), timeout_s=self._amqp.connection_timeout_s)
+
+    async def send_reply(self, address: str, body: bytes) -> None:
+        """Publish a reply to the reply queue ``address`` (confirmed; PublishError when the
+        queue is gone)."""
+        self._require_pool()
+        publisher = self._publisher
+        assert publisher is not None
+        props = message_properties(
+            headers=None,
+            content_type="application/json",
+            priority=None,
+            message_id=None,
+            persistent=False,
+        )
+        await publisher.publish("", address, body, props, f"reply to {address}")
 
     # --- replays ---------------------------------------------------------------------------------
 
