@@ -328,6 +328,10 @@ MEMORY_APP = """
 from paota import Config, WorkerPool
 
 pool = WorkerPool(Config(), concurrency=2, name="reloadable")
+
+
+@pool.task(name="noop")
+async def noop() -> None: ...
 """
 
 
