@@ -213,8 +213,10 @@ async def test_broker_paused_longer_than_the_heartbeat_then_resumed(
     # tasks (a third delayed 0.5-6 s) sent at about 250/s, and a pool working through them
     node = await in_thread(rabbit_node)
     publish_timeout_s = 5.0
+    # connection_timeout_s 10: the first connection to a fresh container broker took over 3 s
+    # under the stress session's CPU hog (the pool then never started)
     config = chaos_config(
-        node.url, heartbeat_interval_s=1, connection_timeout_s=3.0, publish_timeout_s=30.0
+        node.url, heartbeat_interval_s=1, connection_timeout_s=10.0, publish_timeout_s=30.0
     )
     total = 3000
     runs = Runs()
