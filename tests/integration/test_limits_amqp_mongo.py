@@ -355,8 +355,9 @@ async def test_a_global_limit_fails_closed_while_mongodb_is_down(
     assert most_at_once(spans) <= 2
     assert min(b - a for a, b in itertools.pairwise(sorted(grants))) >= 0.2 - 1e-6
     assert broker.parked(ParkQueue.FAILED) == [] and broker.parked(ParkQueue.TIMEOUT) == []
-    # one WARNING for the outage, one INFO when it was over
+    # one WARNING per outage, one INFO when it was over (on a loaded machine the restarted store
+    # may miss the 0.5 s budget again, a new outage: stress run 4 saw 9 of them)
     limits_log = [r for r in caplog.records if r.name == "paota.middleware.limits"]
     warned = [r for r in limits_log if r.levelno >= logging.WARNING]
-    assert len(warned) == 1 and "fail closed" in warned[0].getMessage()
-    assert len([r for r in limits_log if "answers again" in r.getMessage()]) == 1
+    assert warned and all("fail closed" in r.getMessage() for r in warned)
+    assert len([r for r in limits_log if "answers again" in r.getMessage()]) == len(warned)
