@@ -18,6 +18,7 @@ from paota.core.pool import WorkerPool
 __all__ = [
     "INT32_MAX",
     "add_include",
+    "add_reason",
     "include_modules",
     "int_in",
     "load_pool",
@@ -136,6 +137,21 @@ def parse_queues(text: str) -> dict[str, int | None]:
             raise argparse.ArgumentTypeError(f"{text!r}: an empty queue name")
         named[name] = int_in(1)(count.strip()) if sep else None
     return named
+
+
+def add_reason(parser: argparse.ArgumentParser, what: str) -> None:
+    """The ``--reason REASON`` option of the parking commands: one of the park reasons, all
+    listed in the help and in the error for any other."""
+    from paota.core.protocols import ParkReason
+
+    reasons = [r.value for r in ParkReason]
+    parser.add_argument(
+        "--reason",
+        default=None,
+        choices=reasons,
+        metavar="REASON",
+        help=f"only {what} with this reason: " + ", ".join(reasons),
+    )
 
 
 def add_include(parser: argparse.ArgumentParser) -> None:

@@ -7,11 +7,11 @@ import json
 from collections import Counter
 from typing import Any
 
-from paota.cli._common import int_in
+from paota.cli._common import add_reason, int_in
 from paota.core.client import Client
 from paota.core.errors import DecodeError
 from paota.core.message import decode_message
-from paota.core.protocols import Message, OutgoingMessage, ParkQueue, ParkReason, header_text
+from paota.core.protocols import Message, OutgoingMessage, ParkQueue, header_text
 
 NAME = "parked"
 HELP = "list the messages of a parking queue with their reasons"
@@ -27,13 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "queue", nargs="?", default="failed", choices=[q.value for q in ParkQueue], metavar="QUEUE"
     )
-    parser.add_argument(
-        "--reason",
-        default=None,
-        choices=[r.value for r in ParkReason],
-        metavar="REASON",
-        help="only messages of this reason: " + ", ".join(r.value for r in ParkReason),
-    )
+    add_reason(parser, "messages")
     parser.add_argument("--limit", type=int_in(1), default=50, help="list at most N (50)")
     parser.add_argument("--json", action="store_true", help="one JSON object a line")
 

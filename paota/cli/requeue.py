@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from paota.cli._common import int_in
+from paota.cli._common import add_reason, int_in
 from paota.core.config import Config
 from paota.core.pool import WorkerPool
-from paota.core.protocols import ParkQueue, ParkReason
+from paota.core.protocols import ParkQueue
 
 NAME = "requeue"
 HELP = "move parked messages back to the queues they came from"
@@ -22,13 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--from", dest="source", choices=[q.value for q in ParkQueue], required=True
     )
-    parser.add_argument(
-        "--reason",
-        default=None,
-        choices=[r.value for r in ParkReason],
-        metavar="REASON",
-        help="only messages with this x-paota-reason: " + ", ".join(r.value for r in ParkReason),
-    )
+    add_reason(parser, "messages")
     parser.add_argument("--limit", type=int_in(1), default=None, help="move at most this many")
 
 
