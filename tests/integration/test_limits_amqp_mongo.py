@@ -57,9 +57,17 @@ APP = textwrap.dedent(
     import time
 
     from paota import Config, WorkerPool, current_task
-    from paota.middleware.limits import GRANTED_KEY
+    from paota.middleware.limits import GRANTED_KEY, LimitsMiddleware
 
-    pool = WorkerPool(Config.from_env(), concurrency=4, name=os.environ["LIMITS_WORKER"])
+    # The store is healthy here: its calls get 30 s, not the default 2 s, which mongoeco (pure
+    # Python) overran under the stress CPU hog (stress run of 2026-12-07: four fail-closed
+    # episodes on a healthy store). The outage test below keeps the default.
+    pool = WorkerPool(
+        Config.from_env(),
+        concurrency=4,
+        name=os.environ["LIMITS_WORKER"],
+        middleware=[LimitsMiddleware(store_timeout_s=30.0)],
+    )
     DURATIONS_S = (0.1, 0.2, 0.6)  # 3 at once allow ~10 starts/s: both limits bite
 
     @pool.task(
