@@ -17,6 +17,7 @@ from paota.core.pool import WorkerPool
 
 __all__ = [
     "INT32_MAX",
+    "UsageError",
     "add_include",
     "add_reason",
     "include_modules",
@@ -26,6 +27,12 @@ __all__ = [
     "parse_queues",
     "seconds",
 ]
+
+
+class UsageError(ConfigError):
+    """What the user typed cannot be done (an argument that does not fit the task, say): the
+    ``paota`` command prints it as ``paota: <message>`` and exits 2, before anything is sent."""
+
 
 _INT_TYPES = {
     "int",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 from datetime import timedelta
@@ -10,6 +11,7 @@ from typing import Any
 
 from paota.cli._common import (
     INT32_MAX,
+    UsageError,
     add_include,
     include_modules,
     int_in,
@@ -117,24 +119,32 @@ async def run(args: argparse.Namespace) -> int:
             + (", ".join(map(repr, pool.task_names)) or "none")
         )
     types = task.parameter_go_types() if task is not None else {}
+    typed = task is not None and not task.go_style
+    # The arguments are parsed and checked against the task before anything is sent: a mistake
+    # never costs a connection, let alone a message.
+    if typed:
+        assert task is not None
+        positional, named = _bind_typed(task, types, args)
+        sender = _typed_sender(task, args)
+    else:
+        retry_count = args.retry_count
+        if retry_count is None:
+            retry_count = (task.defaults.retry_count or 0) if task is not None else 0
+        sig = Signature(
+            args.name,
+            args=tuple(parse_arg(a) for a in args.arg),
+            retry_count=retry_count,
+            priority=args.priority,
+            task_timeout=args.task_timeout,
+            ignore_when_task_not_registered=args.ignore_unregistered,
+        )
+        queue = args.queue or (task.defaults.queue if task is not None else None)
     async with pool:
-        if task is not None and not task.go_style:
-            handle = await _send_typed(task, types, args)
+        if typed:
+            handle = await sender.send(*positional, **named)
         else:
-            retry_count = args.retry_count
-            if retry_count is None:
-                retry_count = (task.defaults.retry_count or 0) if task is not None else 0
-            sig = Signature(
-                args.name,
-                args=tuple(parse_arg(a) for a in args.arg),
-                retry_count=retry_count,
-                priority=args.priority,
-                task_timeout=args.task_timeout,
-                ignore_when_task_not_registered=args.ignore_unregistered,
-            )
             if args.delay:
                 sig = sig.replace(eta=pool.clock.now() + timedelta(seconds=args.delay))
-            queue = args.queue or (task.defaults.queue if task is not None else None)
             handle = await pool.send_task(sig, queue=queue, reply=args.reply)
         print(handle.id)
         if args.wait is not None:
@@ -143,10 +153,12 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _send_typed(task: Task[Any, Any], types: dict[str, str | None], args: Any) -> Any:
-    """Send ``task`` as its function is called: --arg NAME=VALUE parsed by the annotation,
-    checked against the signature (TypeError before anything is published), the task's defaults
-    under the options given."""
+def _bind_typed(
+    task: Task[Any, Any], types: dict[str, str | None], args: Any
+) -> tuple[list[Any], dict[str, Any]]:
+    """The --arg values for ``task`` as its function is called: NAME=VALUE parsed by the
+    parameter's annotation, then checked against the signature. Raises :class:`UsageError`,
+    naming the argument and what the parameter takes."""
     positional: list[Any] = []
     named: dict[str, Any] = {}
     for text in args.arg:
@@ -154,20 +166,42 @@ async def _send_typed(task: Task[Any, Any], types: dict[str, str | None], args: 
         if sep and ":" not in spec and spec.strip() in types:
             name = spec.strip()
             go_type = types[name]
-            value = parse_arg(f"{name}:{go_type}={raw}").value if go_type else _loose(raw)
-            named[name] = value
+            if go_type is None:
+                named[name] = _loose(raw)
+                continue
+            try:
+                named[name] = parse_arg(f"{name}:{go_type}={raw}").value
+            except ConfigError:
+                raise UsageError(
+                    f"{task.name}: --arg {name}={raw!r} is not a valid {go_type} (the parameter "
+                    f"{name} is annotated {_annotation(task, name)}); nothing was sent"
+                ) from None
             continue
         arg = parse_arg(text)
         if arg.name:
             if arg.name not in types:
-                raise ConfigError(
-                    f"--arg {text!r}: task {task.name!r} has no parameter {arg.name!r}; its "
-                    f"parameters: {', '.join(types) or 'none'}"
+                raise UsageError(
+                    f"{task.name}: --arg {text!r}: the task has no parameter {arg.name!r}; its "
+                    f"parameters: {', '.join(types) or 'none'}; nothing was sent"
                 )
             named[arg.name] = arg.value
         else:
             positional.append(arg.value)
-    sender = task.with_options(
+    try:
+        inspect.signature(task.fn).bind(*positional, **named)
+    except TypeError as exc:
+        raise UsageError(f"{task.name}: {exc}; nothing was sent") from None
+    return positional, named
+
+
+def _annotation(task: Task[Any, Any], name: str) -> str:
+    annotation = inspect.signature(task.fn).parameters[name].annotation
+    return getattr(annotation, "__name__", None) or str(annotation)
+
+
+def _typed_sender(task: Task[Any, Any], args: Any) -> Any:
+    """``task`` with the options given on the command line over its defaults."""
+    return task.with_options(
         queue=args.queue,
         priority=args.priority or None,
         delay_s=args.delay or None,
@@ -175,10 +209,6 @@ async def _send_typed(task: Task[Any, Any], types: dict[str, str | None], args: 
         task_timeout=args.task_timeout or None,
         reply=getattr(args, "reply", False) or None,
     )
-    try:
-        return await sender.send(*positional, **named)
-    except TypeError as exc:  # checked before publishing
-        raise ConfigError(f"{exc}; nothing was sent") from None
 
 
 def _loose(raw: str) -> Any:

@@ -312,7 +312,8 @@ async def test_send_with_app_uses_the_tasks_defaults_and_checks_arguments_before
     # `a=5` was a value of a type named `a`, and bad arguments were found by the worker
     from paota import Config, ManualClock, WorkerPool
     from paota.brokers.memory import MemoryBroker
-    from paota.cli.send import _send_typed
+    from paota.cli._common import UsageError
+    from paota.cli.send import _bind_typed, _typed_sender
     from paota.core.message import decode_message
 
     broker = MemoryBroker(clock=ManualClock())
@@ -329,6 +330,11 @@ async def test_send_with_app_uses_the_tasks_defaults_and_checks_arguments_before
 
     types = resize.parameter_go_types()
     assert types == {"path": "string", "width": "int", "sharp": "bool", "tags": "[]string"}
+
+    async def _send_typed(task: object, types: object, args: argparse.Namespace) -> object:
+        positional, named = _bind_typed(resize, resize.parameter_go_types(), args)
+        return await _typed_sender(resize, args).send(*positional, **named)
+
     async with pool:
         handle = await _send_typed(resize, types, options("path=a.png", "width=640", 'tags=["x"]'))
         [sent] = broker.messages("images")
@@ -343,12 +349,16 @@ async def test_send_with_app_uses_the_tasks_defaults_and_checks_arguments_before
         await _send_typed(resize, types, options("path=b", "width=1", retry_count=0))
         assert decode_message(broker.messages("images")[-1].body).retry_count == 0
         for bad, says in [
-            (["path=a.png"], "missing a required argument: 'width'"),
-            (["path=a", "width=wide"], "is not a valid int"),
+            (["path=a.png"], "resize: missing a required argument: 'width'; nothing was sent"),
+            (
+                ["path=a", "width=wide"],
+                r"resize: --arg width='wide' is not a valid int \(the parameter width is "
+                r"annotated int\); nothing was sent",
+            ),
             (["path=a", "width=1", "height:int=2"], "has no parameter 'height'"),
         ]:
-            with pytest.raises(ConfigError, match=says):
-                await _send_typed(resize, types, options(*bad))
+            with pytest.raises(UsageError, match=says):
+                _bind_typed(resize, types, options(*bad))
         assert len(broker.messages("images")) == 2  # nothing more was sent
 
 
