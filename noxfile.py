@@ -272,10 +272,16 @@ def cluster(session: nox.Session) -> None:
 @nox.session(python="3.11")
 @timed
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check."""
+    """ruff check and ruff format --check; the documentation site built in strict mode (a
+    warning, a broken link or a reference to a paota name that does not exist fails)."""
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "paota", "tests", "bench", "noxfile.py")
-    session.run("ruff", "format", "--check", "paota", "tests", "bench", "noxfile.py")
+    session.run("ruff", "check", "paota", "tests", "bench", "docs", "noxfile.py")
+    session.run("ruff", "format", "--check", "paota", "tests", "bench", "docs", "noxfile.py")
+    session.install("-e", ".[docs]")
+    session.run(
+        "sphinx-build", "-W", "--keep-going", "-n", "-E", "-q", "-b", "html",
+        "docs", os.path.join("docs", "_build", "html"),
+    )  # fmt: skip
 
 
 @nox.session(python="3.11")

@@ -367,8 +367,9 @@ class Client:
         the anchor defaulting to the Unix epoch). ``args`` / ``kwargs`` are the task's arguments
         for every slot; ``id`` names the schedule (default: the task's name) and must be stable
         across processes; ``misfire_grace_s`` is how late a missed slot may still run after
-        downtime (``catch_up=False``: only slots seen on time run). A :class:`paota.scheduler.
-        Scheduler` (``paota scheduler``, or ``WorkerPool(..., scheduler=True)``) sends the slots;
+        downtime (``catch_up=False``: only slots seen on time run). A
+        :class:`paota.scheduler.Scheduler` (``paota scheduler``, or ``WorkerPool(...,
+        scheduler=True)``) sends the slots;
         the task reads its slot's time as ``current_task().scheduled_at``. Raises
         :class:`~paota.ConfigError` for a bad expression, zone or interval.
         """

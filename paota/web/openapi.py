@@ -45,9 +45,25 @@ _TASK = {
         "name": {"type": "string"},
         "status": {"type": "string", "enum": _STATUSES},
         "queue": {"type": "string"},
-        "attempts": {"type": "integer"},
+        "attempts": {"type": "integer", "description": "retries done in this run"},
+        "runs": {
+            "type": "integer",
+            "description": "how many times this run's task started: attempts + 1 once started",
+        },
         "replays": {"type": "integer"},
         "worker": {"type": "string"},
+        "call": {
+            "type": "string",
+            "description": 'the task as called, e.g. resize(path="a.png", width=200), cut to 200',
+        },
+        "result_preview": {
+            "type": ["string", "null"],
+            "description": "the result's JSON cut to 120 characters (SUCCEEDED only)",
+        },
+        "runtime_s": {
+            "type": ["number", "null"],
+            "description": "finished_at - started_at, in seconds",
+        },
         "created_at": _TIME,
         "started_at": _TIME,
         "finished_at": _TIME,

@@ -14,9 +14,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from paota.core.protocols import REPLAYS_HEADER, Message, header_int, header_text
-from paota.core.state import TaskState
+from paota.core.state import TaskState, TaskStatus
 
-__all__ = ["dumps", "jsonable", "parked_item", "task_detail", "task_summary", "worker_item"]
+__all__ = [
+    "call_text",
+    "dumps",
+    "jsonable",
+    "parked_item",
+    "task_detail",
+    "task_summary",
+    "worker_item",
+]
 
 _DEPTH = 64
 
@@ -53,17 +61,62 @@ def _time(when: datetime | None) -> str | None:
     return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+#: How much of a call (``resize(path="a.png", width=200)``) and of a result the task list shows.
+CALL_CHARS = 200
+VALUE_CHARS = 60
+RESULT_CHARS = 120
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _value_text(value: Any, limit: int) -> str:
+    try:
+        text = json.dumps(jsonable(value), ensure_ascii=False)
+    except (TypeError, ValueError):  # pragma: no cover - jsonable gives JSON-safe values
+        text = str(value)
+    return _cut(text, limit)
+
+
+def call_text(name: str, args: Any) -> str:
+    """The task as its function was called, from the record's Go args:
+    ``resize(path="a.png", width=200)``; arguments without a name are positional; long values
+    and long calls are cut with an ellipsis."""
+    parts = []
+    for arg in args if isinstance(args, list) else []:
+        if isinstance(arg, Mapping):
+            arg_name, value = arg.get("Name"), arg.get("Value")
+        else:
+            arg_name, value = None, arg
+        shown = _value_text(value, VALUE_CHARS)
+        parts.append(f"{arg_name}={shown}" if isinstance(arg_name, str) and arg_name else shown)
+    return _cut(f"{name}({', '.join(parts)})", CALL_CHARS)
+
+
+def _runtime_s(state: TaskState) -> float | None:
+    if state.started_at is None or state.finished_at is None:
+        return None
+    return max(0.0, (state.finished_at - state.started_at).total_seconds())
+
+
 def task_summary(state: TaskState) -> dict[str, Any]:
-    """A record as the task list shows it (no args, result or traceback)."""
+    """A record as the task list shows it: the call, a preview of the result, the run time (no
+    full args, result or traceback)."""
     error = state.error
+    succeeded = state.status is TaskStatus.SUCCEEDED
     return {
         "id": state.task_id,
         "name": state.name,
         "status": state.status.value,
         "queue": state.queue,
         "attempts": state.attempts,
+        "runs": state.attempts + (1 if state.started_at is not None else 0),
         "replays": state.replays,
         "worker": state.worker,
+        "call": call_text(state.name, state.args),
+        "result_preview": _value_text(state.result, RESULT_CHARS) if succeeded else None,
+        "runtime_s": _runtime_s(state),
         "created_at": _time(state.created_at),
         "started_at": _time(state.started_at),
         "finished_at": _time(state.finished_at),
