@@ -6,7 +6,8 @@ Runs, in one process and one event loop:
   paota    ``send_task`` of N no-op tasks, drained by a WorkerPool (no store);
   +store   the same with the memory store recording PENDING, STARTED and SUCCEEDED per task;
   +3 mw    paota (no store) with three middlewares that override no hook (they cost nothing);
-  +3 hooks paota (no store) with three middlewares overriding every hook with a pass-through.
+  +3 hooks paota (no store) with three middlewares overriding every hook with a pass-through;
+  +beats   +store with a worker heartbeat (its per-queue counters count every outcome).
 Prints tasks/s for each, paota's ratio to raw, and the middleware runs' ratio to plain paota.
 
     python bench/memory.py [--tasks 20000] [--concurrency 100] [--repeat 3]
@@ -23,6 +24,7 @@ from typing import Any
 
 from paota import Config, Middleware, Outcome, PublishContext, Signature, TaskContext, WorkerPool
 from paota.brokers.memory import MemoryBroker
+from paota.middleware.heartbeat import HeartbeatMiddleware
 from paota.stores.memory import MemoryStore
 
 
@@ -125,7 +127,14 @@ async def main() -> None:
     print(
         f"python {platform.python_version()} on {platform.machine()}, {platform.processor() or '?'}"
     )
-    runs: dict[str, list[float]] = {"raw": [], "plain": [], "stored": [], "mw": [], "hooks": []}
+    runs: dict[str, list[float]] = {
+        "raw": [],
+        "plain": [],
+        "stored": [],
+        "mw": [],
+        "hooks": [],
+        "beats": [],
+    }
     for _ in range(args.repeat):  # interleaved, so a slow spell of the machine hits every run
         runs["raw"].append(await raw_ceiling(n, c))
         runs["plain"].append(await paota_run(n, c, with_store=False))
@@ -136,14 +145,20 @@ async def main() -> None:
         runs["hooks"].append(
             await paota_run(n, c, with_store=False, middleware=[PassThrough() for _ in range(3)])
         )
-    raw, plain, stored, mw, hooks = (
-        max(runs[k]) for k in ("raw", "plain", "stored", "mw", "hooks")
+        runs["beats"].append(
+            await paota_run(n, c, with_store=True, middleware=[HeartbeatMiddleware(60.0)])
+        )
+    raw, plain, stored, mw, hooks, beats = (
+        max(runs[k]) for k in ("raw", "plain", "stored", "mw", "hooks", "beats")
     )
     print(f"  raw asyncio.Queue     {raw:>10,.0f} msgs/s")
     print(f"  paota (no store)      {plain:>10,.0f} tasks/s   ratio to raw {plain / raw:.2f}")
     print(f"  paota + memory store  {stored:>10,.0f} tasks/s   ratio to raw {stored / raw:.2f}")
     print(f"  paota + 3 middlewares {mw:>10,.0f} tasks/s   ratio to paota {mw / plain:.2f}")
     print(f"  paota + 3 with hooks  {hooks:>10,.0f} tasks/s   ratio to paota {hooks / plain:.2f}")
+    print(
+        f"  + store + heartbeat   {beats:>10,.0f} tasks/s   ratio to + store {beats / stored:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -47,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.5,
         help="how often live views read the store, in seconds (0.5)",
     )
+    parser.add_argument(
+        "--monitor-interval",
+        type=float,
+        default=5.0,
+        help="how often the charts sample the queues and the workers' counters, in seconds (5)",
+    )
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -73,6 +79,7 @@ async def run(args: argparse.Namespace) -> int:
         token=None if args.insecure_open else token,
         open=args.insecure_open,
         poll_interval_s=args.poll_interval,
+        monitor_interval_s=args.monitor_interval,
     )
     config = uvicorn.Config(
         app,

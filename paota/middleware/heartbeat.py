@@ -19,7 +19,8 @@ a late worker (more than one interval) from a live one before it ages out.
 The record (JSON-like values, times in RFC 3339): ``name`` (the pool's), ``host``, ``pid``,
 ``queues`` (queue -> concurrency), ``concurrency`` (their sum), ``running`` (deliveries being
 handled now), ``tasks`` (registered names), ``started_at``, ``last_seen``, ``interval_s``,
-``ttl_s``, ``stats`` (the pool's counters), ``version``. Its key is ``host:pid:random``, so
+``ttl_s``, ``stats`` (the pool's counters), ``queue_stats`` (per queue: runs by outcome and a
+runtime histogram, :mod:`paota.middleware.counters`), ``version``. Its key is ``host:pid:random``, so
 processes that share a pool name never overwrite each other.
 """
 
@@ -36,9 +37,12 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from paota.core.context import TaskContext
 from paota.core.errors import ConfigError, StoreError
 from paota.core.middleware import Middleware
+from paota.core.outcome import Outcome
 from paota.core.protocols import Coordination, has_coordination
+from paota.middleware.counters import QueueCounters
 
 if TYPE_CHECKING:
     from paota.core.pool import WorkerPool
@@ -85,6 +89,7 @@ class HeartbeatMiddleware(Middleware):
         self._queues: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self.counters = QueueCounters()
 
     async def startup(self, worker: Any) -> None:
         """Write the first record and start beating."""
@@ -103,6 +108,12 @@ class HeartbeatMiddleware(Middleware):
         self._queues = dict(worker.consumed_queues())
         await self.beat()
         self._task = asyncio.create_task(self._beating(), name=f"{worker.name}-heartbeat")
+
+    async def after_outcome(self, task: TaskContext, outcome: Outcome) -> None:
+        """Count the outcome into the record's per-queue counters."""
+        pool = self._pool
+        if pool is not None:
+            self.counters.count(task.queue, outcome, task.started_at, pool.clock.now())
 
     async def shutdown(self, worker: Any) -> None:
         """Stop beating and delete the record (the worker is gone, not late)."""
@@ -141,6 +152,7 @@ class HeartbeatMiddleware(Middleware):
             "interval_s": self.interval_s,
             "ttl_s": self.ttl_s,
             "stats": dataclasses.asdict(pool.stats),
+            "queue_stats": self.counters.snapshot(),
             "version": _version(),
         }
 

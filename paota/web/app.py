@@ -20,6 +20,7 @@ A bug is a 500 with a one-line message (the traceback goes to the log, never to 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -45,6 +46,7 @@ except ModuleNotFoundError as exc:
 from paota.core.client import Client
 from paota.core.errors import BrokerError, ConfigError, StoreError
 from paota.web import ops
+from paota.web.monitor import Monitor
 from paota.web.openapi import openapi_document
 from paota.web.params import (
     MAX_PAGE,
@@ -263,21 +265,30 @@ def create_app(
     token: str | None = None,
     open: bool = False,
     poll_interval_s: float = 0.5,
+    monitor_interval_s: float = 5.0,
 ) -> Starlette:
     """The management API and dashboard for ``client``'s broker and store (see the module docs).
 
     ``token`` is the bearer token (default: ``PAOTA_WEB_TOKEN``; at least 16 characters);
     ``open=True`` runs without one, for loopback clients only. ``poll_interval_s`` is how often a
-    live view reads the store for changes. The app connects the client on its first request and
-    never closes it: the client is the caller's. Raises :class:`~paota.ConfigError` without a
-    token (and not open).
+    live view reads the store for changes; ``monitor_interval_s`` how often the charts sample the
+    queues and the workers' counters (:mod:`paota.web.monitor`; while the app runs under an ASGI
+    server's lifespan). The app connects the client on its first request and never closes it:
+    the client is the caller's. Raises :class:`~paota.ConfigError` without a token (and not open).
     """
     if isinstance(poll_interval_s, bool) or not isinstance(poll_interval_s, int | float):
         raise ConfigError(f"poll_interval_s={poll_interval_s!r} is not a number of seconds")
     if not 0.05 <= poll_interval_s <= 60:
         raise ConfigError(f"poll_interval_s={poll_interval_s!r} is not within 0.05..60 seconds")
+    if isinstance(monitor_interval_s, bool) or not isinstance(monitor_interval_s, int | float):
+        raise ConfigError(f"monitor_interval_s={monitor_interval_s!r} is not a number of seconds")
+    if not 0.1 <= monitor_interval_s <= 600:
+        raise ConfigError(
+            f"monitor_interval_s={monitor_interval_s!r} is not within 0.1..600 seconds"
+        )
     digest = _resolve_token(token, open)
-    api = _Api(client, float(poll_interval_s))
+    monitor = Monitor(client, interval_s=float(monitor_interval_s))
+    api = _Api(client, float(poll_interval_s), monitor)
     routes = [
         Route("/", _index, methods=["GET"]),
         Route("/api/openapi.json", api.openapi, methods=["GET"]),
@@ -292,13 +303,24 @@ def create_app(
         Route("/api/parked/{queue:str}/requeue", api.requeue, methods=["POST"]),
         Route("/api/queues", api.queues, methods=["GET"]),
         Route("/api/workers", api.workers, methods=["GET"]),
+        Route("/api/monitor", api.monitor, methods=["GET"]),
         Route("/api/schedules", api.schedules, methods=["GET"]),
         Route("/api/schedules/{schedule_id:path}/pause", api.pause, methods=["POST"]),
         Route("/api/schedules/{schedule_id:path}/resume", api.resume, methods=["POST"]),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await monitor.start()
+        try:
+            yield
+        finally:
+            await monitor.stop()
+
     app = Starlette(
         routes=routes,
+        lifespan=lifespan,
         exception_handlers={
             WebError: _web_error,
             HTTPException: _http_error,
@@ -310,6 +332,7 @@ def create_app(
     app.add_middleware(_Guard, token_digest=digest)
     app.add_middleware(_SecurityHeaders)
     app.state.paota_client = client
+    app.state.paota_monitor = monitor
     return app
 
 
@@ -358,9 +381,10 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 class _Api:
     """The endpoints (see :mod:`paota.web.openapi` for what each takes and answers)."""
 
-    def __init__(self, client: Client, poll_interval_s: float) -> None:
+    def __init__(self, client: Client, poll_interval_s: float, monitor: Monitor) -> None:
         self.client = client
         self.poll_interval_s = poll_interval_s
+        self._monitor = monitor
 
     async def openapi(self, request: Request) -> Response:
         return JSON(openapi_document())
@@ -509,6 +533,10 @@ class _Api:
     async def workers(self, request: Request) -> Response:
         check_fields(request.query_params, (), "query parameter")
         return JSON(await ops.list_workers(self.client))
+
+    async def monitor(self, request: Request) -> Response:
+        check_fields(request.query_params, (), "query parameter")
+        return JSON(self._monitor.to_json())
 
     async def schedules(self, request: Request) -> Response:
         query = request.query_params

@@ -142,13 +142,63 @@ _SEND = {
     "additionalProperties": False,
     "properties": {
         "name": {"type": "string", "minLength": 1, "maxLength": 500},
-        "args": _optional({"type": "array", "items": _ARG}),
+        "args": _optional(
+            {
+                "oneOf": [
+                    {"type": "array", "items": _ARG},
+                    {"type": "object", "description": "the arguments by name"},
+                ]
+            }
+        ),
         "queue": _optional(_NAME),
         "delay_s": _optional({"type": "number", "minimum": 0, "maximum": MAX_DELAY_S}),
         "priority": _optional({"type": "integer", "minimum": 0, "maximum": 255}),
         "retry_count": _optional({"type": "integer", "minimum": 0, "maximum": 1000}),
         "task_timeout": _optional({"type": "integer", "minimum": 0, "maximum": 2**31 - 1}),
         "id": _optional(_NAME),
+        "unchecked": _optional(
+            {
+                "type": "boolean",
+                "description": "send a name this server does not know (a task only other "
+                "workers run); known tasks are always checked",
+            }
+        ),
+    },
+}
+
+_WORKERS = {
+    "type": "object",
+    "required": ["items"],
+    "properties": {
+        "items": {"type": "array", "items": {"type": "object"}},
+        "consumers": {
+            "type": ["integer", "null"],
+            "description": "consumers the broker counts on the task queues (null: unknown)",
+        },
+        "store": {"type": "string"},
+    },
+}
+
+_MONITOR = {
+    "type": "object",
+    "required": ["interval_s", "window_s", "samples"],
+    "properties": {
+        "interval_s": {"type": "number"},
+        "window_s": {"type": "number"},
+        "runtime_bounds_ms": {"type": "array", "items": {"type": "number"}},
+        "samples": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["at", "queues", "parked", "workers"],
+                "properties": {
+                    "at": {"type": "string", "format": "date-time"},
+                    "queues": {"type": "object"},
+                    "parked": {"type": "object"},
+                    "workers": {"type": "integer"},
+                },
+            },
+        },
     },
 }
 
@@ -492,9 +542,21 @@ def openapi_document() -> dict[str, Any]:
             },
             "/api/workers": {
                 "get": {
-                    "summary": "the live workers (their heartbeat records)",
+                    "summary": "the live workers (their heartbeat records), with the consumers "
+                    "the broker counts on the task queues",
                     "operationId": "listWorkers",
-                    "responses": {"200": _json(items, "the workers"), **_errors(400, 501)},
+                    "responses": {"200": _json(_WORKERS, "the workers"), **_errors(400, 501)},
+                }
+            },
+            "/api/monitor": {
+                "get": {
+                    "summary": "the charts' samples of the last hour: per queue, runs per second "
+                    "by outcome, runtime percentiles and depth; parked counts",
+                    "operationId": "monitor",
+                    "responses": {
+                        "200": _json(_MONITOR, "the samples, oldest first"),
+                        **_errors(400),
+                    },
                 }
             },
             "/api/schedules": {

@@ -10,6 +10,7 @@ Each function raises :class:`~paota.web.params.WebError` for what the caller got
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import Counter
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from paota.core.client import Client
-from paota.core.errors import ConfigError, DecodeError
+from paota.core.errors import BrokerError, ConfigError, DecodeError
 from paota.core.message import Arg, Signature, decode_message
 from paota.core.protocols import (
     MAX_DELAY_S,
@@ -32,6 +33,7 @@ from paota.core.protocols import (
     has_queue_stats,
 )
 from paota.core.state import TaskState, TaskStatus, task_state
+from paota.core.tasks import ArgumentError, BindError, Task
 from paota.web.params import (
     WebError,
     bad,
@@ -62,7 +64,17 @@ logger = logging.getLogger("paota.web")
 
 #: Fields of a send request (``POST /api/tasks``).
 SEND_FIELDS = frozenset(
-    {"name", "args", "queue", "delay_s", "priority", "retry_count", "task_timeout", "id"}
+    {
+        "name",
+        "args",
+        "queue",
+        "delay_s",
+        "priority",
+        "retry_count",
+        "task_timeout",
+        "id",
+        "unchecked",
+    }
 )
 #: Fields of a requeue request.
 REQUEUE_FIELDS = frozenset({"reason", "task_ids", "limit"})
@@ -152,9 +164,16 @@ def _arg(value: Any, index: int) -> Arg:
 
 
 async def send_task(client: Client, body: Mapping[str, Any]) -> dict[str, Any]:
-    """Send a task by name: ``{"name", "args": [...], "queue", "delay_s", "priority",
-    "retry_count", "task_timeout", "id"}``. An argument is a JSON value (its Go type inferred) or
-    ``{"name", "type", "value"}``. The registered task's defaults apply when the client knows it.
+    """Send a task by name: ``{"name", "args", "queue", "delay_s", "priority", "retry_count",
+    "task_timeout", "id", "unchecked"}``.
+
+    ``args`` is an array (an argument is a JSON value, its Go type inferred, or ``{"name",
+    "type", "value"}``) or an object of arguments by name. When the app knows the task (it is
+    registered on the pool or client the app serves), the arguments are bound to its function as
+    a worker would bind them: a missing, extra or ill-typed argument is a 400 naming it, and
+    nothing is sent; the task's defaults apply. A name the app does not know is a 400 when the
+    app knows any task, unless ``"unchecked": true`` (a task only other workers run, a Go
+    worker's say); an app that knows no task sends every name unchecked.
     """
     check_fields(body, SEND_FIELDS, "field")
     name = opt_str(body, "name")
@@ -162,32 +181,97 @@ async def send_task(client: Client, body: Mapping[str, Any]) -> dict[str, Any]:
         raise bad("name", "is required: the registered name of the task to send")
     if len(name) > 500:
         raise bad("name", "is longer than 500 characters")
+    unchecked = body.get("unchecked", False)
+    if not isinstance(unchecked, bool):
+        raise bad("unchecked", "must be true or false")
     raw_args = body.get("args")
     if raw_args is None:
         raw_args = []
-    if not isinstance(raw_args, list):
-        raise bad("args", "must be an array of values or of {name, type, value} objects")
-    args = [_arg(value, i) for i, value in enumerate(raw_args)]
+    if not isinstance(raw_args, list | Mapping):
+        raise bad(
+            "args",
+            "must be an array of values or of {name, type, value} objects, or an object of "
+            "arguments by name",
+        )
     queue = opt_str(body, "queue", name_like=True)
     delay_s = opt_number(body, "delay_s", lo=0, hi=MAX_DELAY_S)
     priority = opt_int(body, "priority", lo=0, hi=255)
     retry_count = opt_int(body, "retry_count", lo=0, hi=1000)
     task_timeout = opt_int(body, "task_timeout", lo=0, hi=2**31 - 1)
     task_id = opt_str(body, "id", name_like=True) or ""
-    options = _task_defaults(client, name)
-    for field, value in (
-        ("priority", priority),
-        ("retry_count", retry_count),
-        ("task_timeout", task_timeout),
-    ):
-        if value is not None:
-            options[field] = value
-    sig = Signature(name, args=args, uuid=task_id, **options)
+    task = client.registered_task(name)
+    if task is None and client.task_names and not unchecked:
+        known = ", ".join(client.task_names[:20])
+        raise bad(
+            "name",
+            f"{name!r} is not a task this server knows (it knows {known}); send with "
+            '"unchecked": true for a task that only other workers run',
+            allowed=client.task_names,
+        )
+    if task is not None and not task.go_style:
+        sig = _checked_signature(task, raw_args)
+    else:
+        if isinstance(raw_args, Mapping):
+            args = [
+                _arg({"name": str(k), "value": v}, i) for i, (k, v) in enumerate(raw_args.items())
+            ]
+        else:
+            args = [_arg(value, i) for i, value in enumerate(raw_args)]
+        sig = Signature(name, args=args, **_task_defaults(client, name))
+    overrides = {
+        field: value
+        for field, value in (
+            ("priority", priority),
+            ("retry_count", retry_count),
+            ("task_timeout", task_timeout),
+        )
+        if value is not None
+    }
+    sig = sig.replace(uuid=task_id, **overrides)
     store = client.store
     if task_id and store is not None and await store.get(task_id) is not None:
         raise WebError(409, f"id: a task {task_id!r} exists already", field="id")
     handle = await client.send_task(sig, queue=queue, delay_s=delay_s)
     return {"id": handle.id, "name": name, "queue": handle.queue}
+
+
+def _checked_signature(task: Task[Any, Any], raw_args: list[Any] | Mapping[str, Any]) -> Signature:
+    """The signature of ``task`` called with ``raw_args``, checked as its worker will bind it
+    (with the task's defaults); a 400 naming what does not fit."""
+    positional: list[Any] = []
+    named: dict[str, Any] = {}
+    if isinstance(raw_args, Mapping):
+        named = {str(key): value for key, value in raw_args.items()}
+    else:
+        for index, value in enumerate(raw_args):
+            arg = _arg(value, index)  # a value JSON cannot carry is a 400 naming its index
+            if arg.name:
+                named[arg.name] = arg.value
+            else:
+                positional.append(arg.value)
+    function = inspect.signature(task.fn)
+    shown = f"{task.name}({', '.join(_parameter(p) for p in function.parameters.values())})"
+    try:
+        function.bind(*positional, **named)
+        sig = task.signature(*positional, **named).to_signature()
+    except ArgumentError as exc:
+        raise bad("args", f"{exc}; nothing was sent") from None
+    except TypeError as exc:
+        raise bad("args", f"do not fit {shown}: {exc}; nothing was sent") from None
+    try:
+        task.bind(sig)
+    except BindError as exc:
+        raise bad("args", f"do not fit {shown}: {exc}; nothing was sent") from None
+    return sig
+
+
+def _parameter(parameter: inspect.Parameter) -> str:
+    """``width: int`` (an annotation written as text shows as written)."""
+    annotation = parameter.annotation
+    if annotation is inspect.Parameter.empty:
+        return parameter.name
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", None)
+    return f"{parameter.name}: {text or annotation}"
 
 
 def _task_defaults(client: Client, name: str) -> dict[str, Any]:
@@ -364,7 +448,8 @@ async def requeue_parked(
 # --- queues, workers, schedules ------------------------------------------------------------------
 
 
-async def _worker_docs(client: Client) -> list[dict[str, Any]] | None:
+async def worker_docs(client: Client) -> list[dict[str, Any]] | None:
+    """The live workers' heartbeat records; None when the store cannot hold them."""
     store = client.store
     if not has_coordination(store):
         return None
@@ -373,15 +458,19 @@ async def _worker_docs(client: Client) -> list[dict[str, Any]] | None:
     return await heartbeats(store)
 
 
-async def list_queues(client: Client) -> dict[str, Any]:
+async def list_queues(
+    client: Client, *, docs: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """The task queues (the default one, the registered tasks', the workers') and the parking
-    queues, each with its messages ready and consumers, as the broker counts them."""
+    queues, each with its messages ready and consumers, as the broker counts them (``docs``: the
+    workers' records, when the caller has read them already)."""
     await client.connect()
     broker = client.broker
     names: dict[str, str] = {broker.default_queue: "task"}
     for queue in sorted(client._registry.queues()):
         names.setdefault(queue, "task")
-    docs = await _worker_docs(client) or []
+    if docs is None:
+        docs = await worker_docs(client) or []
     for doc in docs:
         queues = doc.get("queues")
         if isinstance(queues, Mapping):
@@ -429,13 +518,27 @@ async def list_queues(client: Client) -> dict[str, Any]:
 
 
 async def list_workers(client: Client) -> dict[str, Any]:
-    """The live workers' heartbeat records; 501 when the store cannot hold them."""
+    """The live workers' heartbeat records, with the number of consumers the broker counts on the
+    task queues (so that a page can say why a consuming worker is not listed); 501 when the store
+    cannot hold the records."""
     await client.connect()
-    docs = await _worker_docs(client)
+    docs = await worker_docs(client)
     if docs is None:
         raise WebError(501, "the store has no Coordination capability: it keeps no worker records")
     now = datetime.now(UTC)
-    return {"items": [worker_item(doc, now) for doc in docs]}
+    consumers: int | None = None
+    try:
+        queues = (await list_queues(client, docs=docs))["items"]
+        counted = [q["consumers"] for q in queues if q["kind"] == "task"]
+        if all(isinstance(c, int) for c in counted):
+            consumers = sum(counted)
+    except (WebError, BrokerError):
+        consumers = None  # the workers are still worth showing
+    return {
+        "items": [worker_item(doc, now) for doc in docs],
+        "consumers": consumers,
+        "store": type(client.store).__name__,
+    }
 
 
 def _schedules(client: Client) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 import uuid
@@ -121,6 +122,8 @@ class Deployment:
             str(self.port),
             "--target",
             APP,
+            "--monitor-interval",
+            "0.5",
             env=self.env(PAOTA_WEB_TOKEN=TOKEN),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
@@ -369,6 +372,11 @@ async def browser() -> AsyncIterator[Any]:
             await launched.close()
 
 
+async def quiet(page: Any) -> None:
+    """Hide the notice of the last action, for a screenshot of the page itself."""
+    await page.evaluate("document.getElementById('notice').hidden = true")
+
+
 async def test_the_dashboard_retries_a_failed_task_and_shows_it_succeed(
     deployment: Deployment, browser: Any
 ) -> None:
@@ -394,6 +402,36 @@ async def test_the_dashboard_retries_a_failed_task_and_shows_it_succeed(
         await page.fill("#token", TOKEN)
         await page.click("#login-form button[type=submit]")
         await page.wait_for_selector("#tasks tbody tr[data-task-id]")
+        # the list shows each task as called, its result or error, how long it ran and its runs
+        add_row = page.locator("#tasks tbody tr", has_text="Add(5, 50)")
+        await expect(add_row.locator(".outcome")).to_have_text("55", timeout=10_000)
+        assert (await add_row.locator(".runtime").inner_text()).endswith(" ms")
+        assert await add_row.locator(".runs").inner_text() == "1"
+        assert await add_row.locator("button[data-action=retry]").inner_text() == "Run again"
+        failed_row = page.locator(f'#tasks tr[data-task-id="{task_id}"]')
+        await expect(failed_row.locator(".outcome")).to_have_text(
+            "RuntimeError: the marker file is missing"
+        )
+        assert await failed_row.locator("button[data-action=retry]").inner_text() == "Retry"
+        # the send form checks the arguments against the task the server knows
+        await page.click("#send summary")
+        await page.fill("#send-form input[name=name]", "Add")
+        await page.fill("#send-form input[name=args]", "[1]")
+        await page.click("#send-form button[type=submit]")
+        await expect(page.locator("#send-error")).to_contain_text(
+            "missing a required argument: 'b'"
+        )
+        await page.fill("#send-form input[name=args]", '{"a": 1, "b": "x"}')
+        await page.click("#send-form button[type=submit]")
+        await expect(page.locator("#send-error")).to_contain_text("argument 'b' should be int")
+        await page.fill("#send-form input[name=args]", '{"a": 20, "b": 22}')
+        await page.click("#send-form button[type=submit]")
+        await expect(page.locator("#notice")).to_contain_text("sent to")
+        await page.wait_for_selector(
+            '#tasks tbody tr:has-text("Add(a=20, b=22)") .status[data-status="SUCCEEDED"]'
+        )
+        await page.locator("#send summary").click()  # closed again for the screenshot
+        await quiet(page)
         await page.screenshot(path=str(SCREENSHOTS / "dashboard-tasks.png"))
         # filters the list to failed tasks
         await page.select_option("#task-filters select[name=status]", "FAILED")
@@ -408,16 +446,20 @@ async def test_the_dashboard_retries_a_failed_task_and_shows_it_succeed(
         await page.wait_for_selector("#task-error")
         assert "the marker file is missing" in await page.inner_text("#task-error")
         assert "RuntimeError" in await page.inner_text("#task-traceback")
+        await quiet(page)
         await page.screenshot(path=str(SCREENSHOTS / "dashboard-failed-task.png"), full_page=True)
+        assert await page.inner_text("#task-call") == "Flaky(41)"
         # and clicks Retry once the cause is fixed
         deployment.marker.touch()
         await page.click("#retry")
         # then the page shows it running, then succeeded, live
         await page.wait_for_selector('h1 .status[data-status="STARTED"]', timeout=20_000)
+        await quiet(page)
         await page.screenshot(path=str(SCREENSHOTS / "dashboard-running.png"))
         await page.wait_for_selector('h1 .status[data-status="SUCCEEDED"]', timeout=20_000)
         shown_at = datetime.now(UTC)
         assert await page.inner_text("#task-result") == "42"
+        await quiet(page)
         await page.screenshot(path=str(SCREENSHOTS / "dashboard-succeeded.png"), full_page=True)
         assert deployment.producer is not None
         state = await deployment.producer.require_store().get(task_id)
@@ -430,19 +472,50 @@ async def test_the_dashboard_retries_a_failed_task_and_shows_it_succeed(
         await page.wait_for_selector("#parked")
         await page.goto(deployment.url + "/#/queues")
         await page.wait_for_selector(f'#queues td:text-is("{deployment.config.task_queue_name}")')
+        await quiet(page)
         await page.screenshot(path=str(SCREENSHOTS / "dashboard-queues.png"))
         await page.goto(deployment.url + "/#/workers")
         await page.wait_for_selector('#workers td:text-is("web-worker")')
+        worker_row = page.locator("#workers tbody tr", has_text="web-worker")
+
+        async def counted_all() -> bool:  # the page reloads every 3 s, the record every 1 s
+            # 6 Add, Flaky failed, the form's Add, Flaky run again
+            return int(await worker_row.locator(".processed").inner_text() or 0) >= 9
+
+        await eventually(counted_all, 30, "the workers page counts every run")
+        await quiet(page)
         await page.screenshot(path=str(SCREENSHOTS / "dashboard-workers.png"))
+        # the charts render, and move when tasks run
+        await page.goto(deployment.url + "/#/monitor?minutes=5")
+        queue = deployment.config.task_queue_name
+        throughput = page.locator(f'#chart-throughput polyline[data-series="{queue}"]')
+        await throughput.wait_for(state="attached", timeout=30_000)
+        for chart in ("throughput", "failures", "retries", "runtime", "depth", "parked"):
+            await page.wait_for_selector(f"#chart-{chart} svg")
+        # (a rate holds from the beat after the runs to the next beat: count its samples)
+        before = int(await throughput.get_attribute("data-positive") or 0)
+        for i in range(40):
+            await deployment.send("Add", i, i)
+
+        async def moved() -> bool:
+            return int(await throughput.get_attribute("data-positive") or 0) > before
+
+        await eventually(moved, 60, "the throughput chart shows the runs")
+        runtime = page.locator("#chart-runtime polyline[data-series^=p95]")
+        await expect(runtime).to_have_attribute("data-last", re.compile(r"^[0-9.]+$"))
+        await quiet(page)
+        await page.screenshot(path=str(SCREENSHOTS / "dashboard-monitor.png"), full_page=True)
         await page.goto(deployment.url + "/#/schedules")
         await page.wait_for_selector('#schedules [data-schedule-id="hourly-report"]')
         await page.click('#schedules [data-schedule-id="hourly-report"] button')
         await page.wait_for_selector('#schedules [data-action="resume"]')
+        await quiet(page)
         await page.screenshot(path=str(SCREENSHOTS / "dashboard-schedules.png"))
         await page.goto(deployment.url + "/#/tasks")
         await page.wait_for_selector(
             f'#tasks tr[data-task-id="{task_id}"] .status[data-status="SUCCEEDED"]'
         )
+        await quiet(page)
         await page.screenshot(path=str(SCREENSHOTS / "dashboard.png"))
         assert violations == []
     finally:

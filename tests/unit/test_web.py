@@ -17,7 +17,16 @@ from typing import Any
 import httpx
 import pytest
 
-from paota import Config, ConfigError, ManualClock, ParkQueue, TaskStatus, WorkerPool
+from paota import (
+    Arg,
+    Config,
+    ConfigError,
+    ManualClock,
+    ParkQueue,
+    Signature,
+    TaskStatus,
+    WorkerPool,
+)
 from paota.brokers.memory import MemoryBroker
 from paota.cli import main
 from paota.middleware.heartbeat import HeartbeatMiddleware
@@ -243,7 +252,8 @@ async def test_one_task_shows_args_attempts_worker_times_error_and_traceback(web
     assert response.status_code == 200
     task = response.json()
     assert task["status"] == "FAILED" and task["name"] == "Fail"
-    assert task["args"] == [{"Name": "", "Type": "string", "Value": "it broke"}]
+    # the app knows the task: its arguments were named after the function's parameters
+    assert task["args"] == [{"Name": "why", "Type": "string", "Value": "it broke"}]
     assert task["attempts"] == 0 and task["replays"] == 0 and task["worker"] == "web-test"
     assert task["queue"] == "paota_tasks"
     assert task["created_at"] and task["started_at"] and task["finished_at"]
@@ -307,6 +317,51 @@ async def test_a_bad_send_gets_400_naming_the_field_and_sends_nothing(
     assert response.status_code == 400, response.text
     assert error_of(response)["field"] == field
     assert await snapshot(web) == before
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"name": "add", "args": [1, "x"]}, "do not fit add(a: int, b: int)"),
+        ({"name": "add", "args": [1]}, "missing a required argument: 'b'"),
+        ({"name": "add", "args": {"a": 1, "b": 2, "c": 3}}, "unexpected keyword argument 'c'"),
+        ({"name": "add", "args": [1, 2, 3]}, "too many positional arguments"),
+    ],
+)
+async def test_a_send_is_checked_against_the_tasks_function(
+    web: Setup, body: dict[str, Any], says: str
+) -> None:
+    # add(1, "x"), add(1) ... were accepted and parked later as bad-arguments
+    before = await snapshot(web)
+    response = await web.http.post("/api/tasks", json=body)
+    assert response.status_code == 400, response.text
+    error = error_of(response)
+    assert error["field"] == "args" and says in error["message"], error
+    assert "nothing was sent" in error["message"]
+    assert await snapshot(web) == before
+
+
+async def test_an_unknown_name_is_refused_unless_sent_unchecked(web: Setup) -> None:
+    before = await snapshot(web)
+    response = await web.http.post("/api/tasks", json={"name": "ad", "args": [1, 2]})
+    assert response.status_code == 400, response.text
+    error = error_of(response)
+    assert error["field"] == "name" and "'ad' is not a task this server knows" in error["message"]
+    assert "add" in error["allowed"]
+    assert await snapshot(web) == before
+    # a task only other workers run (a Go worker's, say) is sent when the sender says so
+    sent = await web.http.post(
+        "/api/tasks", json={"name": "GoOnly", "args": [1], "unchecked": True, "queue": "go"}
+    )
+    assert sent.status_code == 201, sent.text
+
+
+async def test_arguments_by_name_are_bound_to_the_function(web: Setup) -> None:
+    response = await web.http.post("/api/tasks", json={"name": "add", "args": {"b": 2, "a": 40}})
+    assert response.status_code == 201, response.text
+    await web.idle()
+    task = (await web.http.get(f"/api/tasks/{response.json()['id']}")).json()
+    assert task["result"] == 42 and task["call"] == "add(a=40, b=2)"
 
 
 @pytest.mark.parametrize(
@@ -461,7 +516,8 @@ async def test_cancel_a_delayed_task_then_delete_its_record(web: Setup) -> None:
 async def test_parked_messages_are_browsed_by_reason_and_requeued(web: Setup) -> None:
     # given three failed tasks and one whose arguments do not fit
     failed = [await send(web, "Fail", f"no {i}") for i in range(3)]
-    unfit = await send(web, "add", "one")  # a missing argument: parked as bad-arguments
+    # (the API refuses arguments that do not fit a task it knows: an unchecked producer sent it)
+    unfit = (await web.pool.send_task(Signature("add", args=(Arg("", "string", "one"),)))).id
     await web.idle()
     before = await snapshot(web)
     # when the failed queue is browsed
@@ -474,7 +530,7 @@ async def test_parked_messages_are_browsed_by_reason_and_requeued(web: Setup) ->
     assert item["reason"] == "retries-exhausted" and item["name"] == "Fail"
     assert item["error"] == {"type": "ValueError", "message": "no 0"}
     assert item["origin_queue"] == "paota_tasks" and item["worker"] == "web-test"
-    assert item["args"] == [{"Name": "", "Type": "string", "Value": "no 0"}]
+    assert item["args"] == [{"Name": "why", "Type": "string", "Value": "no 0"}]
     assert await snapshot(web) == before
     by_reason = await web.http.get("/api/parked/failed", params={"reason": "bad-arguments"})
     assert [i["id"] for i in by_reason.json()["items"]] == [unfit]

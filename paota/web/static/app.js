@@ -64,7 +64,17 @@ function time(text) {
   if (!text) return "";
   const when = new Date(text);
   if (Number.isNaN(when.getTime())) return text;
-  return when.toLocaleString(undefined, { hour12: false });
+  return when.toLocaleString(undefined, {
+    year: "numeric", month: "2-digit", day: "2-digit",
+    hour: "2-digit", minute: "2-digit", second: "2-digit", fractionalSecondDigits: 3, hour12: false,
+  });
+}
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "";
+  if (seconds < 1) return `${(seconds * 1000).toFixed(seconds < 0.01 ? 2 : 1)} ms`;
+  if (seconds < 120) return `${seconds.toFixed(2)} s`;
+  return `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
 }
 
 function statusBadge(status) { return h("span", { class: `status ${status}`, "data-status": status }, status); }
@@ -151,10 +161,18 @@ function taskQuery(params) {
   return query;
 }
 
+function againLabel(task) { return task.status === "SUCCEEDED" ? "Run again" : "Retry"; }
+
+function runAgain(task, refresh) {
+  // A task that succeeded runs again only when the person says so: its work is done.
+  if (task.status === "SUCCEEDED" && !confirm(`${task.name} succeeded already. Run it again, as a new run?`)) return;
+  retryTask(task.id, refresh);
+}
+
 function taskActions(task, refresh) {
   const actions = [];
   if (FINAL.has(task.status)) {
-    actions.push(h("button", { class: "small", "data-action": "retry", onclick: () => retryTask(task.id, refresh) }, "Retry"));
+    actions.push(h("button", { class: "small", "data-action": "retry", onclick: () => runAgain(task, refresh) }, againLabel(task)));
   } else {
     actions.push(h("button", { class: "small danger", "data-action": "cancel", onclick: () => cancelTask(task.id, refresh) }, "Cancel"));
   }
@@ -177,20 +195,58 @@ async function cancelTask(id, refresh) {
   } catch (err) { notice(err.message, true); }
 }
 
+function outcomeCell(task) {
+  if (task.progress !== null && task.progress !== undefined && !FINAL.has(task.status)) return progressBar(task.progress);
+  if (task.error) return h("span", { class: "error", title: `${task.error.type}: ${task.error.message}` }, `${task.error.type}: ${task.error.message}`);
+  if (task.result_preview !== null && task.result_preview !== undefined) return h("span", { class: "mono result", title: task.result_preview }, task.result_preview);
+  return "";
+}
+
 function taskRows(items, refresh) {
   if (!items.length) return [h("tr", {}, h("td", { class: "empty", colspan: 10 }, "No tasks match."))];
   return items.map((task) => h("tr", { "data-task-id": task.id },
-    h("td", { class: "mono" }, h("a", { href: `#/task/${encodeURIComponent(task.id)}` }, task.id)),
-    h("td", {}, task.name),
+    h("td", { class: "mono id" }, h("a", { href: `#/task/${encodeURIComponent(task.id)}`, title: task.id }, task.id)),
+    h("td", { class: "mono call", title: task.call || task.name }, task.call || task.name),
     h("td", {}, statusBadge(task.status)),
+    h("td", { class: "outcome" }, outcomeCell(task)),
+    h("td", { class: "num runtime" }, duration(task.runtime_s)),
+    h("td", { class: "num runs", title: `${task.attempts} retr${task.attempts === 1 ? "y" : "ies"} done; run ${task.replays + 1}` }, task.runs ?? task.attempts),
     h("td", {}, task.queue),
-    h("td", { class: "num" }, task.attempts),
-    h("td", { class: "num" }, task.replays),
     h("td", {}, task.worker),
-    h("td", {}, time(task.created_at)),
-    h("td", {}, task.progress !== null && !FINAL.has(task.status) ? progressBar(task.progress) : (task.error ? h("span", { class: "error", title: task.error.message }, task.error.type) : "")),
+    h("td", { class: "when" }, time(task.created_at)),
     h("td", {}, taskActions(task, refresh)),
   ));
+}
+
+function sendForm() {
+  const error = h("p", { class: "error", id: "send-error", hidden: true });
+  const names = h("datalist", { id: "task-names" });
+  api("info").then((info) => names.replaceChildren(...(info.tasks || []).map((n) => h("option", { value: n })))).catch(() => {});
+  const form = h("form", { class: "filters", id: "send-form" },
+    h("label", {}, "Task", h("input", { name: "name", list: "task-names", required: true, placeholder: "resize" })),
+    h("label", { class: "wide" }, "Arguments (JSON: [values] or {\"name\": value})", h("input", { name: "args", placeholder: '{"path": "a.png", "width": 200}' })),
+    h("label", {}, "Queue", h("input", { name: "queue", placeholder: "(the task's)" })),
+    h("label", {}, "Delay (s)", h("input", { name: "delay_s", type: "number", min: "0", step: "any" })),
+    h("button", { type: "submit", class: "primary" }, "Send"),
+    names,
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.hidden = true;
+    const data = new FormData(form);
+    const body = { name: String(data.get("name") || "").trim() };
+    const args = String(data.get("args") || "").trim();
+    if (args) {
+      try { body.args = JSON.parse(args); } catch (err) { error.textContent = `args: not JSON (${err.message})`; error.hidden = false; return; }
+    }
+    if (data.get("queue")) body.queue = String(data.get("queue")).trim();
+    if (data.get("delay_s")) body.delay_s = Number(data.get("delay_s"));
+    try {
+      const sent = await api("tasks", { method: "POST", body: JSON.stringify(body) });
+      notice(`Task ${sent.id} sent to ${sent.queue}.`);
+    } catch (err) { error.textContent = err.message; error.hidden = false; }
+  });
+  return h("details", { class: "send", id: "send" }, h("summary", {}, "Send a task"), form, error);
 }
 
 function isoOrEmpty(local) { return local ? new Date(local).toISOString() : ""; }
@@ -226,10 +282,10 @@ async function tasksPage(params, signal) {
   });
   const body = h("tbody", { id: "task-rows" });
   const table = h("table", { id: "tasks" },
-    h("thead", {}, h("tr", {}, ["Id", "Name", "Status", "Queue", "Attempts", "Replays", "Worker", "Created", "Progress / error", ""].map((t, i) => h("th", { class: i === 4 || i === 5 ? "num" : null }, t)))),
+    h("thead", {}, h("tr", {}, ["Id", "Task", "Status", "Result / error", "Runtime", "Runs", "Queue", "Worker", "Created", ""].map((t, i) => h("th", { class: i === 4 || i === 5 ? "num" : null }, t)))),
     body);
   const pager = h("div", { class: "pager" });
-  main.replaceChildren(h("h1", {}, "Tasks"), form, table, pager);
+  main.replaceChildren(h("h1", {}, "Tasks"), sendForm(), form, table, pager);
 
   const query = taskQuery(params);
   const refresh = async () => {
@@ -257,7 +313,7 @@ function field(name, value) { return [h("dt", {}, name), h("dd", {}, value === "
 function renderTask(task, container, refresh) {
   const actions = h("div", { class: "actions" },
     FINAL.has(task.status)
-      ? h("button", { class: "primary", id: "retry", "data-action": "retry", onclick: () => retryTask(task.id, refresh) }, "Retry")
+      ? h("button", { class: "primary", id: "retry", "data-action": "retry", onclick: () => runAgain(task, refresh) }, againLabel(task))
       : h("button", { class: "danger", id: "cancel", "data-action": "cancel", onclick: () => cancelTask(task.id, refresh) }, "Cancel"),
     FINAL.has(task.status)
       ? h("button", { class: "danger", id: "delete", onclick: async () => {
@@ -273,8 +329,9 @@ function renderTask(task, container, refresh) {
       field("Name", task.name),
       field("Status", statusBadge(task.status)),
       field("Queue", task.queue),
-      field("Attempts", String(task.attempts)),
-      field("Run (replays)", String(task.replays)),
+      field("Runs", `${task.runs ?? task.attempts} (${task.attempts} retr${task.attempts === 1 ? "y" : "ies"} done)`),
+      field("Replays", String(task.replays)),
+      field("Runtime", duration(task.runtime_s)),
       field("Worker", task.worker),
       field("Created", time(task.created_at)),
       field("Started", time(task.started_at)),
@@ -284,8 +341,10 @@ function renderTask(task, container, refresh) {
       field("Workflow", task.workflow_id),
       field("Expires", time(task.expires_at)),
     )),
+    h("h2", {}, "Call"),
+    h("pre", { id: "task-call" }, task.call || task.name),
     h("h2", {}, "Arguments"),
-    h("pre", { id: "task-args" }, JSON.stringify(task.args, null, 2)),
+    argsTable(task.args),
   ];
   if (task.status === "SUCCEEDED") parts.push(h("h2", {}, "Result"), h("pre", { id: "task-result" }, JSON.stringify(task.result, null, 2)));
   if (task.error) {
@@ -293,6 +352,19 @@ function renderTask(task, container, refresh) {
     if (task.error.traceback) parts.push(h("pre", { id: "task-traceback" }, task.error.traceback));
   }
   container.replaceChildren(...parts);
+}
+
+function argsTable(args) {
+  if (!Array.isArray(args) || !args.length) return h("p", { class: "muted", id: "task-args" }, "No arguments.");
+  return h("table", { id: "task-args", class: "args" },
+    h("thead", {}, h("tr", {}, ["Name", "Go type", "Value"].map((t) => h("th", {}, t)))),
+    h("tbody", {}, args.map((arg, i) => {
+      const named = arg && typeof arg === "object" && ("Value" in arg);
+      return h("tr", {},
+        h("td", { class: "mono" }, named && arg.Name ? arg.Name : `#${i}`),
+        h("td", { class: "mono" }, named ? arg.Type : ""),
+        h("td", { class: "mono" }, JSON.stringify(named ? arg.Value : arg)));
+    })));
 }
 
 async function taskPage(id, signal) {
@@ -375,25 +447,150 @@ async function queuesPage(signal) {
   every(2000, load, signal);
 }
 
+function workerRows(items) {
+  const processes = new Map();
+  for (const w of items) processes.set(`${w.name}@${w.host}`, (processes.get(`${w.name}@${w.host}`) || 0) + 1);
+  return items.map((w) => h("tr", { "data-worker": w.key },
+    h("td", {}, w.name), h("td", {}, w.host), h("td", { class: "num" }, w.pid ?? ""),
+    h("td", { class: "num" }, processes.get(`${w.name}@${w.host}`)),
+    h("td", { class: "mono" }, Object.entries(w.queues).map(([q, c]) => `${q}=${c}`).join(", ")),
+    h("td", { class: "num" }, `${w.running ?? "?"}/${w.concurrency ?? "?"}`),
+    h("td", { class: "num processed" }, w.stats.received ?? ""),
+    h("td", { class: "num" }, w.stats.succeeded ?? ""),
+    h("td", { class: "num" }, w.stats.retried ?? ""),
+    h("td", { class: "num" }, w.stats.failed ?? ""),
+    h("td", {}, time(w.started_at)),
+    h("td", { class: w.late ? "error" : null }, time(w.last_seen) + (w.late ? " (late)" : "")),
+  ));
+}
+
+const WORKER_COLUMNS = ["Name", "Host", "PID", "Processes", "Queues", "Running", "Processed", "Succeeded", "Retried", "Failed", "Started", "Last heartbeat"];
+
+function noWorkers(page) {
+  // RabbitMQ may count consumers that never wrote a heartbeat here: say what a worker needs.
+  const why = "A worker appears here when it runs with the same store as this dashboard (PAOTA_STORE=mongodb with the same PAOTA_MONGO_URI and PAOTA_MONGO_DB) and heartbeats on (PAOTA_HEARTBEAT_INTERVAL not 0; the first beat comes when it starts).";
+  const text = page.consumers ? `The broker counts ${page.consumers} consumer(s) on the task queues, but none has recorded a heartbeat in this dashboard's store (${page.store}). ${why}` : `No worker has recorded a heartbeat. ${why}`;
+  return [h("tr", {}, h("td", { class: "empty", id: "no-workers", colspan: WORKER_COLUMNS.length }, text))];
+}
+
 async function workersPage(signal) {
   const body = h("tbody", {});
   main.replaceChildren(h("h1", {}, "Workers"), h("table", { id: "workers" },
-    h("thead", {}, h("tr", {}, ["Name", "Host", "PID", "Queues", "Running", "Started", "Last seen", "Succeeded", "Failed"].map((t) => h("th", {}, t)))), body));
+    h("thead", {}, h("tr", {}, WORKER_COLUMNS.map((t, i) => h("th", { class: [2, 3, 5, 6, 7, 8, 9].includes(i) ? "num" : null }, t)))), body));
   const load = async () => {
     try {
       const page = await api("workers");
-      body.replaceChildren(...(page.items.length ? page.items.map((w) => h("tr", {},
-        h("td", {}, w.name), h("td", {}, w.host), h("td", {}, w.pid ?? ""),
-        h("td", { class: "mono" }, Object.entries(w.queues).map(([q, c]) => `${q}=${c}`).join(", ")),
-        h("td", {}, `${w.running ?? "?"}/${w.concurrency ?? "?"}`),
-        h("td", {}, time(w.started_at)),
-        h("td", { class: w.late ? "error" : null }, time(w.last_seen) + (w.late ? " (late)" : "")),
-        h("td", { class: "num" }, w.stats.succeeded ?? ""), h("td", { class: "num" }, w.stats.failed ?? ""),
-      )) : [h("tr", {}, h("td", { class: "empty", colspan: 9 }, "No worker has recorded a heartbeat."))]));
-    } catch (err) { if (err.status !== 401) body.replaceChildren(h("tr", {}, h("td", { class: "empty error", colspan: 9 }, err.message))); }
+      body.replaceChildren(...(page.items.length ? workerRows(page.items) : noWorkers(page)));
+    } catch (err) { if (err.status !== 401) body.replaceChildren(h("tr", {}, h("td", { class: "empty error", colspan: WORKER_COLUMNS.length }, err.message))); }
   };
   await load();
   every(3000, load, signal);
+}
+
+// --- monitor: charts of the last hour, hand-made SVG ---------------------------------------------
+
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs, ...children) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs || {})) if (value !== undefined && value !== null) el.setAttribute(key, String(value));
+  for (const child of children.flat()) if (child !== null && child !== undefined) el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  return el;
+}
+
+function niceMax(value) {
+  if (!(value > 0)) return 1;
+  const step = 10 ** Math.floor(Math.log10(value));
+  for (const m of [1, 2, 2.5, 5, 10]) if (m * step >= value) return m * step;
+  return 10 * step;
+}
+
+function shortNumber(value) {
+  if (value >= 1000) return `${+(value / 1000).toFixed(2)}k`;
+  if (value >= 10 || value === 0) return String(Math.round(value));
+  return value.toFixed(value >= 1 ? 1 : 2);
+}
+
+// One line chart: series [{name, points: [[time ms, value], ...]}] over the window ending now.
+function lineChart(id, title, unit, series, windowMs, nowMs) {
+  const width = 640, height = 190, left = 48, right = 10, top = 10, bottom = 24;
+  const values = series.flatMap((one) => one.points.map((p) => p[1])).filter((v) => v !== null && v !== undefined);
+  const max = niceMax(Math.max(0, ...values));
+  const start = nowMs - windowMs;
+  const x = (t) => left + ((t - start) / windowMs) * (width - left - right);
+  const y = (v) => top + (1 - v / max) * (height - top - bottom);
+  const grid = [0, 0.5, 1].map((f) => svg("g", { class: "grid" },
+    svg("line", { x1: left, x2: width - right, y1: y(max * f), y2: y(max * f) }),
+    svg("text", { x: left - 6, y: y(max * f) + 4, "text-anchor": "end" }, shortNumber(max * f))));
+  const ticks = [[start, `-${+(windowMs / 60000).toFixed(1)} min`], [start + windowMs / 2, `-${+(windowMs / 120000).toFixed(1)} min`], [nowMs, "now"]]
+    .map(([t, label]) => svg("text", { class: "tick", x: x(t), y: height - 6, "text-anchor": t === nowMs ? "end" : t === start ? "start" : "middle" }, label));
+  const lines = series.map((one, i) => {
+    const points = one.points.filter((p) => p[1] !== null && p[1] !== undefined && p[0] >= start);
+    const last = points.length ? points[points.length - 1][1] : null;
+    return svg("polyline", {
+      class: `series s${i % 8}`, "data-series": one.name, "data-last": last === null ? "" : last,
+      "data-count": points.length, "data-positive": points.filter((p) => p[1] > 0).length, points: points.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" "),
+    });
+  });
+  const total = series.reduce((n, one) => n + one.points.length, 0);
+  const legend = h("div", { class: "legend" }, series.map((one, i) => h("span", { class: `key s${i % 8}` }, one.name)));
+  return h("figure", { class: "chart panel", id, "data-points": total },
+    h("figcaption", {}, title, h("span", { class: "muted" }, ` (${unit})`)),
+    svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title }, grid, ticks, lines),
+    series.length ? legend : h("p", { class: "muted" }, "No data yet."));
+}
+
+function perQueue(samples, key) {
+  const names = [...new Set(samples.flatMap((sample) => Object.keys(sample.queues)))].sort();
+  return names.map((name) => ({ name, points: samples.filter((sample) => sample.queues[name]).map((sample) => [Date.parse(sample.at), sample.queues[name][key]]) }))
+    .filter((one) => one.points.some((p) => p[1] !== null && p[1] !== undefined));
+}
+
+function runtimeSeries(samples, queue) {
+  return ["p50_ms", "p95_ms", "p99_ms"].map((key) => ({
+    name: `${key.slice(0, 3)}${queue ? ` ${queue}` : ""}`,
+    points: samples.filter((sample) => sample.queues[queue]).map((sample) => [Date.parse(sample.at), sample.queues[queue][key]]),
+  }));
+}
+
+async function monitorPage(params, signal) {
+  const charts = h("div", { class: "charts", id: "charts" });
+  const queuePick = h("select", { id: "runtime-queue" });
+  const range = h("select", { id: "monitor-range" },
+    [[5, "last 5 minutes"], [15, "last 15 minutes"], [60, "last hour"]].map(([m, label]) => h("option", { value: m, selected: m === Number(params.get("minutes") || 15) }, label)));
+  const workers = h("tbody", {});
+  const status = h("p", { class: "muted", id: "monitor-status" });
+  main.replaceChildren(h("h1", {}, "Monitor"), status,
+    h("div", { class: "filters" }, h("label", { class: "inline" }, "Show the ", range), h("label", { class: "inline" }, "runtime percentiles of ", queuePick)), charts,
+    h("h2", {}, "Workers"),
+    h("table", { id: "monitor-workers" }, h("thead", {}, h("tr", {}, WORKER_COLUMNS.map((t) => h("th", {}, t)))), workers));
+  const load = async () => {
+    let data;
+    try { data = await api("monitor"); } catch (err) { if (err.status !== 401) status.textContent = err.message; return; }
+    const samples = data.samples;
+    const now = samples.length ? Math.max(Date.now(), Date.parse(samples[samples.length - 1].at)) : Date.now();
+    const windowMs = Math.min(data.window_s, Number(range.value) * 60) * 1000;
+    const queues = [...new Set(samples.flatMap((sample) => Object.entries(sample.queues).filter(([, q]) => q.runs_per_s > 0).map(([n]) => n)))].sort();
+    const chosen = queuePick.value || queues[0] || "";
+    queuePick.replaceChildren(...queues.map((q) => h("option", { value: q, selected: q === chosen }, q)));
+    status.textContent = `${samples.length} sample(s), one every ${data.interval_s} s, kept for an hour from when this web process started. Rates come from the workers' heartbeats (a worker shows after its first two), depths from the broker.`;
+    charts.replaceChildren(
+      lineChart("chart-throughput", "Throughput: runs succeeded", "per second", perQueue(samples, "succeeded_per_s"), windowMs, now),
+      lineChart("chart-failures", "Failures", "per second", perQueue(samples, "failed_per_s"), windowMs, now),
+      lineChart("chart-retries", "Retries", "per second", perQueue(samples, "retried_per_s"), windowMs, now),
+      lineChart("chart-runtime", "Runtime percentiles", "ms", chosen ? runtimeSeries(samples, chosen) : [], windowMs, now),
+      lineChart("chart-depth", "Queue depth: messages ready", "messages", perQueue(samples, "ready"), windowMs, now),
+      lineChart("chart-parked", "Parked messages", "messages",
+        ["failed", "timeout"].map((name) => ({ name, points: samples.map((sample) => [Date.parse(sample.at), sample.parked[name] ?? null]) })).filter((one) => one.points.length), windowMs, now),
+    );
+    try {
+      const page = await api("workers");
+      workers.replaceChildren(...(page.items.length ? workerRows(page.items) : noWorkers(page)));
+    } catch (err) { if (err.status !== 401) workers.replaceChildren(h("tr", {}, h("td", { class: "empty", colspan: WORKER_COLUMNS.length }, err.message))); }
+  };
+  queuePick.addEventListener("change", load);
+  range.addEventListener("change", load);
+  await load();
+  every(2000, load, signal);
 }
 
 async function schedulesPage(signal) {
@@ -446,6 +643,7 @@ async function route() {
   if (page === "parked") return parkedPage(rest[0] === "timeout" ? "timeout" : "failed", params, signal);
   if (page === "queues") return queuesPage(signal);
   if (page === "workers") return workersPage(signal);
+  if (page === "monitor") return monitorPage(params, signal);
   if (page === "schedules") return schedulesPage(signal);
   return tasksPage(params, signal);
 }
