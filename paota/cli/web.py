@@ -74,6 +74,7 @@ async def run(args: argparse.Namespace) -> int:
     client: Client = (
         load_pool(args.target) if args.target else Client(Config.from_env(), name="paota-web")
     )
+    _warn_about_memory_backends(client.config)
     app = create_app(
         client,
         token=None if args.insecure_open else token,
@@ -97,3 +98,21 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         await client.close()
     return 0
+
+
+def _warn_about_memory_backends(config: Config) -> None:
+    """A web process on the in-process memory broker or store sees nothing of the workers: its
+    queues and records are its own. Said once, at start, with the fix."""
+    for what, value, fix in (
+        ("broker", config.broker, "PAOTA_BROKER=amqp and PAOTA_AMQP_URL"),
+        ("store", config.store, "PAOTA_STORE=mongodb and PAOTA_MONGO_URI"),
+    ):
+        if value == "memory":
+            logger.warning(
+                "paota web: the %s is the in-process memory %s, which no worker of another "
+                "process shares: the dashboard shows only what this process does; set %s as "
+                "the workers have them",
+                what,
+                what,
+                fix,
+            )

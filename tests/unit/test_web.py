@@ -579,8 +579,11 @@ async def test_workers_are_read_from_their_heartbeats() -> None:
     setup = Setup(heartbeat=True)
     await setup.start()
     try:
-        workers = (await setup.http.get("/api/workers")).json()["items"]
+        page = (await setup.http.get("/api/workers")).json()
+        workers = page["items"]
         assert [w["name"] for w in workers] == ["web-test"]
+        # with what the broker counts, so that the page can say why a consumer is not listed
+        assert page["consumers"] == 1 and page["store"] == "MemoryStore"
         worker = workers[0]
         assert worker["queues"] == {"paota_tasks": 4} and worker["concurrency"] == 4
         assert worker["running"] == 0 and worker["late"] is False

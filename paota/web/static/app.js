@@ -469,6 +469,10 @@ const WORKER_COLUMNS = ["Name", "Host", "PID", "Processes", "Queues", "Running",
 function noWorkers(page) {
   // RabbitMQ may count consumers that never wrote a heartbeat here: say what a worker needs.
   const why = "A worker appears here when it runs with the same store as this dashboard (PAOTA_STORE=mongodb with the same PAOTA_MONGO_URI and PAOTA_MONGO_DB) and heartbeats on (PAOTA_HEARTBEAT_INTERVAL not 0; the first beat comes when it starts).";
+  if (page.store === "MemoryStore") {
+    return [h("tr", {}, h("td", { class: "empty", id: "no-workers", colspan: WORKER_COLUMNS.length },
+      "This dashboard's store is the in-process memory store, which no worker of another process writes to. Start paota web with the workers' store (PAOTA_STORE=mongodb and the same PAOTA_MONGO_URI and PAOTA_MONGO_DB)."))];
+  }
   const text = page.consumers ? `The broker counts ${page.consumers} consumer(s) on the task queues, but none has recorded a heartbeat in this dashboard's store (${page.store}). ${why}` : `No worker has recorded a heartbeat. ${why}`;
   return [h("tr", {}, h("td", { class: "empty", id: "no-workers", colspan: WORKER_COLUMNS.length }, text))];
 }
