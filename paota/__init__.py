@@ -6,7 +6,8 @@ pymongo are loaded only when the ``amqp`` broker or ``mongodb`` store is chosen.
 
 import typing as _typing
 
-from paota.core.client import Client
+from paota._version import __version__
+from paota.client import Client
 from paota.core.clock import Clock, ManualClock, SystemClock
 from paota.core.config import AMQPConfig, Config, MongoConfig, redact_url
 from paota.core.context import NotInTaskError, TaskContext, TaskLogFilter, current_task
@@ -40,7 +41,6 @@ from paota.core.outcome import (
     Return,
     Succeeded,
 )
-from paota.core.pool import WorkerPool
 from paota.core.protocols import (
     Broker,
     Delivery,
@@ -63,6 +63,7 @@ from paota.core.tasks import (
     TaskSender,
 )
 from paota.middleware.stats import PoolStats
+from paota.pool import WorkerPool
 
 if _typing.TYPE_CHECKING:
     from paota.workflows import (
@@ -76,7 +77,6 @@ if _typing.TYPE_CHECKING:
         group,
     )
 
-__version__ = "0.1.0"
 
 __all__ = [
     "AMQPConfig",

@@ -42,11 +42,12 @@ from paota.core.errors import ConfigError, ResultTimeoutError, TaskFailedError
 from paota.core.message import Signature, encode_json
 from paota.core.protocols import has_coordination
 from paota.core.state import TaskState, TaskStatus
-from paota.core.tasks import ArgumentError, Task, TaskHandle, TaskOptions, TaskSender
+from paota.core.steps import Node, TaskSignature
+from paota.core.tasks import Task, TaskSender
 from paota.middleware.workflows import ERROR_PATH, Engine, Plan, PlanNode, failed_key
 
 if TYPE_CHECKING:
-    from paota.core.client import Client
+    from paota.core.client import BaseClient as Client
 
 __all__ = [
     "DEFAULT_TTL_S",
@@ -82,13 +83,6 @@ class WorkflowFailure(TypedDict):
     traceback: str
 
 
-class Node(Generic[R_co]):
-    """A piece of a workflow whose result is ``R_co``: a :class:`TaskSignature`, a :class:`Chain`
-    or a :class:`Group`."""
-
-    __slots__ = ()
-
-
 Step = Node[Any] | Signature
 """What a chain or group is made of: nodes, or Go :class:`~paota.Signature` objects (a task by
 name, complete; its ``uuid`` and ``created_at`` are replaced by the workflow's)."""
@@ -97,101 +91,25 @@ name, complete; its ``uuid`` and ``created_at`` are replaced by the workflow's).
 # --- steps ---------------------------------------------------------------------------------------
 
 
-class TaskSignature(Node[R]):
-    """A typed task call, complete or leaving the first parameter for the previous result.
-
-    Made by ``task.signature(...)`` (or ``task.with_options(...).signature(...)``, which keeps the
-    options): arguments are bound when it is made, so missing, extra or wrong arguments raise
-    TypeError (or :class:`~paota.ArgumentError`) there. ``takes_previous`` tells whether the
-    first parameter was left out.
-    """
-
-    __slots__ = ("_go_args", "_hole_type", "args", "kwargs", "options", "takes_previous", "task")
-
-    def __init__(
-        self,
-        task: Task[Any, R],
-        args: tuple[Any, ...],
-        kwargs: Mapping[str, Any],
-        options: TaskOptions,
-    ) -> None:
-        binder = task._binder
-        if binder is None:
-            raise TypeError(
-                f"task {task.name!r} takes a Signature (Go style): put a "
-                f"paota.Signature({task.name!r}, args=[...]) in the workflow instead"
-            )
-        self.task = task
-        self.args = args
-        self.kwargs = dict(kwargs)
-        self.options = options
-        self._hole_type: str | None = None
-        try:
-            self._go_args = binder.to_args(args, self.kwargs)
-            self.takes_previous = False
-        except ArgumentError:
-            raise
-        except TypeError as exc:
-            try:
-                self._go_args, self._hole_type = binder.to_args_with_hole(args, self.kwargs)
-            except ArgumentError:
-                raise
-            except TypeError as partial:
-                why = str(partial).removeprefix(f"task {task.name!r}: ")
-                raise TypeError(
-                    f"{exc} (nor does it fit as a workflow step whose first parameter takes the "
-                    f"previous step's result: {why})"
-                ) from None
-            self.takes_previous = True
-
-    @property
-    def name(self) -> str:
-        """The task's name."""
-        return self.task.name
-
-    def __repr__(self) -> str:
-        call = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
-        if self.takes_previous:
-            call.insert(0, "<previous>")
-        return f"<TaskSignature {self.name}({', '.join(call)})>"
-
-    def to_signature(self) -> Signature:
-        """The Go :class:`~paota.Signature` that :meth:`send` publishes (without an id)."""
-        self._require_complete("to_signature()")
-        return self.task._signature(self.args, self.kwargs, self.options)
-
-    async def send(self) -> TaskHandle[R]:
-        """Send this call as a task on its own (not a workflow); it must be complete."""
-        self._require_complete("send()")
-        return await self.task._send(self.args, self.kwargs, self.options)
-
-    def _require_complete(self, what: str) -> None:
-        if self.takes_previous:
-            first = self._go_args[0].name
-            raise TypeError(
-                f"{self!r} leaves its first parameter {first!r} for the previous step's result: "
-                f"it can only run in a workflow (paota.chain); for {what}, give {first!r} too"
-            )
-
-    def _template(self, client: Client) -> dict[str, Any]:
-        options = self.options
-        sig = Signature(
-            self.name,
-            args=self._go_args,
-            priority=options.priority or 0,
-            retry_count=options.retry_count or 0,
-            task_timeout=options.task_timeout or 0,
-            eta=options.eta,
-        )
-        return {
-            "name": self.name,
-            "message": encode_json(sig).decode(),
-            "takes_previous": self.takes_previous,
-            "hole_type": self._hole_type,
-            "queue": options.queue or client.broker.default_queue,
-            "delay_s": options.delay_s,
-            "headers": _json_headers(options.headers, self.name),
-        }
+def _step_template(step: TaskSignature[Any], client: Client) -> dict[str, Any]:
+    options = step.options
+    sig = Signature(
+        step.name,
+        args=step.go_args,
+        priority=options.priority or 0,
+        retry_count=options.retry_count or 0,
+        task_timeout=options.task_timeout or 0,
+        eta=options.eta,
+    )
+    return {
+        "name": step.name,
+        "message": encode_json(sig).decode(),
+        "takes_previous": step.takes_previous,
+        "hole_type": step.hole_type,
+        "queue": options.queue or client.broker.default_queue,
+        "delay_s": options.delay_s,
+        "headers": _json_headers(options.headers, step.name),
+    }
 
 
 def _go_template(sig: Signature, client: Client) -> dict[str, Any]:
@@ -394,7 +312,7 @@ def _plan_node(
         kind = "chain" if isinstance(step, Chain) else "group"
         return PlanNode(kind, node_id, path, parent, index, tuple(children))
     if isinstance(step, TaskSignature):
-        fields = step._template(client)
+        fields = _step_template(step, client)
     elif isinstance(step, Signature):
         fields = _go_template(step, client)
     else:  # pragma: no cover - _check_step lets nothing else in
@@ -415,7 +333,7 @@ def build_plan(workflow: Chain[Any] | Group[Any], client: Client, ttl_s: float) 
     callback = workflow._on_error
     if callback is not None:
         fields = (
-            callback._template(client)
+            _step_template(callback, client)
             if isinstance(callback, TaskSignature)
             else _go_template(callback, client)
         )

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from paota import __version__
+from paota._version import __version__
 from paota.cli._common import UsageError, parse_arg, parse_queues
 from paota.cli._logging import FORMAT_HELP, LEVEL_HELP, configure, log_levels
 from paota.core.errors import ConfigError, PaotaError

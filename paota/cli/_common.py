@@ -13,7 +13,7 @@ from typing import Any
 
 from paota.core.errors import ConfigError
 from paota.core.message import Arg
-from paota.core.pool import WorkerPool
+from paota.pool import WorkerPool
 
 __all__ = [
     "INT32_MAX",

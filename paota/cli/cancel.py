@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from paota.core.client import Client
+from paota.client import Client
 from paota.core.config import Config
 
 NAME = "cancel"

@@ -12,8 +12,8 @@ import time
 from paota.cli._common import int_in
 from paota.core.config import Config
 from paota.core.message import Signature
-from paota.core.pool import WorkerPool
 from paota.core.state import TaskStatus
+from paota.pool import WorkerPool
 
 NAME = "demo"
 HELP = "run N no-op tasks through a pool and report throughput"

@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 from paota.cli._common import add_reason, int_in
-from paota.core.client import Client
+from paota.client import Client
 from paota.core.errors import DecodeError
 from paota.core.message import decode_message
 from paota.core.protocols import Message, OutgoingMessage, ParkQueue, header_text

@@ -6,8 +6,8 @@ import argparse
 
 from paota.cli._common import add_reason, int_in
 from paota.core.config import Config
-from paota.core.pool import WorkerPool
 from paota.core.protocols import ParkQueue
+from paota.pool import WorkerPool
 
 NAME = "requeue"
 HELP = "move parked messages back to the queues they came from"

@@ -19,12 +19,12 @@ from paota.cli._common import (
     parse_arg,
     seconds,
 )
-from paota.core.client import Client
+from paota.client import Client
 from paota.core.errors import ConfigError
 from paota.core.message import Signature
-from paota.core.pool import WorkerPool
 from paota.core.replies import ReplyPath
 from paota.core.tasks import Task
+from paota.pool import WorkerPool
 
 NAME = "send"
 HELP = "publish one task"

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from paota.cli._common import seconds
-from paota.core.client import Client
+from paota.client import Client
 from paota.core.errors import ConfigError, ResultTimeoutError, TaskFailedError
 from paota.core.state import TaskState
 

@@ -7,7 +7,7 @@ import logging
 import os
 
 from paota.cli._common import int_in, load_pool
-from paota.core.client import Client
+from paota.client import Client
 from paota.core.config import Config
 from paota.core.errors import ConfigError
 

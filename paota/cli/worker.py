@@ -14,7 +14,7 @@ from typing import Any
 from paota.cli._common import add_include, include_modules, int_in, load_pool, parse_queues
 from paota.cli._logging import levels_text
 from paota.core.errors import ConfigError
-from paota.core.pool import WorkerPool
+from paota.pool import WorkerPool
 
 NAME = "worker"
 HELP = "run the worker pool defined in a module"

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from paota.core.client import Client
+from paota.client import Client
 from paota.core.config import Config
 from paota.core.state import TaskState
 from paota.middleware.workflows import PlanNode

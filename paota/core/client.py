@@ -12,26 +12,29 @@ import asyncio
 import os
 import socket
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import (
-    TYPE_CHECKING,
     Any,
-    Literal,
     ParamSpec,
     Protocol,
     Self,
     TypeVar,
-    cast,
     overload,
 )
 
+from paota.core.batch import batch_jobs, new_task_id, send_batch
 from paota.core.clock import Clock, SystemClock
 from paota.core.config import Config
-from paota.core.errors import BrokerError, ConfigError, ResultTimeoutError, TaskFailedError
+from paota.core.errors import ConfigError
 from paota.core.factory import make_broker, make_store
 from paota.core.message import Signature, encode_message
 from paota.core.message.model import make_signature
-from paota.core.middleware import Middleware, MiddlewareChain, PublishContext
+from paota.core.middleware import (
+    Middleware,
+    MiddlewareChain,
+    PublishContext,
+    TaskOptionSpec,
+)
 from paota.core.outcome import until
 from paota.core.protocols import (
     PARENT_HEADER,
@@ -41,13 +44,14 @@ from paota.core.protocols import (
     ParkQueue,
     Store,
     check_seconds,
-    has_control_channel,
     header_text,
 )
 from paota.core.registry import TaskRegistry
-from paota.core.replay import replay_rewrite
-from paota.core.replies import REPLY_HEADER, ReplyInbox, ReplyLostError, ReplyPath
-from paota.core.state import ErrorInfo, TaskStatus, task_state
+from paota.core.replay import requeue
+from paota.core.replies import REPLY_HEADER, ReplyInbox, ReplyPath
+from paota.core.results import cancel_task, wait_result
+from paota.core.state import TaskStatus, task_state
+from paota.core.steps import TaskSignature
 from paota.core.tasks import (
     AsyncTask,
     FailureCallback,
@@ -56,17 +60,13 @@ from paota.core.tasks import (
     Task,
     TaskHandle,
     TaskOptions,
-    is_async_callable,
+    make_task,
 )
-
-if TYPE_CHECKING:
-    from paota.scheduler.schedule import PeriodicDecorator, Schedule
-    from paota.workflows import TaskSignature
 
 #: How many sends of a batch (``send_many``) are in flight at once by default.
 SEND_MANY_WINDOW = 1000
 
-__all__ = ["Client", "TaskDecorator", "new_task_id"]
+__all__ = ["BaseClient", "TaskDecorator", "new_task_id"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -86,23 +86,7 @@ class TaskDecorator(Protocol):
     def __call__(self, fn: Callable[P, Any]) -> Task[P, Any]: ...
 
 
-def _identified(sig: Signature, now: datetime) -> Signature:
-    """``sig`` with a task id and a creation time (``now``) where it has none."""
-    if sig.uuid and sig.created_at is not None:
-        return sig
-    return sig.replace(
-        uuid=sig.uuid or new_task_id(),
-        created_at=now if sig.created_at is None else sig.created_at,
-    )
-
-
-def new_task_id() -> str:
-    """``task_`` and a random (version 4) UUID, as ``f"task_{uuid4()}"`` but twice as fast."""
-    h = os.urandom(16).hex()
-    return f"task_{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
-
-
-class Client:
+class BaseClient:
     """Sends tasks to a broker and reads results from a store.
 
     The constructor does no I/O: ``async with client`` (or ``await client.connect()``) opens the
@@ -131,7 +115,6 @@ class Client:
         self.middleware = MiddlewareChain(middleware)
         self._connected = False
         self._connect_lock: asyncio.Lock | None = None
-        self._schedules: dict[str, Schedule] = {}
         self._inbox: ReplyInbox | None = None  # replies to sends with reply=True
 
     # --- components ------------------------------------------------------------------------------
@@ -221,10 +204,8 @@ class Client:
         time_limit_s: float | None = None,
         on_success: SuccessCallback | None = None,
         on_failure: FailureCallback | None = None,
-        max_concurrency: int | None = None,
-        rate: str | None = None,
-        limit_scope: Literal["worker", "global"] | None = None,
         result_ttl_s: float | None = None,
+        **options: Any,
     ) -> TaskDecorator: ...
 
     def task(
@@ -239,10 +220,8 @@ class Client:
         time_limit_s: float | None = None,
         on_success: SuccessCallback | None = None,
         on_failure: FailureCallback | None = None,
-        max_concurrency: int | None = None,
-        rate: str | None = None,
-        limit_scope: Literal["worker", "global"] | None = None,
         result_ttl_s: float | None = None,
+        **options: Any,
     ) -> Any:
         """Make a task of a function: bare (``@pool.task``) or with options
         (``@pool.task(name="Print", queue="emails", retry_count=3)``).
@@ -252,12 +231,12 @@ class Client:
         deadline, seconds) and ``priority`` are defaults for every send; ``time_limit_s``
         overrides ``Config.max_task_execution_duration_s`` for this task; ``on_success(task,
         result)`` and ``on_failure(task, error)`` are called once per run at its final outcome;
-        ``max_concurrency`` and ``rate`` (``"10/s"``, ``"100/m"``, ``"5/h"``) limit runs without
-        using up retries, in each worker (``limit_scope="worker"``, the default) or across every
-        worker sharing the store (``limit_scope="global"``; see :mod:`paota.middleware.limits`);
-        ``result_ttl_s`` is how long the finished record and result are kept. A
-        function taking one ``sig: Signature`` parameter is a Go-style task: it receives the
-        signature itself.
+        ``result_ttl_s`` is how long the finished record and result are kept. Other keyword
+        options are read by middleware, which declare them (:attr:`Middleware.task_options`):
+        ``max_concurrency``, ``rate`` and ``limit_scope`` by the limits
+        (:mod:`paota.middleware.limits`); an option no installed middleware declares raises
+        :class:`~paota.RegistrationError`. A function taking one ``sig: Signature`` parameter
+        is a Go-style task: it receives the signature itself.
         """
         defaults = TaskOptions(
             queue=queue, priority=priority, retry_count=retry_count, task_timeout=task_timeout
@@ -271,15 +250,16 @@ class Client:
                 on_success=on_success,
                 on_failure=on_failure,
                 time_limit_s=time_limit_s,
-                extra={
-                    "max_concurrency": max_concurrency,
-                    "rate": rate,
-                    "limit_scope": limit_scope,
-                    "result_ttl_s": result_ttl_s,
-                },
+                result_ttl_s=result_ttl_s,
+                options=options,
             )
 
         return register(fn) if fn is not None else register
+
+    def task_option_specs(self) -> tuple[TaskOptionSpec, ...]:
+        """The task options this client accepts: those its middleware declare (see
+        :class:`~paota.core.middleware.TaskOptionSpec`)."""
+        return tuple(m.task_options for m in self.middleware if m.task_options is not None)
 
     def _add_task(
         self,
@@ -291,7 +271,8 @@ class Client:
         on_failure: FailureCallback | None = None,
         time_limit_s: float | None = None,
         go_style: bool | None = None,
-        extra: Mapping[str, Any] | None = None,
+        result_ttl_s: float | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> Task[Any, Any]:
         task = self._make_task(
             func,
@@ -301,93 +282,13 @@ class Client:
             on_failure=on_failure,
             time_limit_s=time_limit_s,
             go_style=go_style,
-            extra=extra,
+            result_ttl_s=result_ttl_s,
+            options=options,
         )
         return self._registry.add(task)
 
-    def _make_task(
-        self,
-        func: Callable[..., Any],
-        name: str,
-        *,
-        defaults: TaskOptions | None = None,
-        on_success: SuccessCallback | None = None,
-        on_failure: FailureCallback | None = None,
-        time_limit_s: float | None = None,
-        go_style: bool | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> Task[Any, Any]:
-        from paota.core.errors import RegistrationError
-
-        if not callable(func):
-            raise RegistrationError(
-                f"task {name!r}: expected a callable fn(sig) or a typed function, got "
-                f"{type(func).__name__} {func!r}"
-            )
-        is_async = is_async_callable(func)
-        cls: type[Task[Any, Any]] = AsyncTask if is_async else SyncTask
-        try:
-            return cls(
-                func,
-                name=name,
-                client=self,
-                defaults=defaults,
-                on_success=on_success,
-                on_failure=on_failure,
-                time_limit_s=time_limit_s,
-                go_style=go_style,
-                is_async=is_async,
-                **dict(extra or {}),
-            )
-        except (TypeError, ValueError) as exc:
-            raise RegistrationError(f"task {name!r}: {exc}") from exc
-
-    # --- periodic tasks --------------------------------------------------------------------------
-
-    def periodic(
-        self,
-        cron: str | None = None,
-        *,
-        every: float | timedelta | None = None,
-        tz: str = "UTC",
-        id: str | None = None,
-        args: Sequence[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
-        queue: str | None = None,
-        misfire_grace_s: float = 60.0,
-        catch_up: bool = True,
-        anchor: datetime | None = None,
-    ) -> PeriodicDecorator:
-        """Send a task once per slot of a schedule: ``@pool.periodic("*/5 * * * *",
-        tz="Europe/Berlin")`` on a task (or on a function, which becomes a task), or
-        ``@pool.periodic(every=30)``.
-
-        ``cron`` is a cron expression matched on the wall clock of ``tz`` (an IANA zone; needs
-        ``paota[schedules]``), ``every`` an interval in seconds (slots at ``anchor + k * every``,
-        the anchor defaulting to the Unix epoch). ``args`` / ``kwargs`` are the task's arguments
-        for every slot; ``id`` names the schedule (default: the task's name) and must be stable
-        across processes; ``misfire_grace_s`` is how late a missed slot may still run after
-        downtime (``catch_up=False``: only slots seen on time run). A
-        :class:`paota.scheduler.Scheduler` (``paota scheduler``, or ``WorkerPool(...,
-        scheduler=True)``) sends the slots;
-        the task reads its slot's time as ``current_task().scheduled_at``. Raises
-        :class:`~paota.ConfigError` for a bad expression, zone or interval.
-        """
-        from paota.scheduler.schedule import periodic_decorator
-
-        return periodic_decorator(
-            self,
-            cron,
-            every=every,
-            tz=tz,
-            id=id,
-            args=args,
-            kwargs=kwargs,
-            queue=queue,
-            misfire_grace_s=misfire_grace_s,
-            catch_up=catch_up,
-            anchor=anchor,
-        )
+    def _make_task(self, func: Callable[..., Any], name: str, **fields: Any) -> Task[Any, Any]:
+        return make_task(self, func, name, specs=self.task_option_specs(), **fields)
 
     def registered_task(self, name: str) -> Task[Any, Any] | None:
         """The task registered under ``name``, or None."""
@@ -397,20 +298,6 @@ class Client:
     def task_names(self) -> list[str]:
         """The names of the registered tasks, in registration order."""
         return list(self._registry)
-
-    @property
-    def schedules(self) -> list[Schedule]:
-        """The schedules declared with :meth:`periodic`, in order."""
-        return list(self._schedules.values())
-
-    def _add_schedule(self, schedule: Schedule) -> None:
-        from paota.core.errors import RegistrationError
-
-        if schedule.id in self._schedules:
-            raise RegistrationError(
-                f"a schedule named {schedule.id!r} exists already; give this one its own id=..."
-            )
-        self._schedules[schedule.id] = schedule
 
     # --- sending ---------------------------------------------------------------------------------
 
@@ -559,75 +446,7 @@ class Client:
         confirmed ones, ``.failed`` the index, signature and error of each other one. The queue
         may receive the tasks in a slightly different order than given (sends overlap).
         """
-        jobs: list[tuple[Signature, str | None, float | None, Mapping[str, Any] | None]] = []
-        for index, item in enumerate(signatures):
-            if isinstance(item, Signature):
-                jobs.append((item, None, None, None))
-                continue
-            from paota.workflows import TaskSignature
-
-            if not isinstance(item, TaskSignature):
-                raise TypeError(
-                    f"send_many: item #{index} is a {type(item).__name__}, expected a "
-                    "paota.Signature or a task's signature (task.signature(...))"
-                )
-            if item.takes_previous:
-                raise TypeError(
-                    f"send_many: item #{index} {item!r} leaves its first parameter for a previous "
-                    "step's result (a workflow step): give every argument"
-                )
-            options = item.options
-            jobs.append(
-                (item.to_signature(), options.queue, options.delay_s, options.headers or None)
-            )
-        return await self._send_batch(jobs, window)
-
-    async def _send_batch(
-        self,
-        jobs: Sequence[tuple[Signature, str | None, float | None, Mapping[str, Any] | None]],
-        window: int,
-    ) -> list[TaskHandle[Any]]:
-        """Send ``jobs`` (signature, queue, delay_s, headers), ``window`` at a time; see
-        :meth:`send_many`."""
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"window={window!r} is not valid: expected an integer >= 1")
-        if not jobs:
-            return []
-        # Ids first: a failure can name every task, and sending a failed one again keeps its id.
-        # The creation time too, in the same copy (send_task would make a second one for it).
-        now = self.clock.now()
-        jobs = [
-            (_identified(sig, now), queue, delay_s, headers)
-            for sig, queue, delay_s, headers in jobs
-        ]
-        if not self._connected:
-            await self.connect()
-        results: list[TaskHandle[Any] | Exception | None] = [None] * len(jobs)
-        # Each lane takes the next job when its send is confirmed: a sliding window, in order.
-        upcoming = iter(range(len(jobs)))
-
-        async def lane() -> None:
-            for index in upcoming:
-                sig, queue, delay_s, headers = jobs[index]
-                try:
-                    results[index] = await self.send_task(
-                        sig, queue=queue, delay_s=delay_s, headers=headers
-                    )
-                except Exception as exc:
-                    results[index] = exc
-
-        await asyncio.gather(*(lane() for _ in range(min(window, len(jobs)))))
-        failed = [
-            (index, jobs[index][0], result)
-            for index, result in enumerate(results)
-            if isinstance(result, Exception)
-        ]
-        if failed:
-            from paota.core.errors import SendManyError
-
-            handles = [r if isinstance(r, TaskHandle) else None for r in results]
-            raise SendManyError(handles, failed) from failed[0][2]
-        return cast("list[TaskHandle[Any]]", results)
+        return await send_batch(self, batch_jobs(signatures), window)
 
     # --- results ---------------------------------------------------------------------------------
 
@@ -641,41 +460,7 @@ class Client:
         :class:`~paota.core.replies.ReplyLostError` when its reply path was lost (a reconnection)
         and there is no store, and :class:`~paota.ConfigError` when neither can give it.
         """
-        inbox = self._inbox
-        if inbox is not None and inbox.expects(task_id):
-            try:
-                return await inbox.wait(task_id, timeout)
-            except ReplyLostError:
-                if self.store is None:
-                    raise
-        if self.store is None:
-            raise ConfigError(
-                f"the result of task {task_id} needs a store the workers write "
-                "(PAOTA_STORE=mongodb), or a send from this client with reply=True "
-                "(task.with_options(reply=True).send(...))"
-            )
-        store = self.require_store()
-        await self.connect()
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        delay_s = 0.002
-        while True:
-            state = await store.get(task_id)
-            if state is not None and state.status.is_final:
-                if state.status is TaskStatus.SUCCEEDED:
-                    return state.result
-                error = state.error or ErrorInfo("Unknown", "no error recorded")
-                raise TaskFailedError(
-                    task_id, state.status.value, error.type, error.message, error.traceback
-                )
-            if deadline is not None and loop.time() >= deadline:
-                status = state.status.value if state is not None else "unknown to the store"
-                raise ResultTimeoutError(
-                    f"task {task_id} has no result after {timeout}s (status: {status})", task_id
-                )
-            wait_s = delay_s if deadline is None else min(delay_s, deadline - loop.time())
-            await asyncio.sleep(max(0.0, wait_s))
-            delay_s = min(delay_s * 1.5, 0.5)
+        return await wait_result(self, task_id, timeout, self._inbox)
 
     # --- cancelling ------------------------------------------------------------------------------
 
@@ -697,72 +482,7 @@ class Client:
         cancellation is recorded then: a running task runs to its end and is recorded as
         cancelled; calling ``cancel`` again is harmless).
         """
-        from paota.core.control import encode_cancel
-
-        if not isinstance(task_id, str) or not task_id:
-            raise ValueError(f"task_id must be a non-empty string, got {task_id!r}")
-        if reason is None:
-            reason = f"cancelled by {self.name}"
-        elif not isinstance(reason, str):
-            raise TypeError(f"reason must be a str, not {type(reason).__name__}")
-        store = self.store
-        if store is None:
-            raise ConfigError(
-                "cancelling a task needs a store, to record the cancellation durably: set "
-                "Config(store='memory' | 'mongodb') (PAOTA_STORE) or pass store=..."
-            )
-        await self.connect()
-        while True:
-            current = await store.get(task_id)
-            if current is not None and current.status.is_final:
-                return False
-            now = self.clock.now()
-            error = ErrorInfo("Cancelled", reason)
-            if current is None:
-                state = task_state(
-                    task_id,
-                    "",
-                    TaskStatus.CANCELLED,
-                    args=[],
-                    attempts=0,
-                    replays=0,
-                    worker="",
-                    created_at=None,
-                    updated_at=now,
-                    error=error,
-                    finished_at=now,
-                )
-            else:
-                registered = self._registry.get(current.name)
-                ttl_s = None if registered is None else registered.result_ttl_s
-                # The same run (replays) and attempt: may_replace accepts a final state there.
-                state = current.replace(
-                    status=TaskStatus.CANCELLED,
-                    result=None,
-                    error=error,
-                    finished_at=now,
-                    updated_at=now,
-                    expires_at=None if ttl_s is None else now + timedelta(seconds=ttl_s),
-                )
-            if await store.record(state):
-                break
-            # Refused: the record moved on meanwhile (a retry, or it finished): look again.
-        broker = self.broker
-        if has_control_channel(broker):
-            try:
-                await broker.broadcast_control(encode_cancel(task_id, state.replays, reason))
-            except BrokerError as exc:
-                raise BrokerError(
-                    f"task {task_id} is recorded as CANCELLED, but telling running workers "
-                    f"failed: {exc} (a running task runs to its end and is then recorded as "
-                    "cancelled; cancel again to retry)"
-                ) from exc
-        return True
-
-    def _expires_at(self, name: str, now: datetime) -> datetime | None:
-        task = self._registry.get(name)
-        ttl_s = None if task is None else task.result_ttl_s
-        return None if ttl_s is None else now + timedelta(seconds=ttl_s)
+        return await cancel_task(self, task_id, reason)
 
     # --- parked messages -------------------------------------------------------------------------
 
@@ -786,18 +506,6 @@ class Client:
             return 0
         if not self._connected:
             await self.connect()
-        rewrite = replay_rewrite(
-            self.broker.default_queue,
-            reason=reason,
-            now=self.clock.now,
-            parking={self.broker.parking_queue(q) for q in ParkQueue},
+        return await requeue(
+            self.broker, queue, now=self.clock.now, reason=reason, limit=limit, task_ids=task_ids
         )
-        if task_ids is not None:
-            from paota.core.protocols import Message
-
-            wanted, replay = frozenset(task_ids), rewrite
-
-            def rewrite(message: Message) -> OutgoingMessage | None:
-                return replay(message) if message.message_id in wanted else None
-
-        return await self.broker.replay_parked(queue, rewrite, limit=limit)

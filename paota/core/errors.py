@@ -14,6 +14,8 @@ translated at the adapter boundary and chained with ``raise ... from exc``::
     ├── TaskTimeoutError       a task ran past its execution limit or waited past its start deadline
     ├── TaskCancelledError     a run was cancelled (raised inside it; its outcome is CANCELLED)
     ├── SendManyError          some tasks of a batch send were not sent (names which, and why)
+    ├── ArgumentError          a task argument cannot travel in a message (also a TypeError)
+    ├── BindError              a message's args do not fit the task's parameters (a TypeError)
     └── TaskError              about one task
         ├── TaskFailedError    the task ended FAILED, TIMED_OUT or CANCELLED (raised by ``result()``)
         └── ResultTimeoutError the result was not ready within the timeout
@@ -25,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "ArgumentError",
+    "BindError",
     "BrokerError",
     "ConfigError",
     "DecodeError",
@@ -53,6 +57,14 @@ class ConfigError(PaotaError, ValueError):
 
 class RegistrationError(PaotaError, ValueError):
     """A task could not be registered (not callable, or the name is taken by another function)."""
+
+
+class ArgumentError(PaotaError, TypeError):
+    """A task argument's value cannot travel in a message (not a JSON value, NaN, ...)."""
+
+
+class BindError(PaotaError, TypeError):
+    """A message's args do not fit the task's parameters (on a worker: parked ``bad-arguments``)."""
 
 
 class DecodeError(PaotaError, ValueError):

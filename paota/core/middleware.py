@@ -17,6 +17,11 @@ then A's.
   recorded) and before the message is acknowledged.
 - :meth:`Middleware.startup` / :meth:`Middleware.shutdown` run when a worker starts and stops.
 
+A middleware that reads options of a task (``@pool.task(max_concurrency=3)``) declares them in
+:attr:`Middleware.task_options` (a :class:`TaskOptionSpec`): ``@task`` accepts the options that
+the installed middleware declare, checks them when the task is made, and keeps them in
+``task.options``; an option nobody declares is a :class:`~paota.RegistrationError` there.
+
 A hook that raises is logged with the task id and changes nothing: the delivery goes on as if the
 middleware were not there (a failed ``execute`` hook runs the task anyway, or keeps the task's own
 result or error). Only :class:`~paota.BrokerError` and :class:`~paota.StoreError` escape a hook;
@@ -29,7 +34,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from paota.core.context import TaskContext
 from paota.core.errors import BrokerError, StoreError
@@ -38,7 +43,7 @@ if TYPE_CHECKING:
     from paota.core.message import Signature
     from paota.core.outcome import Outcome
 
-__all__ = ["Middleware", "MiddlewareChain", "PublishContext"]
+__all__ = ["Middleware", "MiddlewareChain", "PublishContext", "TaskOptionSpec", "task_options"]
 
 logger = logging.getLogger("paota.middleware")
 
@@ -61,8 +66,50 @@ class PublishContext:
         return {"task_id": self.signature.uuid, "task_name": self.signature.name}
 
 
+def _accept(options: Mapping[str, Any]) -> None:
+    """The check of a :class:`TaskOptionSpec` that gives none."""
+
+
+@dataclass(frozen=True, eq=False)
+class TaskOptionSpec:
+    """Task options a feature reads: their names with their defaults, and one check of their
+    values together (raising TypeError or ValueError that names the option, the value and what
+    is allowed). ``feature`` names the feature in errors (``"limits (paota.middleware.limits)"``).
+    """
+
+    feature: str
+    defaults: Mapping[str, Any]
+    check: Callable[[Mapping[str, Any]], None] = _accept
+
+
+def task_options(
+    task: str, given: Mapping[str, Any], specs: Sequence[TaskOptionSpec]
+) -> dict[str, Any]:
+    """The options of ``task``: every declared option with its default, ``given`` (None values
+    mean "the default") on top, each spec's check run on its own options when one of them is
+    given. Raises TypeError for an option no spec declares (naming the declared ones)."""
+    declared = {name: spec for spec in specs for name in spec.defaults}
+    unknown = sorted(name for name in given if name not in declared)
+    if unknown:
+        known = ", ".join(f"{', '.join(sorted(spec.defaults))} ({spec.feature})" for spec in specs)
+        raise TypeError(
+            f"unknown task option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: the "
+            f"installed middleware read {known or 'no option'}"
+        )
+    options = {name: value for spec in specs for name, value in spec.defaults.items()}
+    for spec in specs:
+        mine = {name: given[name] for name in spec.defaults if given.get(name) is not None}
+        if mine:
+            options.update(mine)
+            spec.check({name: options[name] for name in spec.defaults})
+    return options
+
+
 class Middleware:
     """The base of every middleware: each hook does nothing (or calls the next one)."""
+
+    #: The task options this middleware reads (None: none); see :class:`TaskOptionSpec`.
+    task_options: ClassVar[TaskOptionSpec | None] = None
 
     async def publish(
         self, message: PublishContext, call_next: Callable[[], Awaitable[None]]

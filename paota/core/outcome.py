@@ -214,14 +214,14 @@ def decide(
     Fibonacci backoff capped at ``retry_backoff_cap_s``; then it is parked: an execution timeout
     (:class:`~paota.TaskTimeoutError`) in the timeout queue (``exec-timeout``, TIMED_OUT), anything
     else in the failed queue (``retries-exhausted``, FAILED). Arguments that do not fit the task
-    (:class:`~paota.core.tasks.BindError`) park at once (``bad-arguments``). A cancelled run
+    (:class:`~paota.BindError`) park at once (``bad-arguments``). A cancelled run
     (:class:`~paota.TaskCancelledError`) is :class:`Cancelled`, never retried.
     """
     if exc is None:
         return Succeeded(result)
     if isinstance(exc, TaskCancelledError):
         return Cancelled(exc.reason)
-    from paota.core.tasks import BindError
+    from paota.core.errors import BindError
 
     if isinstance(exc, BindError):
         return Park(ParkQueue.FAILED, ParkReason.BAD_ARGUMENTS, error_info(exc), TaskStatus.FAILED)

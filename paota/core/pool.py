@@ -1,4 +1,7 @@
-"""The worker pool: a :class:`~paota.core.client.Client` that also consumes queues and runs tasks.
+"""The kernel's worker pool: a client that also consumes queues and runs tasks.
+
+The public :class:`paota.WorkerPool` (:mod:`paota.pool`) is this pool with the built-in
+middleware composed around the user's; the kernel knows no feature by name.
 
 For each delivery, in one direction (see "The path of one task" in DESIGN.md):
 
@@ -22,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from paota.core.bounds import BadHeaders, MessageTooLarge, check_headers, check_size
-from paota.core.client import Client
+from paota.core.client import BaseClient
 from paota.core.clock import Clock
 from paota.core.config import Config
 from paota.core.context import TaskContext, reset_current, set_current, task_log_extra
@@ -44,10 +47,8 @@ from paota.core.runner import Runner
 from paota.core.settle import Settler, result_lifetimes
 from paota.core.state import TaskStatus
 from paota.core.tasks import Task
-from paota.middleware import builtin
-from paota.middleware.stats import PoolStats, StatsMiddleware
 
-__all__ = ["PoolStats", "WorkerPool"]
+__all__ = ["BaseWorkerPool"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +64,14 @@ def _check_concurrency(value: Any, what: str) -> int:
 DECODE_OFF_LOOP_BYTES = 256 * 1024
 
 
-class WorkerPool(Client):
-    """Runs registered tasks from a broker's queues; sends tasks too (it is a :class:`Client`).
+class BaseWorkerPool(BaseClient):
+    """Runs registered tasks from a broker's queues; sends tasks too (it is a client).
 
     ``concurrency`` is how many tasks of one queue run at once; ``queues`` names the queues to
     consume, each with its own concurrency (``{"paota_tasks": 50, "emails": 5}``; a list of
     names, or None as a concurrency, takes ``concurrency``). Without ``queues`` the pool consumes
-    the config's task queue and every queue a registered task names. ``scheduler=True`` also
-    runs a :class:`paota.scheduler.Scheduler` for the pool's periodic tasks while it consumes.
+    the config's task queue and every queue a registered task names. Its middleware are those
+    :meth:`compose` returns (the user's, here; the public pool adds the built-in ones).
     The constructor does no I/O: ``async with pool`` (or ``await pool.connect()``) opens the
     broker and store; ``await pool.start()`` also consumes until :meth:`stop` or SIGINT/SIGTERM.
     """
@@ -86,17 +87,12 @@ class WorkerPool(Client):
         store: Store | None = None,
         clock: Clock | None = None,
         middleware: Sequence[Middleware] = (),
-        scheduler: bool = False,
     ) -> None:
         self.concurrency = _check_concurrency(concurrency, "concurrency")
         super().__init__(
             config, name=name, broker=broker, store=store, clock=clock, middleware=middleware
         )
         self.queues = queues
-        #: Whether the pool also runs a scheduler for its periodic tasks while it consumes
-        #: (``scheduler=True``; see :mod:`paota.scheduler`).
-        self.run_scheduler = bool(scheduler)
-        self._stats = StatsMiddleware()
         self._stopping: asyncio.Event | None = None
         self._stopped: asyncio.Event | None = None
         self._hurry: asyncio.Event | None = None  # a second signal: stop without the grace
@@ -105,11 +101,6 @@ class WorkerPool(Client):
         self._runner: Runner | None = None
         self._settler: Settler | None = None
         self._run_chain = MiddlewareChain()
-
-    @property
-    def stats(self) -> PoolStats:
-        """What this pool did since it was created (counted by a middleware)."""
-        return self._stats.stats
 
     # registration ----------------------------------------------------------------------------
 
@@ -219,12 +210,13 @@ class WorkerPool(Client):
             self._stopped.set()
             logger.info("worker pool %s stopped", self.name)
 
+    def compose(self) -> list[Middleware]:
+        """The middleware a run goes through, in order, when the pool starts: the user's here;
+        the public :class:`paota.WorkerPool` puts the built-in ones around them."""
+        return list(self.middleware.items)
+
     def _prepare(self, queues: Mapping[str, int]) -> None:
-        # Counting first, so every other middleware's outcome is counted even if it fails; the
-        # callbacks after the user's middleware (their after_outcome runs first).
-        self._run_chain = MiddlewareChain(
-            [*builtin.outer(self), *self.middleware.items, *builtin.inner(self)]
-        )
+        self._run_chain = MiddlewareChain(self.compose())
         if self._runner is None:
             self._runner = Runner(sum(queues.values()))
         self._settler = Settler(

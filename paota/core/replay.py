@@ -18,7 +18,7 @@ came from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -29,13 +29,15 @@ from paota.core.protocols import (
     PARKING_HEADERS,
     REPLAYS_HEADER,
     RETURNS_HEADER,
+    Broker,
     Message,
     OutgoingMessage,
+    ParkQueue,
     Rewrite,
     header_int,
 )
 
-__all__ = ["replay_headers", "replay_rewrite"]
+__all__ = ["replay_headers", "replay_rewrite", "requeue"]
 
 
 def replay_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
@@ -100,3 +102,29 @@ def replay_rewrite(
         )
 
     return rewrite
+
+
+async def requeue(
+    broker: Broker,
+    queue: ParkQueue,
+    *,
+    now: Callable[[], datetime],
+    reason: str | None = None,
+    limit: int | None = None,
+    task_ids: Iterable[str] | None = None,
+) -> int:
+    """Move the parked messages of ``queue`` back (see :meth:`paota.Client.requeue_parked`):
+    those with ``x-paota-reason == reason`` when given, those of ``task_ids`` when given."""
+    rewrite = replay_rewrite(
+        broker.default_queue,
+        reason=reason,
+        now=now,
+        parking={broker.parking_queue(q) for q in ParkQueue},
+    )
+    if task_ids is not None:
+        wanted, replay = frozenset(task_ids), rewrite
+
+        def rewrite(message: Message) -> OutgoingMessage | None:
+            return replay(message) if message.message_id in wanted else None
+
+    return await broker.replay_parked(queue, rewrite, limit=limit)

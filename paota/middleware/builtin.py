@@ -15,16 +15,17 @@ from paota.core.middleware import Middleware
 from paota.core.protocols import has_control_channel, has_coordination
 from paota.core.replies import ReplyMiddleware, ReplyPath
 from paota.middleware.callbacks import CallbacksMiddleware
+from paota.middleware.stats import StatsMiddleware
 
 if TYPE_CHECKING:
-    from paota.core.pool import WorkerPool
+    from paota.core.pool import BaseWorkerPool as WorkerPool
 
 __all__ = ["heartbeats", "inner", "outer", "run_control"]
 
 
-def outer(pool: WorkerPool) -> list[Middleware]:
-    """Built-in middleware placed before the user's (counting comes first of all)."""
-    return [pool._stats, *run_control(pool), *heartbeats(pool)]
+def outer(pool: WorkerPool, stats: StatsMiddleware) -> list[Middleware]:
+    """Built-in middleware placed before the user's (counting, ``stats``, comes first of all)."""
+    return [stats, *run_control(pool), *heartbeats(pool)]
 
 
 def heartbeats(pool: WorkerPool) -> list[Middleware]:
@@ -68,13 +69,16 @@ def _uses_limits(pool: WorkerPool) -> bool:
     if limits is not None and any(isinstance(m, limits.LimitsMiddleware) for m in pool.middleware):
         return True
     return any(
-        task is not None and (task.max_concurrency is not None or task.rate is not None)
-        for task in map(pool._registry.get, pool._registry)
+        task is not None
+        and (
+            task.options.get("max_concurrency") is not None or task.options.get("rate") is not None
+        )
+        for task in map(pool.registered_task, pool.task_names)
     )
 
 
-def inner(pool: WorkerPool) -> list[Middleware]:
-    """Built-in middleware placed after the user's."""
+def inner(pool: WorkerPool, *, scheduler: bool = False) -> list[Middleware]:
+    """Built-in middleware placed after the user's (``scheduler``: the pool runs a scheduler)."""
     items: list[Middleware] = [CallbacksMiddleware()]
     if isinstance(pool.broker, ReplyPath):
         # Sends the final outcome where a message asks for it (x-paota-reply-to); for the
@@ -94,7 +98,7 @@ def inner(pool: WorkerPool) -> list[Middleware]:
         from paota.middleware import limits
 
         items.extend(limits.install(pool))
-    if pool.run_scheduler:
+    if scheduler:
         # Last in, so its shutdown runs first: a stopping pool sends no more slots.
         from paota.scheduler.middleware import SchedulerMiddleware
 

@@ -45,7 +45,7 @@ from paota.core.protocols import Coordination, has_coordination
 from paota.middleware.counters import QueueCounters
 
 if TYPE_CHECKING:
-    from paota.core.pool import WorkerPool
+    from paota.core.pool import BaseWorkerPool as WorkerPool
 
 __all__ = ["TTL_INTERVALS", "WORKER_KIND", "HeartbeatMiddleware", "list_workers"]
 
@@ -139,6 +139,7 @@ class HeartbeatMiddleware(Middleware):
         """The record as written now."""
         pool = self._pool
         assert pool is not None and self._started_at is not None
+        stats = getattr(pool, "stats", None)  # the public pool's counts (paota.pool)
         return {
             "name": pool.name,
             "host": socket.gethostname(),
@@ -151,7 +152,7 @@ class HeartbeatMiddleware(Middleware):
             "last_seen": pool.clock.now().isoformat(),
             "interval_s": self.interval_s,
             "ttl_s": self.ttl_s,
-            "stats": dataclasses.asdict(pool.stats),
+            "stats": dataclasses.asdict(stats) if stats is not None else {},
             "queue_stats": self.counters.snapshot(),
             "version": _version(),
         }
@@ -184,7 +185,7 @@ class HeartbeatMiddleware(Middleware):
 
 
 def _version() -> str:
-    from paota import __version__
+    from paota._version import __version__
 
     return __version__
 

@@ -61,9 +61,7 @@ import contextlib
 import functools
 import itertools
 import logging
-import math
 import random
-import re
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
@@ -75,11 +73,12 @@ from paota.core.context import TaskContext
 from paota.core.errors import ConfigError
 from paota.core.middleware import Middleware
 from paota.core.outcome import Defer, Outcome
-from paota.core.protocols import MAX_DELAY_S, Coordination, has_coordination
+from paota.core.protocols import Coordination, has_coordination
+from paota.middleware.limit_options import LIMIT_OPTIONS, SCOPES, Rate, check_limits, parse_rate
 
 if TYPE_CHECKING:
     from paota.core.clock import Clock
-    from paota.core.pool import WorkerPool
+    from paota.core.pool import BaseWorkerPool as WorkerPool
     from paota.core.tasks import Task
 
 __all__ = [
@@ -90,6 +89,7 @@ __all__ = [
     "LimitsMiddleware",
     "Rate",
     "check_limits",
+    "has_limits",
     "install",
     "parse_rate",
 ]
@@ -108,11 +108,6 @@ GRANTED_KEY = "paota.limits.granted_at"
 the rate limit granted it (an aware datetime). The run itself begins when the broker delivers it,
 a little later: ``current_task().started_at - granted`` is that latency."""
 
-SCOPES = ("worker", "global")
-"""The values of the ``limit_scope`` task option."""
-
-_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
-_RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*")
 _HOLD = "paota.limits.hold"
 
 #: A deferred copy may come back this much before its reserved start (float rounding) and start.
@@ -125,74 +120,6 @@ MIN_THROTTLE_DELAY_S = 0.01
 JITTER = 0.1
 #: A copy that comes back later than this after its reserved start always takes a new one.
 MAX_GRACE_S = 1.0
-
-
-# --- the options ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Rate:
-    """A start rate: at most ``count`` starts per ``period_s`` seconds, evenly spaced."""
-
-    count: float
-    period_s: float
-    text: str
-
-    @property
-    def interval_s(self) -> float:
-        """The least time between two starts, rounded up to the microsecond (so that rounding
-        never lets ``count + 1`` starts into one period)."""
-        return math.ceil(self.period_s * 1_000_000 / self.count) / 1_000_000
-
-
-def parse_rate(value: Any) -> Rate:
-    """``"10/s"``, ``"100/m"``, ``"5/h"``, ``"2.5/s"`` as a :class:`Rate`; TypeError or ValueError
-    naming the value and the forms allowed otherwise."""
-    if not isinstance(value, str):
-        raise TypeError(
-            f"rate must be a string such as '10/s', '100/m' or '5/h', got "
-            f"{type(value).__name__} {value!r}"
-        )
-    match = _RATE.fullmatch(value)
-    if match is None:
-        raise ValueError(
-            f"rate={value!r} is not valid: expected '<number>/s', '<number>/m' or '<number>/h' "
-            "(starts per second, minute or hour), e.g. '10/s', '100/m', '2.5/s'"
-        )
-    count = float(match.group(1))
-    period_s = _PERIODS[match.group(2)]
-    if count <= 0:
-        raise ValueError(f"rate={value!r} is not valid: the number of starts must be > 0")
-    if period_s / count > MAX_DELAY_S:
-        raise ValueError(
-            f"rate={value!r} is not valid: it allows fewer than one start per 7 days "
-            "(the longest delay a broker keeps)"
-        )
-    return Rate(count, period_s, value.strip())
-
-
-def check_limits(max_concurrency: Any, rate: Any, limit_scope: Any) -> None:
-    """Validate the limit options of a task (at registration): TypeError / ValueError naming the
-    option, the value and what is allowed."""
-    if max_concurrency is not None and (
-        isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
-    ):
-        raise TypeError(
-            f"max_concurrency must be an integer >= 1 (or None: no limit), got "
-            f"{type(max_concurrency).__name__} {max_concurrency!r}"
-        )
-    if max_concurrency is not None and max_concurrency < 1:
-        raise ValueError(
-            f"max_concurrency={max_concurrency!r} is not valid: expected an integer >= 1 "
-            "(or None: no limit)"
-        )
-    if rate is not None:
-        parse_rate(rate)
-    if limit_scope not in SCOPES:
-        raise ValueError(
-            f"limit_scope={limit_scope!r} is not valid: expected 'worker' (limits of each "
-            "worker) or 'global' (shared by the workers of a store)"
-        )
 
 
 # --- the state of one limited task ---------------------------------------------------------------
@@ -238,9 +165,11 @@ class _Limit:
 
     def __init__(self, task: Task[Any, Any]) -> None:
         self.name = task.name
-        self.max_concurrency: int | None = task.max_concurrency
-        self.rate = None if task.rate is None else parse_rate(task.rate)
-        self.scope: str = getattr(task, "limit_scope", None) or "worker"
+        options = task.options
+        self.max_concurrency: int | None = options.get("max_concurrency")
+        rate = options.get("rate")
+        self.rate = None if rate is None else parse_rate(rate)
+        self.scope: str = options.get("limit_scope") or "worker"
         self.is_global = self.scope == "global"
         self.slot_key = f"limits:{task.name}:concurrency"
         self.rate_key = f"limits:{task.name}:rate"
@@ -374,6 +303,12 @@ def _describe(exc: BaseException) -> str:
 # --- the middleware ------------------------------------------------------------------------------
 
 
+def has_limits(task: Task[Any, Any]) -> bool:
+    """Whether ``task`` has a concurrency or a rate limit."""
+    options = task.options
+    return options.get("max_concurrency") is not None or options.get("rate") is not None
+
+
 class LimitsMiddleware(Middleware):
     """Enforces the ``max_concurrency`` and ``rate`` options of a pool's tasks (see the module
     docs).
@@ -385,6 +320,8 @@ class LimitsMiddleware(Middleware):
     ``max_outage_backoff_s`` pace the probes of a store that does not answer; ``seed`` makes the
     jitter repeatable. :attr:`stats` counts what it did, per task name.
     """
+
+    task_options = LIMIT_OPTIONS
 
     def __init__(
         self,
@@ -440,7 +377,7 @@ class LimitsMiddleware(Middleware):
         limits: dict[str, _Limit] = {}
         for name in registry:
             task = registry.get(name)
-            if task is None or (task.max_concurrency is None and task.rate is None):
+            if task is None or not has_limits(task):
                 continue
             limits[name] = _Limit(task)
         store = pool.store

@@ -63,8 +63,8 @@ from paota.core.protocols import ParkQueue, QueueDepths, has_queue_depths
 from paota.middleware._outcomes import outcome_label
 
 if TYPE_CHECKING:
-    from paota.core.client import Client
-    from paota.core.pool import WorkerPool
+    from paota.core.client import BaseClient as Client
+    from paota.core.pool import BaseWorkerPool as WorkerPool
 
 __all__ = [
     "DURATION_BUCKETS_S",

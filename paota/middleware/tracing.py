@@ -40,7 +40,7 @@ try:
 except ModuleNotFoundError as exc:
     raise missing_extra(exc, "OpenTelemetry tracing (paota.middleware.tracing)") from None
 
-from paota import __version__
+from paota._version import __version__
 from paota.core.context import NotInTaskError, TaskContext, current_task
 from paota.core.middleware import Middleware, PublishContext
 from paota.core.outcome import Outcome, Park

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from paota.core.message import Signature, decode_json
+from paota.core.message.binding import go_arg
 from paota.core.middleware import Middleware
 from paota.core.outcome import (
     Cancelled,
@@ -61,12 +62,11 @@ from paota.core.protocols import (
     header_text,
 )
 from paota.core.state import ErrorInfo, TaskStatus, task_state
-from paota.core.tasks import go_arg
 
 if TYPE_CHECKING:
-    from paota.core.client import Client
+    from paota.core.client import BaseClient as Client
     from paota.core.context import TaskContext
-    from paota.core.pool import WorkerPool
+    from paota.core.pool import BaseWorkerPool as WorkerPool
 
 __all__ = [
     "ERROR_PATH",

@@ -20,7 +20,6 @@ from paota.core.message import Arg, Signature
 from paota.scheduler.triggers import Cron, Every, slot_iso, trigger_from_doc
 
 if TYPE_CHECKING:
-    from paota.core.client import Client
     from paota.core.tasks import AsyncTask, SyncTask, Task
 
 __all__ = [
@@ -222,8 +221,17 @@ def _go_style_template(
     )
 
 
+class ScheduleOwner(Protocol):
+    """What :func:`periodic_decorator` needs of a client: making a task and keeping a schedule
+    (:class:`paota.Client`)."""
+
+    def task(self, fn: Any) -> Any: ...
+
+    def add_schedule(self, schedule: Schedule) -> None: ...
+
+
 def periodic_decorator(
-    client: Client,
+    client: ScheduleOwner,
     cron: str | None,
     *,
     every: float | timedelta | None,
@@ -263,7 +271,7 @@ def periodic_decorator(
             misfire_grace_s=misfire_grace_s,
             catch_up=catch_up,
         )
-        client._add_schedule(schedule)
+        client.add_schedule(schedule)
         return task
 
     return decorate

@@ -48,7 +48,7 @@ from paota.scheduler.schedule import Schedule, slot_task_id
 from paota.scheduler.triggers import slot_iso, zone
 
 if TYPE_CHECKING:
-    from paota.core.client import Client
+    from paota.core.client import BaseClient as Client
 
 __all__ = [
     "CLAIM_MARGIN_S",
@@ -164,7 +164,7 @@ class Scheduler:
         self.client = client
         self.name = name or f"{client.name}/scheduler"
         self.clock = client.clock
-        self._code = list(client.schedules if schedules is None else schedules)
+        self._code = list(getattr(client, "schedules", ()) if schedules is None else schedules)
         self.poll_s = poll_s
         self.refresh_s = refresh_s
         self._entries: dict[str, _Entry] = {}

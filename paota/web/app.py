@@ -43,7 +43,7 @@ try:
 except ModuleNotFoundError as exc:
     raise missing_extra(exc, "the management API and dashboard (paota.web, paota web)") from None
 
-from paota.core.client import Client
+from paota.client import Client
 from paota.core.errors import BrokerError, ConfigError, StoreError
 from paota.web import ops
 from paota.web.monitor import Monitor
@@ -391,7 +391,7 @@ class _Api:
 
     async def info(self, request: Request) -> Response:
         check_fields(request.query_params, (), "query parameter")
-        from paota import __version__
+        from paota._version import __version__
 
         client = self.client
         await client.connect()

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from paota.core.client import Client
+from paota.client import Client
 from paota.core.errors import BrokerError, StoreError
 from paota.middleware.counters import (
     COUNTS,

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from paota.core.client import Client
-from paota.core.errors import BrokerError, ConfigError, DecodeError
+from paota.client import Client
+from paota.core.errors import ArgumentError, BindError, BrokerError, ConfigError, DecodeError
 from paota.core.message import Arg, Signature, decode_message
 from paota.core.protocols import (
     MAX_DELAY_S,
@@ -33,7 +33,7 @@ from paota.core.protocols import (
     has_queue_stats,
 )
 from paota.core.state import TaskState, TaskStatus, task_state
-from paota.core.tasks import ArgumentError, BindError, Task
+from paota.core.tasks import Task
 from paota.web.params import (
     WebError,
     bad,

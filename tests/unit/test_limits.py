@@ -7,7 +7,7 @@ import asyncio
 import heapq
 import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -234,8 +234,51 @@ def test_good_limits_are_kept_on_the_task() -> None:
     @pool.task
     async def free() -> None: ...
 
-    assert (limited.max_concurrency, limited.rate, limited.limit_scope) == (3, "10/s", "global")
-    assert (free.max_concurrency, free.rate, free.limit_scope) == (None, None, "worker")
+    limits = ("max_concurrency", "rate", "limit_scope")
+    assert [limited.options[k] for k in limits] == [3, "10/s", "global"]
+    assert [free.options[k] for k in limits] == [None, None, "worker"]
+
+
+def test_an_option_no_middleware_declares_is_refused_when_the_task_is_made() -> None:
+    pool = WorkerPool(Config())
+    with pytest.raises(RegistrationError) as raised:
+
+        @pool.task(max_concurency=3)  # a typo
+        async def limited() -> None: ...
+
+    message = str(raised.value)
+    assert "unknown task option max_concurency" in message
+    assert "max_concurrency, rate, limit_scope (limits (paota.middleware.limits))" in message or (
+        "limit_scope, max_concurrency, rate (limits (paota.middleware.limits))" in message
+    )
+    assert not pool.is_task_registered("limited")
+
+
+def test_a_middleware_declares_the_task_options_it_reads() -> None:
+    from paota.core.middleware import TaskOptionSpec
+
+    def check(options: Mapping[str, Any]) -> None:
+        if options["audit_level"] not in ("low", "high"):
+            raise ValueError(f"audit_level={options['audit_level']!r}: expected 'low' or 'high'")
+
+    class Audit(Middleware):
+        task_options = TaskOptionSpec("audit", {"audit_level": "low"}, check)
+
+    pool = WorkerPool(Config(), middleware=[Audit()])
+
+    @pool.task(audit_level="high", max_concurrency=2)
+    async def audited() -> None: ...
+
+    @pool.task
+    async def plain() -> None: ...
+
+    assert audited.options["audit_level"] == "high" and plain.options["audit_level"] == "low"
+    assert audited.options["max_concurrency"] == 2
+    with pytest.raises(RegistrationError, match="audit_level='medium': expected 'low' or 'high'"):
+        pool.task(name="bad", audit_level="medium")(plain.fn)
+    # a client without that middleware does not know the option
+    with pytest.raises(RegistrationError, match="unknown task option audit_level"):
+        WorkerPool(Config()).task(audit_level="high")(plain.fn)
 
 
 def test_only_a_pool_with_a_limited_task_gets_a_limiter() -> None:

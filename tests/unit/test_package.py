@@ -25,6 +25,8 @@ def test_all_matches_public_names() -> None:
         "scheduler",
         "supervisor",
         "web",
+        "client",
+        "pool",
     }
     assert set(paota.__all__) - {"__version__"} == public - modules
     for name in paota.__all__:
