@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
 
-from paota.core.errors import TaskCancelledError, TaskTimeoutError
+from paota.core.bounds import BadHeaders, MessageTooLarge
+from paota.core.errors import DecodeError, TaskCancelledError, TaskTimeoutError
 from paota.core.message import Signature
 from paota.core.protocols import MAX_DELAY_S, ParkQueue, ParkReason
 from paota.core.state import ErrorInfo, TaskStatus
@@ -49,6 +50,8 @@ __all__ = [
     "decide",
     "error_info",
     "fibonacci_backoff_s",
+    "internal_error",
+    "unreadable",
     "until",
 ]
 
@@ -232,3 +235,22 @@ def decide(
     if isinstance(exc, TaskTimeoutError):
         return Park(ParkQueue.TIMEOUT, ParkReason.EXEC_TIMEOUT, error, TaskStatus.TIMED_OUT)
     return Park(ParkQueue.FAILED, ParkReason.RETRIES_EXHAUSTED, error, TaskStatus.FAILED)
+
+
+def unreadable(exc: DecodeError) -> Park:
+    """The outcome of a delivery that cannot be read: parked ``too-large``, ``bad-headers`` or
+    ``undecodable`` (by the error), FAILED."""
+    reason = (
+        ParkReason.TOO_LARGE
+        if isinstance(exc, MessageTooLarge)
+        else ParkReason.BAD_HEADERS
+        if isinstance(exc, BadHeaders)
+        else ParkReason.UNDECODABLE
+    )
+    return Park(ParkQueue.FAILED, reason, error_info(exc), TaskStatus.FAILED)
+
+
+def internal_error(exc: Exception) -> Park:
+    """The outcome of a delivery whose handling failed on a bug (paota's, or a seam's), not on
+    the message: parked ``internal-error`` with the traceback, to be looked at and replayed."""
+    return Park(ParkQueue.FAILED, ParkReason.INTERNAL_ERROR, error_info(exc), TaskStatus.FAILED)

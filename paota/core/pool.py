@@ -24,7 +24,7 @@ import signal
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from paota.core.bounds import BadHeaders, MessageTooLarge, check_headers, check_size
+from paota.core.bounds import check_headers, check_size
 from paota.core.client import BaseClient
 from paota.core.clock import Clock
 from paota.core.config import Config
@@ -32,13 +32,11 @@ from paota.core.context import TaskContext, reset_current, set_current, task_log
 from paota.core.errors import BrokerError, ConfigError, DecodeError, PaotaError, StoreError
 from paota.core.message import Signature, decode_message
 from paota.core.middleware import Middleware, MiddlewareChain
-from paota.core.outcome import Duplicate, Outcome, Park, admit, decide, error_info
+from paota.core.outcome import Duplicate, Outcome, admit, decide, internal_error, unreadable
 from paota.core.protocols import (
     RETURNS_HEADER,
     Broker,
     Delivery,
-    ParkQueue,
-    ParkReason,
     Store,
     header_int,
 )
@@ -330,13 +328,13 @@ class BaseWorkerPool(BaseClient):
                     try:
                         await slots.acquire()
                     except asyncio.CancelledError:
-                        await _quietly(delivery.reject(requeue=True))
+                        await give_back(delivery)
                         raise
                     if self._is_stopping():
                         # Asked to stop while waiting for the slot (a signal, or a middleware
                         # such as a supervised child's recycling): no new run starts.
                         slots.release()
-                        await _quietly(delivery.reject(requeue=True))
+                        await give_back(delivery)
                         return
                     task = asyncio.create_task(self._run_delivery(delivery, slots))
                     self._inflight.add(task)
@@ -376,7 +374,7 @@ class BaseWorkerPool(BaseClient):
         try:
             await self._handle(delivery)
         except asyncio.CancelledError:
-            await _quietly(delivery.reject(requeue=True))
+            await give_back(delivery)
             raise
         except (BrokerError, StoreError) as exc:
             # The outcome could not be made durable: leave the message to the broker, which
@@ -390,7 +388,7 @@ class BaseWorkerPool(BaseClient):
                 exc,
                 extra=task_log_extra(task_id, name),
             )
-            await _quietly(delivery.reject(requeue=True))
+            await give_back(delivery)
         except Exception as exc:
             # A bug of paota's (or of a seam's), not of the message: park it with the traceback
             # rather than send it round again, so it can be looked at and replayed.
@@ -409,9 +407,7 @@ class BaseWorkerPool(BaseClient):
     async def _park_internal_error(self, delivery: Delivery, exc: Exception) -> None:
         settler = self._settler
         assert settler is not None
-        outcome = Park(
-            ParkQueue.FAILED, ParkReason.INTERNAL_ERROR, error_info(exc), TaskStatus.FAILED
-        )
+        outcome = internal_error(exc)
         placeholder = Signature("", uuid=delivery.message_id or "")
         ctx = TaskContext(
             placeholder, queue=delivery.queue, headers=delivery.headers, worker=self.name
@@ -424,7 +420,7 @@ class BaseWorkerPool(BaseClient):
                 self.name,
                 park_exc,
             )
-            await _quietly(delivery.reject(requeue=True))
+            await give_back(delivery)
 
     async def _handle(self, delivery: Delivery) -> None:
         settler = self._settler
@@ -443,15 +439,7 @@ class BaseWorkerPool(BaseClient):
             ctx = TaskContext(
                 placeholder, queue=delivery.queue, headers=delivery.headers, worker=self.name
             )
-            reason = (
-                ParkReason.TOO_LARGE
-                if isinstance(exc, MessageTooLarge)
-                else ParkReason.BAD_HEADERS
-                if isinstance(exc, BadHeaders)
-                else ParkReason.UNDECODABLE
-            )
-            outcome: Outcome = Park(ParkQueue.FAILED, reason, error_info(exc), TaskStatus.FAILED)
-            await settler.settle(delivery, None, outcome, ctx)
+            await settler.settle(delivery, None, unreadable(exc), ctx)
             return
         ctx = TaskContext(sig, queue=delivery.queue, headers=delivery.headers, worker=self.name)
         token = set_current(ctx)
@@ -545,8 +533,12 @@ def _delivery_task(delivery: Delivery) -> tuple[str, str]:
     return sig.uuid or delivery.message_id or "", sig.name
 
 
-async def _quietly(awaitable: Any) -> None:
+async def give_back(delivery: Delivery) -> None:
+    """Give ``delivery`` back to the broker, unacked, to be delivered again (at-least-once): what
+    the pool does with a delivery it does not settle (stopping, or its outcome could not be made
+    durable). Never raises: a broker that cannot take it back redelivers it when the channel
+    closes."""
     try:
-        await awaitable
+        await delivery.reject(requeue=True)
     except Exception as exc:
-        logger.debug("ignored while returning a delivery: %r", exc)
+        logger.debug("ignored while giving a delivery back: %r", exc)

@@ -58,13 +58,12 @@ from paota.core.protocols import (
     Message,
     OutgoingMessage,
     ParkInfo,
-    ParkQueue,
-    ParkReason,
     Store,
     has_coordination,
     header_int,
     header_text,
 )
+from paota.core.reconcile import FINAL_RUN, MAY_BE_CANCELLED, Facts, reconcile
 from paota.core.state import ErrorInfo, TaskState, TaskStatus, task_state
 
 __all__ = [
@@ -114,10 +113,6 @@ def parked_copy(delivery: Delivery, queue: str, info: ParkInfo) -> OutgoingMessa
     return resend(delivery, queue, headers=fitting_headers(delivery.headers, info.headers()))
 
 
-#: Outcomes before which the settler asks the store whether the run was cancelled.
-_MAY_BE_CANCELLED = frozenset({Duplicate, Park, Retry, Defer, Return})
-#: Final outcomes whose refused record may mean that the run was cancelled meanwhile.
-_FINAL_RUN = frozenset({Succeeded, Park})
 #: How long the claim "this run's cancellation was settled" is kept in the store, in seconds.
 CANCEL_CLAIM_TTL_S = 7 * 24 * 3600.0
 
@@ -172,19 +167,14 @@ class Settler:
         outcome: Outcome,
         ctx: TaskContext,
     ) -> None:
-        """Publish, record, run the hooks, ack (see the module docs)."""
+        """Publish, record, run the hooks, ack (see the module docs). The outcome changes only
+        through :func:`~paota.core.reconcile.reconcile`, with the facts the store gives."""
         store = self._store
         recorded = False  # the store holds this outcome already (it was read from there)
-        kind = type(outcome)
-        if (
-            kind is not Succeeded
-            and kind in _MAY_BE_CANCELLED
-            and store is not None
-            and sig is not None
-        ):
-            cancelled = await self._cancelled_run(delivery, sig)
-            if cancelled is not None:
-                outcome, recorded = cancelled, True
+        if type(outcome) in MAY_BE_CANCELLED and store is not None and sig is not None:
+            reason = await self._cancelled_run(delivery, sig)
+            if reason is not None:
+                outcome, recorded = reconcile(outcome, Facts(cancelled=reason)), True
         copy = self._copy(delivery, sig, outcome)
         if copy is not None:
             await self._broker.publish(copy)
@@ -198,15 +188,16 @@ class Settler:
                 except StoreError as exc:
                     if not exc.permanent:
                         raise
-                    outcome = await self._store_rejected(delivery, sig, outcome, ctx, exc)
-                    applied = True
-                if not applied and type(outcome) in _FINAL_RUN:
+                    rejected = reconcile(outcome, Facts(rejected=str(exc)))
+                    await self._store_rejected(delivery, sig, outcome, rejected, ctx, exc)
+                    outcome, applied = rejected, True
+                if not applied and type(outcome) in FINAL_RUN:
                     # Refused: the run was cancelled while it ran (or a duplicate finished first).
-                    cancelled = await self._cancelled_run(delivery, sig)
-                    if cancelled is not None:
-                        outcome = cancelled
-            if type(outcome) is Cancelled and not await self._first_to_settle(delivery, sig):
-                outcome = Duplicate()
+                    reason = await self._cancelled_run(delivery, sig)
+                    outcome = reconcile(outcome, Facts(cancelled=reason, refused=True))
+            if type(outcome) is Cancelled:
+                lost = not await self._first_to_settle(delivery, sig)
+                outcome = reconcile(outcome, Facts(claim_lost=lost))
         _log(outcome, sig, delivery, ctx, self._clock)
         if self._middleware:
             await self._middleware.after_outcome(ctx, outcome)
@@ -263,16 +254,15 @@ class Settler:
         delivery: Delivery,
         sig: Signature,
         outcome: Outcome,
+        rejected: Outcome,
         ctx: TaskContext,
         exc: StoreError,
-    ) -> Outcome:
-        """The outcome once the store refused ``outcome``'s record permanently.
-
-        A retry, deferral or return already published its copy: the task goes on there and the
-        next record may fit, so the outcome stands. Any other outcome becomes a parked copy with
-        reason ``store-rejected`` (unless it was parked already) and a smaller FAILED record (no
-        result, the error cut; then without the arguments) is written where the store takes it.
-        """
+    ) -> None:
+        """Carry out ``rejected``, what ``outcome`` became when the store refused its record for
+        good (:func:`~paota.core.reconcile.reconcile`): nothing more for a retry, deferral or
+        return (its copy is published); for a parking, a smaller record (its error cut); for
+        another outcome, the ``store-rejected`` parked copy and a smaller FAILED record (no
+        result, the error cut; then without the arguments), where the store takes it."""
         logger.error(
             "task %s (%s): the store refused its %s record for good: %s",
             sig.uuid,
@@ -281,24 +271,18 @@ class Settler:
             exc,
             extra={"task_id": sig.uuid, "task_name": sig.name},
         )
-        if isinstance(outcome, Retry | Defer | Return):
-            return outcome
-        error = ErrorInfo(
-            "StoreRejected", bounded_text(f"the store refused the record: {exc}", 2000)
-        )
-        if isinstance(outcome, Park):  # parked already: record its own error, cut
-            park = outcome
+        if not isinstance(rejected, Park):
+            return
+        if rejected is outcome:  # parked already: record its own error, cut
             cut = ErrorInfo(
-                outcome.error.type,
-                bounded_text(outcome.error.message, 2000),
-                outcome.error.traceback[-4000:],
+                rejected.error.type,
+                bounded_text(rejected.error.message, 2000),
+                rejected.error.traceback[-4000:],
             )
-            smaller = Park(outcome.queue, outcome.reason, cut, outcome.status)
+            smaller = Park(rejected.queue, rejected.reason, cut, rejected.status)
         else:
-            park = smaller = Park(
-                ParkQueue.FAILED, ParkReason.STORE_REJECTED, error, TaskStatus.FAILED
-            )
-            copy = self._copy(delivery, sig, park)
+            smaller = rejected
+            copy = self._copy(delivery, sig, rejected)
             assert copy is not None
             await self._broker.publish(copy)
         small = self._state_after(delivery, sig, smaller, ctx)
@@ -310,12 +294,11 @@ class Settler:
             except StoreError as again:
                 if not again.permanent:
                     raise
-        return park
 
     # --- cancellations and lifetimes -------------------------------------------------------------
 
-    async def _cancelled_run(self, delivery: Delivery, sig: Signature) -> Cancelled | None:
-        """Cancelled, when the store has this run (task and replays) as CANCELLED."""
+    async def _cancelled_run(self, delivery: Delivery, sig: Signature) -> str | None:
+        """The reason, when the store has this run (task and replays) as CANCELLED."""
         store = self._store
         assert store is not None
         state = await self._patiently(lambda: store.get(sig.uuid), "read", sig.uuid, sig.name)
@@ -323,7 +306,7 @@ class Settler:
             return None
         if state.replays != header_int(delivery.headers.get(REPLAYS_HEADER)):
             return None  # an older run was cancelled, or this message is of an older run
-        return Cancelled(state.error.message if state.error is not None else "cancelled")
+        return state.error.message if state.error is not None else "cancelled"
 
     async def _first_to_settle(self, delivery: Delivery, sig: Signature) -> bool:
         """Whether this worker is the first to settle the run's cancellation (its hooks fire)."""
