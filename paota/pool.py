@@ -6,6 +6,7 @@ scheduler), and the public :class:`~paota.Client`'s features (periodic tasks, ta
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 from paota.client import Client
@@ -14,6 +15,7 @@ from paota.core.config import Config
 from paota.core.middleware import Middleware
 from paota.core.pool import BaseWorkerPool
 from paota.core.protocols import Broker, Store
+from paota.core.services import WorkerServices
 from paota.middleware import builtin
 from paota.middleware.stats import PoolStats, StatsMiddleware
 
@@ -64,6 +66,10 @@ class WorkerPool(BaseWorkerPool, Client):
     def stats(self) -> PoolStats:
         """What this pool did since it was created (counted by a middleware)."""
         return self._stats.stats
+
+    def services(self, queues: Mapping[str, int]) -> WorkerServices:
+        """The kernel's services, with the pool's counts (``services.stats()``)."""
+        return dataclasses.replace(super().services(queues), stats=lambda: self.stats)
 
     def compose(self) -> list[Middleware]:
         """Counting first, so every other middleware's outcome is counted even if it fails;

@@ -44,6 +44,7 @@ from typing import Any
 from paota.core.context import TaskContext
 from paota.core.errors import ConfigError
 from paota.core.middleware import Middleware
+from paota.core.services import WorkerServices
 
 __all__ = [
     "FD_ENV",
@@ -141,14 +142,14 @@ class SupervisedChild(Middleware):
         self.fd = fd
         self.max_memory_bytes = max_memory_bytes
         self.memory_check_s = memory_check_s
-        self._pool: Any = None
+        self._pool: WorkerServices | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._recycling = False
 
-    async def startup(self, worker: Any) -> None:
+    async def startup(self, services: WorkerServices) -> None:
         """Connect the link, say ``ready``, start watching memory and the supervisor."""
-        self._pool = worker
+        self._pool = services
         reader, self._writer = await asyncio.open_unix_connection(
             sock=socket.socket(fileno=self.fd)
         )
@@ -156,14 +157,14 @@ class SupervisedChild(Middleware):
             {
                 "event": "ready",
                 "pid": os.getpid(),
-                "grace_s": float(worker.config.shutdown_grace_s),
+                "grace_s": float(services.config.shutdown_grace_s),
             }
         )
         self._spawn(self._watch_supervisor(reader))
         if self.max_memory_bytes is not None:
             self._spawn(self._watch_memory(self.max_memory_bytes))
 
-    async def shutdown(self, worker: Any) -> None:
+    async def shutdown(self, services: WorkerServices) -> None:
         """Stop watching; close the link."""
         for task in list(self._background):
             if task is not asyncio.current_task() and not task.done():

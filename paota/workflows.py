@@ -118,7 +118,7 @@ def _go_template(sig: Signature, client: Client) -> dict[str, Any]:
             f"workflow step {sig.name!r}: a Signature with raw_args (Go's header mode) cannot be a "
             "workflow step; give its args as Args"
         )
-    registered = client._registry.get(sig.name)
+    registered = client.registered_task(sig.name)
     queue = registered.defaults.queue if registered is not None else None
     return {
         "name": sig.name,

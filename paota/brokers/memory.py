@@ -165,6 +165,9 @@ class MemoryBroker:
     passes the config's names).
     """
 
+    #: In this process only: no other process sees its queues (paota.core.capabilities).
+    shared = False
+
     def __init__(
         self,
         *,

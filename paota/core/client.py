@@ -290,6 +290,11 @@ class BaseClient:
     def _make_task(self, func: Callable[..., Any], name: str, **fields: Any) -> Task[Any, Any]:
         return make_task(self, func, name, specs=self.task_option_specs(), **fields)
 
+    @property
+    def registry(self) -> TaskRegistry:
+        """The registered tasks, by name (and the queues they name)."""
+        return self._registry
+
     def registered_task(self, name: str) -> Task[Any, Any] | None:
         """The task registered under ``name``, or None."""
         return self._registry.get(name)

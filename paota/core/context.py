@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from paota.core.delivery_info import DeliveryInfo
 from paota.core.errors import PaotaError, TaskCancelledError
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ class TaskContext:
         "_cancel_reason",
         "_cancel_sent",
         "_cancel_target",
+        "_info",
         "_log_extra",
         "_progress",
         "_record",
@@ -118,6 +120,7 @@ class TaskContext:
         self.worker = worker
         self.started_at = started_at
         self.data: dict[str, Any] = {}
+        self._info: DeliveryInfo | None = None
         self._log_extra: dict[str, Any] | None = None
         # Set by the runner while the task runs (see paota.core.runner): why it was cancelled,
         # the asyncio task to cancel, the one that was cancelled, where progress goes.
@@ -128,6 +131,14 @@ class TaskContext:
         # The STARTED record the pool wrote for this run: a progress report is that record with
         # the progress fields.
         self._record: TaskState | None = None
+
+    @property
+    def info(self) -> DeliveryInfo:
+        """What the delivery's paota headers say (replays, returns, workflow links), read once."""
+        info = self._info
+        if info is None:
+            info = self._info = DeliveryInfo.of(self.headers)
+        return info
 
     @property
     def cancelled(self) -> bool:

@@ -42,6 +42,7 @@ from paota.core.errors import BrokerError, StoreError
 if TYPE_CHECKING:
     from paota.core.message import Signature
     from paota.core.outcome import Outcome
+    from paota.core.services import WorkerServices
 
 __all__ = ["Middleware", "MiddlewareChain", "PublishContext", "TaskOptionSpec", "task_options"]
 
@@ -128,11 +129,13 @@ class Middleware:
     async def after_outcome(self, task: TaskContext, outcome: Outcome) -> None:
         """After the outcome of a delivery is durable, before the ack."""
 
-    async def startup(self, worker: Any) -> None:
-        """When a worker pool starts consuming (``worker`` is the pool)."""
+    async def startup(self, services: WorkerServices) -> None:
+        """When a worker pool starts consuming: ``services`` are its parts (name, config, broker,
+        store, clock, registry, runner, queues, a client to send with; see
+        :class:`~paota.core.services.WorkerServices`)."""
 
-    async def shutdown(self, worker: Any) -> None:
-        """When a worker pool has stopped."""
+    async def shutdown(self, services: WorkerServices) -> None:
+        """When a worker pool has stopped (the same ``services`` as at startup)."""
 
 
 def _overrides(middleware: Middleware, hook: str) -> bool:
@@ -256,21 +259,21 @@ class MiddlewareChain:
                     extra=task.log_extra,
                 )
 
-    async def startup(self, worker: Any) -> None:
+    async def startup(self, services: WorkerServices) -> None:
         """Every startup hook, in order; a failure is logged."""
         for middleware in self.items:
             if _overrides(middleware, "startup"):
                 try:
-                    await middleware.startup(worker)
+                    await middleware.startup(services)
                 except Exception:
                     logger.exception("middleware %s.startup failed", _describe(middleware))
 
-    async def shutdown(self, worker: Any) -> None:
+    async def shutdown(self, services: WorkerServices) -> None:
         """Every shutdown hook, in reverse order; a failure is logged."""
         for middleware in reversed(self.items):
             if _overrides(middleware, "shutdown"):
                 try:
-                    await middleware.shutdown(worker)
+                    await middleware.shutdown(services)
                 except Exception:
                     logger.exception("middleware %s.shutdown failed", _describe(middleware))
 

@@ -31,17 +31,17 @@ from paota.core.config import Config
 from paota.core.context import TaskContext, reset_current, set_current, task_log_extra
 from paota.core.errors import BrokerError, ConfigError, DecodeError, PaotaError, StoreError
 from paota.core.message import Signature, decode_message
+from paota.core.message.binding import go_style_entry
 from paota.core.middleware import Middleware, MiddlewareChain
 from paota.core.outcome import Duplicate, Outcome, admit, decide, internal_error, unreadable
 from paota.core.protocols import (
-    RETURNS_HEADER,
     Broker,
     Delivery,
     Store,
-    header_int,
 )
 from paota.core.registry import TaskFunc
 from paota.core.runner import Runner
+from paota.core.services import WorkerServices
 from paota.core.settle import Settler, result_lifetimes
 from paota.core.state import TaskStatus
 from paota.core.tasks import Task
@@ -118,12 +118,12 @@ class BaseWorkerPool(BaseClient):
         for name, func in tasks.items():
             if not isinstance(name, str) or not name:
                 raise RegistrationError(f"task name must be a non-empty string, got {name!r}")
-            made.append(self._make_task(func, name, go_style=_go_style_entry(func)))
+            made.append(self._make_task(func, name, go_style=go_style_entry(func)))
         self._registry.add_all(made)
 
     def register_task(self, name: str, func: TaskFunc | Callable[..., Any]) -> Task[Any, Any]:
         """Register one task under ``name`` (see :meth:`register_tasks`)."""
-        return self._add_task(func, name, go_style=_go_style_entry(func))
+        return self._add_task(func, name, go_style=go_style_entry(func))
 
     def is_task_registered(self, name: str) -> bool:
         """Whether a task is registered under ``name`` in this pool."""
@@ -179,7 +179,8 @@ class BaseWorkerPool(BaseClient):
                 return
             queues = self.consumed_queues()
             self._prepare(queues)
-            await self._run_chain.startup(self)
+            services = self.services(queues)
+            await self._run_chain.startup(services)
             started = True
             if not len(self._registry):
                 logger.warning("worker pool %s starts with no task registered", self.name)
@@ -204,9 +205,29 @@ class BaseWorkerPool(BaseClient):
                 loop.remove_signal_handler(signum)
             self._consumers = []
             if started:
-                await self._run_chain.shutdown(self)
+                await self._run_chain.shutdown(services)
             self._stopped.set()
             logger.info("worker pool %s stopped", self.name)
+
+    def services(self, queues: Mapping[str, int]) -> WorkerServices:
+        """What this pool gives its middleware in ``startup`` and ``shutdown`` (see
+        :class:`~paota.core.services.WorkerServices`), consuming ``queues``."""
+        runner = self._runner
+        assert runner is not None
+        return WorkerServices(
+            name=self.name,
+            config=self.config,
+            broker=self.broker,
+            store=self.store,
+            clock=self.clock,
+            registry=self._registry,
+            runner=runner,
+            queues=dict(queues),
+            client=self,
+            running=lambda: len(self._inflight),
+            stop=self.stop,
+            _pool=self,
+        )
 
     def compose(self) -> list[Middleware]:
         """The middleware a run goes through, in order, when the pool starts: the user's here;
@@ -455,7 +476,7 @@ class BaseWorkerPool(BaseClient):
             sig,
             now=self.clock.now(),
             registered=task is not None,
-            returns=max(0, header_int(delivery.headers.get(RETURNS_HEADER))),
+            returns=ctx.info.returns,
             max_returns=self.config.unknown_task_max_returns,
             known=", ".join(sorted(registry)),
         )
@@ -471,7 +492,7 @@ class BaseWorkerPool(BaseClient):
         assert settler is not None
         ctx.started_at = self.clock.now()
         if self.store is not None:
-            started = settler.state(sig, TaskStatus.STARTED, delivery, started_at=ctx.started_at)
+            started = settler.state(sig, TaskStatus.STARTED, ctx, started_at=ctx.started_at)
             if not await settler.record(started):
                 # The store has this run finished, or a later attempt: a redelivered duplicate
                 # (or it was cancelled: the settle step tells them apart, reading the record).
@@ -506,21 +527,6 @@ def _check_queue(name: Any) -> str:
     if not isinstance(name, str) or not name:
         raise ConfigError(f"queue name {name!r} is not valid: expected a non-empty string")
     return name
-
-
-def _go_style_entry(func: Any) -> bool | None:
-    """For ``register_tasks``: a one-parameter function is Go style unless it is typed."""
-    import inspect
-
-    from paota.core.tasks import is_go_style
-
-    try:
-        params = list(inspect.signature(func).parameters.values())
-    except (TypeError, ValueError):
-        return True
-    if len(params) == 1 and params[0].annotation is inspect.Parameter.empty:
-        return True
-    return is_go_style(func)
 
 
 def _delivery_task(delivery: Delivery) -> tuple[str, str]:

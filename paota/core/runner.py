@@ -27,7 +27,6 @@ from typing import Any
 
 from paota.core.context import ProgressSink, TaskContext
 from paota.core.errors import TaskCancelledError, TaskTimeoutError
-from paota.core.protocols import REPLAYS_HEADER, header_int
 from paota.core.tasks import Task
 from paota.core.threads import DaemonThreads
 
@@ -40,7 +39,7 @@ RECENT_CANCELS = 1024
 
 
 def _replays(ctx: TaskContext) -> int:
-    return header_int(ctx.headers.get(REPLAYS_HEADER))
+    return ctx.info.replays
 
 
 class Runner:

@@ -49,10 +49,7 @@ from paota.core.outcome import (
     Succeeded,
 )
 from paota.core.protocols import (
-    PARENT_HEADER,
-    REPLAYS_HEADER,
     RETURNS_HEADER,
-    WORKFLOW_HEADER,
     Broker,
     Delivery,
     Message,
@@ -60,8 +57,6 @@ from paota.core.protocols import (
     ParkInfo,
     Store,
     has_coordination,
-    header_int,
-    header_text,
 )
 from paota.core.reconcile import FINAL_RUN, MAY_BE_CANCELLED, Facts, reconcile
 from paota.core.state import ErrorInfo, TaskState, TaskStatus, task_state
@@ -172,14 +167,14 @@ class Settler:
         store = self._store
         recorded = False  # the store holds this outcome already (it was read from there)
         if type(outcome) in MAY_BE_CANCELLED and store is not None and sig is not None:
-            reason = await self._cancelled_run(delivery, sig)
+            reason = await self._cancelled_run(ctx, sig)
             if reason is not None:
                 outcome, recorded = reconcile(outcome, Facts(cancelled=reason)), True
         copy = self._copy(delivery, sig, outcome)
         if copy is not None:
             await self._broker.publish(copy)
         if sig is not None and store is not None:
-            state = None if recorded else self._state_after(delivery, sig, outcome, ctx)
+            state = None if recorded else self._state_after(sig, outcome, ctx)
             if state is not None:
                 if self._result_ttl is not None and state.status.is_final:
                     state = self._expiring(state)
@@ -193,10 +188,10 @@ class Settler:
                     outcome, applied = rejected, True
                 if not applied and type(outcome) in FINAL_RUN:
                     # Refused: the run was cancelled while it ran (or a duplicate finished first).
-                    reason = await self._cancelled_run(delivery, sig)
+                    reason = await self._cancelled_run(ctx, sig)
                     outcome = reconcile(outcome, Facts(cancelled=reason, refused=True))
             if type(outcome) is Cancelled:
-                lost = not await self._first_to_settle(delivery, sig)
+                lost = not await self._first_to_settle(ctx, sig)
                 outcome = reconcile(outcome, Facts(claim_lost=lost))
         _log(outcome, sig, delivery, ctx, self._clock)
         if self._middleware:
@@ -285,7 +280,7 @@ class Settler:
             copy = self._copy(delivery, sig, rejected)
             assert copy is not None
             await self._broker.publish(copy)
-        small = self._state_after(delivery, sig, smaller, ctx)
+        small = self._state_after(sig, smaller, ctx)
         assert small is not None
         for state in (small, small.replace(args=[])):
             try:
@@ -297,24 +292,23 @@ class Settler:
 
     # --- cancellations and lifetimes -------------------------------------------------------------
 
-    async def _cancelled_run(self, delivery: Delivery, sig: Signature) -> str | None:
+    async def _cancelled_run(self, ctx: TaskContext, sig: Signature) -> str | None:
         """The reason, when the store has this run (task and replays) as CANCELLED."""
         store = self._store
         assert store is not None
         state = await self._patiently(lambda: store.get(sig.uuid), "read", sig.uuid, sig.name)
         if state is None or state.status is not TaskStatus.CANCELLED:
             return None
-        if state.replays != header_int(delivery.headers.get(REPLAYS_HEADER)):
+        if state.replays != ctx.info.replays:
             return None  # an older run was cancelled, or this message is of an older run
         return state.error.message if state.error is not None else "cancelled"
 
-    async def _first_to_settle(self, delivery: Delivery, sig: Signature) -> bool:
+    async def _first_to_settle(self, ctx: TaskContext, sig: Signature) -> bool:
         """Whether this worker is the first to settle the run's cancellation (its hooks fire)."""
         coordination = self._coordination
         if coordination is None:
             return True
-        replays = header_int(delivery.headers.get(REPLAYS_HEADER))
-        key = f"paota.cancel-settled:{sig.uuid}:{replays}"
+        key = f"paota.cancel-settled:{sig.uuid}:{ctx.info.replays}"
         return await self._patiently(
             lambda: coordination.claim(key, self._worker, ttl_s=CANCEL_CLAIM_TTL_S),
             "claim",
@@ -356,27 +350,25 @@ class Settler:
 
     # --- step 2: what to record ------------------------------------------------------------------
 
-    def _state_after(
-        self, delivery: Delivery, sig: Signature, outcome: Outcome, ctx: TaskContext
-    ) -> TaskState | None:
+    def _state_after(self, sig: Signature, outcome: Outcome, ctx: TaskContext) -> TaskState | None:
         if isinstance(outcome, Succeeded):
             return self.state(
                 sig,
                 TaskStatus.SUCCEEDED,
-                delivery,
+                ctx,
                 result=outcome.result,
                 started_at=ctx.started_at,
                 finished_at=self._clock.now(),
             )
         if isinstance(outcome, Retry):
             return self.state(
-                sig, TaskStatus.RETRYING, delivery, error=outcome.error, started_at=ctx.started_at
+                sig, TaskStatus.RETRYING, ctx, error=outcome.error, started_at=ctx.started_at
             )
         if isinstance(outcome, Park):
             return self.state(
                 sig,
                 outcome.status,
-                delivery,
+                ctx,
                 error=outcome.error,
                 started_at=ctx.started_at,
                 finished_at=self._clock.now(),
@@ -385,7 +377,7 @@ class Settler:
             return self.state(
                 sig,
                 TaskStatus.CANCELLED,
-                delivery,
+                ctx,
                 error=ErrorInfo("Cancelled", outcome.reason),
                 started_at=ctx.started_at,
                 finished_at=self._clock.now(),
@@ -396,30 +388,23 @@ class Settler:
         self,
         sig: Signature,
         status: TaskStatus,
-        delivery: Delivery | None,
+        ctx: TaskContext,
         *,
         result: Any = None,
         error: ErrorInfo | None = None,
         started_at: Any = None,
         finished_at: Any = None,
     ) -> TaskState:
-        """The record of ``sig`` in ``status``, written by this worker (with the workflow links
-        the message's headers carry)."""
-        headers = None if delivery is None else delivery.headers
-        replays = 0
-        parent_id = workflow_id = ""
-        if headers:
-            replays = header_int(headers.get(REPLAYS_HEADER))
-            if WORKFLOW_HEADER in headers:
-                workflow_id = header_text(headers[WORKFLOW_HEADER])
-                parent_id = header_text(headers.get(PARENT_HEADER))
+        """The record of ``sig`` in ``status`` for the delivery of ``ctx``, written by this
+        worker (with the workflow links the message's headers carry)."""
+        info = ctx.info
         return task_state(
             sig.uuid,
             sig.name,
             status,
             args=wire_args(sig),
             attempts=sig.retries_done,
-            replays=replays,
+            replays=info.replays,
             worker=self._worker,
             created_at=sig.created_at,
             updated_at=self._clock.now(),
@@ -427,9 +412,9 @@ class Settler:
             error=error,
             started_at=started_at,
             finished_at=finished_at,
-            queue="" if delivery is None else delivery.queue,
-            parent_id=parent_id,
-            workflow_id=workflow_id,
+            queue=ctx.queue,
+            parent_id=info.parent_id,
+            workflow_id=info.workflow_id,
         )
 
     async def record(self, state: TaskState) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
+from paota.core.capabilities import is_shared
 from paota.core.middleware import Middleware
 from paota.core.protocols import has_control_channel, has_coordination
 from paota.core.replies import ReplyMiddleware, ReplyPath
@@ -34,11 +35,10 @@ def heartbeats(pool: WorkerPool) -> list[Middleware]:
     its own or ``heartbeat_interval_s`` is 0. Startup and shutdown hooks and a background beat
     only: nothing per task."""
     from paota.middleware.heartbeat import HeartbeatMiddleware
-    from paota.stores.memory import MemoryStore
 
     interval_s = pool.config.heartbeat_interval_s
     store = pool.store
-    if interval_s <= 0 or not has_coordination(store) or isinstance(store, MemoryStore):
+    if interval_s <= 0 or not has_coordination(store) or not is_shared(store):
         return []
     if any(isinstance(m, HeartbeatMiddleware) for m in pool.middleware):
         return []

@@ -17,6 +17,7 @@ from typing import Any
 from paota.core.context import TaskContext
 from paota.core.middleware import Middleware
 from paota.core.outcome import Cancelled, Outcome, Park, Succeeded
+from paota.core.services import WorkerServices
 from paota.core.state import ErrorInfo
 
 __all__ = ["CallbacksMiddleware"]
@@ -30,9 +31,9 @@ class CallbacksMiddleware(Middleware):
     def __init__(self) -> None:
         self._tasks: Any = None
 
-    async def startup(self, worker: Any) -> None:
+    async def startup(self, services: WorkerServices) -> None:
         """Remember the pool's registry."""
-        self._tasks = worker._registry
+        self._tasks = services.registry
 
     async def after_outcome(self, task: TaskContext, outcome: Outcome) -> None:
         """Fire the callback that ``outcome`` calls for, if the task has one."""

@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from paota.core.control import decode_control
 from paota.core.errors import StoreError
 from paota.core.middleware import Middleware
 from paota.core.protocols import ControlChannel, Store, has_control_channel
 from paota.core.runner import Runner
+from paota.core.services import WorkerServices
 from paota.core.state import TaskStatus
 
 __all__ = ["CancellationMiddleware"]
@@ -39,19 +39,20 @@ class CancellationMiddleware(Middleware):
         self._listener: asyncio.Task[None] | None = None
         self._runner: Runner | None = None
 
-    async def startup(self, worker: Any) -> None:
+    async def startup(self, services: WorkerServices) -> None:
         """Start listening (the pool's broker has a control channel)."""
-        broker = worker.broker
-        runner = worker._runner
+        broker = services.broker
+        runner = services.runner
         if not has_control_channel(broker) or not isinstance(runner, Runner):
             return
         self._runner = runner
         runner.loop = asyncio.get_running_loop()  # its async runs can be interrupted now
         self._listener = asyncio.create_task(
-            self._listen(broker, runner, worker.store, worker.name), name=f"{worker.name}-control"
+            self._listen(broker, runner, services.store, services.name),
+            name=f"{services.name}-control",
         )
 
-    async def shutdown(self, worker: Any) -> None:
+    async def shutdown(self, services: WorkerServices) -> None:
         """Stop listening."""
         runner, self._runner = self._runner, None
         if runner is not None:

@@ -45,7 +45,7 @@ from paota.core.protocols import Coordination, has_coordination
 from paota.middleware.counters import QueueCounters
 
 if TYPE_CHECKING:
-    from paota.core.pool import BaseWorkerPool as WorkerPool
+    from paota.core.services import WorkerServices
 
 __all__ = ["TTL_INTERVALS", "WORKER_KIND", "HeartbeatMiddleware", "list_workers"]
 
@@ -83,7 +83,7 @@ class HeartbeatMiddleware(Middleware):
         self.interval_s = float(interval_s)
         self.ttl_s = float(ttl)
         self.key = ""
-        self._pool: WorkerPool | None = None
+        self._pool: WorkerServices | None = None
         self._store: Coordination | None = None
         self._started_at: datetime | None = None
         self._queues: dict[str, int] = {}
@@ -91,23 +91,23 @@ class HeartbeatMiddleware(Middleware):
         self._failing = False
         self.counters = QueueCounters()
 
-    async def startup(self, worker: Any) -> None:
+    async def startup(self, services: WorkerServices) -> None:
         """Write the first record and start beating."""
-        store = worker.store
+        store = services.store
         if not has_coordination(store):
             logger.info(
                 "worker pool %s: no heartbeats (its store %s has no Coordination capability)",
-                worker.name,
+                services.name,
                 type(store).__name__ if store is not None else "(none)",
             )
             return
-        self._pool = worker
+        self._pool = services
         self._store = store
         self.key = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._started_at = worker.clock.now()
-        self._queues = dict(worker.consumed_queues())
+        self._started_at = services.clock.now()
+        self._queues = dict(services.queues)
         await self.beat()
-        self._task = asyncio.create_task(self._beating(), name=f"{worker.name}-heartbeat")
+        self._task = asyncio.create_task(self._beating(), name=f"{services.name}-heartbeat")
 
     async def after_outcome(self, task: TaskContext, outcome: Outcome) -> None:
         """Count the outcome into the record's per-queue counters."""
@@ -115,7 +115,7 @@ class HeartbeatMiddleware(Middleware):
         if pool is not None:
             self.counters.count(task.queue, outcome, task.started_at, pool.clock.now())
 
-    async def shutdown(self, worker: Any) -> None:
+    async def shutdown(self, services: WorkerServices) -> None:
         """Stop beating and delete the record (the worker is gone, not late)."""
         task, self._task = self._task, None
         if task is not None:
@@ -130,7 +130,7 @@ class HeartbeatMiddleware(Middleware):
         except StoreError as exc:
             logger.warning(
                 "worker pool %s: its heartbeat record was not deleted (%s); it ages out in %gs",
-                worker.name,
+                services.name,
                 exc,
                 self.ttl_s,
             )
@@ -139,15 +139,15 @@ class HeartbeatMiddleware(Middleware):
         """The record as written now."""
         pool = self._pool
         assert pool is not None and self._started_at is not None
-        stats = getattr(pool, "stats", None)  # the public pool's counts (paota.pool)
+        stats = pool.stats() if pool.stats is not None else None
         return {
             "name": pool.name,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "queues": dict(self._queues),
             "concurrency": sum(self._queues.values()),
-            "running": len(getattr(pool, "_inflight", ())),
-            "tasks": sorted(pool._registry),
+            "running": pool.running(),
+            "tasks": sorted(pool.registry),
             "started_at": self._started_at.isoformat(),
             "last_seen": pool.clock.now().isoformat(),
             "interval_s": self.interval_s,

@@ -79,6 +79,7 @@ from paota.middleware.limit_options import LIMIT_OPTIONS, SCOPES, Rate, check_li
 if TYPE_CHECKING:
     from paota.core.clock import Clock
     from paota.core.pool import BaseWorkerPool as WorkerPool
+    from paota.core.services import WorkerServices
     from paota.core.tasks import Task
 
 __all__ = [
@@ -373,7 +374,7 @@ class LimitsMiddleware(Middleware):
         """Read the limits of ``pool``'s tasks (when it starts). Raises
         :class:`~paota.ConfigError` when a task has a global limit and the pool's store cannot
         hold it."""
-        registry = pool._registry
+        registry = pool.registry
         limits: dict[str, _Limit] = {}
         for name in registry:
             task = registry.get(name)
@@ -395,7 +396,7 @@ class LimitsMiddleware(Middleware):
         self._worker = pool.name
         self._book = uuid.uuid4().hex[:12]
 
-    async def startup(self, worker: Any) -> None:
+    async def startup(self, services: WorkerServices) -> None:
         """Start renewing the leases of global slots, and say which limits apply."""
         for limit in self._limits.values():
             logger.info("task %s: limited to %s", limit.name, limit.describe())
@@ -404,7 +405,7 @@ class LimitsMiddleware(Middleware):
                 self._renew_forever(), name=f"{self._worker}-limits-renewer"
             )
 
-    async def shutdown(self, worker: Any) -> None:
+    async def shutdown(self, services: WorkerServices) -> None:
         """Stop renewing; give back the global slots still held (best effort: they expire); say
         what the limits did."""
         renewer, self._renewer = self._renewer, None

@@ -64,7 +64,7 @@ from paota.middleware._outcomes import outcome_label
 
 if TYPE_CHECKING:
     from paota.core.client import BaseClient as Client
-    from paota.core.pool import BaseWorkerPool as WorkerPool
+    from paota.core.services import WorkerServices
 
 __all__ = [
     "DURATION_BUCKETS_S",
@@ -189,15 +189,15 @@ class PrometheusMiddleware(Middleware):
 
     # --- the hooks -------------------------------------------------------------------------------
 
-    async def startup(self, worker: Any) -> None:
+    async def startup(self, services: WorkerServices) -> None:
         """Remember the pool: its registry (for task labels) and its broker (for depths)."""
-        self._registered = worker.is_task_registered
-        self._depths.attach(worker)
+        self._registered = services.registry.__contains__
+        self._depths.attach(services)
 
-    async def shutdown(self, worker: Any) -> None:
+    async def shutdown(self, services: WorkerServices) -> None:
         """Stop reading depths from this pool. (A stopped pool has no run in progress: its gauges
         are 0, and the files of a process that exited are dropped at the next scrape.)"""
-        self._depths.detach(worker)
+        self._depths.detach(services)
 
     async def publish(
         self, message: PublishContext, call_next: Callable[[], Awaitable[None]]
@@ -318,15 +318,15 @@ class _QueueDepthCollector:
 
     def __init__(self, metrics: PrometheusMiddleware) -> None:
         self._metrics = metrics
-        self._pool: WorkerPool | None = None
+        self._pool: WorkerServices | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failing = False
 
-    def attach(self, pool: WorkerPool) -> None:
+    def attach(self, pool: WorkerServices) -> None:
         self._pool = pool
         self._loop = asyncio.get_running_loop()
 
-    def detach(self, pool: WorkerPool) -> None:
+    def detach(self, pool: WorkerServices) -> None:
         if self._pool is pool:
             self._pool = None
             self._loop = None
@@ -358,7 +358,7 @@ class _QueueDepthCollector:
         yield queues
         yield parked
 
-    def _read(self) -> tuple[WorkerPool, dict[str, int]] | None:
+    def _read(self) -> tuple[WorkerServices, dict[str, int]] | None:
         pool, loop = self._pool, self._loop
         if pool is None or loop is None or loop.is_closed():
             return None
@@ -389,8 +389,8 @@ class _QueueDepthCollector:
         return pool, ready
 
 
-async def _depths(pool: WorkerPool, broker: QueueDepths) -> dict[str, int]:
-    return await broker.queue_depths(pool.consumed_queues())
+async def _depths(pool: WorkerServices, broker: QueueDepths) -> dict[str, int]:
+    return await broker.queue_depths(dict(pool.queues))
 
 
 def install(client: Client, middleware: PrometheusMiddleware | None = None) -> PrometheusMiddleware:

@@ -20,14 +20,14 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from paota.core.clock import Clock
 from paota.core.context import TaskContext
 from paota.core.errors import StoreError
 from paota.core.middleware import Middleware
-from paota.core.protocols import REPLAYS_HEADER, Store, header_int
+from paota.core.protocols import Store
 from paota.core.runner import Runner
+from paota.core.services import WorkerServices
 from paota.core.state import TaskStatus
 
 __all__ = ["MIN_INTERVAL_S", "ProgressMiddleware"]
@@ -62,17 +62,17 @@ class ProgressMiddleware(Middleware):
         self._interval_s = MIN_INTERVAL_S
         self._flushing: set[asyncio.Task[None]] = set()
 
-    async def startup(self, worker: Any) -> None:
+    async def startup(self, services: WorkerServices) -> None:
         """Take the reports of the pool's runs."""
-        runner = worker._runner
-        if worker.store is None or not isinstance(runner, Runner):
+        runner = services.runner
+        if services.store is None or not isinstance(runner, Runner):
             return
-        self._store, self._clock, self._runner = worker.store, worker.clock, runner
+        self._store, self._clock, self._runner = services.store, services.clock, runner
         self._loop = asyncio.get_running_loop()
         self._interval_s = MIN_INTERVAL_S
         runner.progress_sink = self
 
-    async def shutdown(self, worker: Any) -> None:
+    async def shutdown(self, services: WorkerServices) -> None:
         """Stop taking reports; writes in flight finish."""
         runner = self._runner
         if runner is not None and runner.progress_sink is self:
@@ -170,7 +170,7 @@ class ProgressMiddleware(Middleware):
         current = await store.get(task.id)
         if current is None or current.status is not TaskStatus.CANCELLED:
             return
-        if current.replays != header_int(task.headers.get(REPLAYS_HEADER)):
+        if current.replays != task.info.replays:
             return
         runner = self._runner
         if runner is not None:

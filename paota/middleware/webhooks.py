@@ -72,16 +72,16 @@ from paota.core.errors import ConfigError, StoreError
 from paota.core.middleware import Middleware
 from paota.core.outcome import Cancelled, Duplicate, Outcome, Park, Retry, Succeeded
 from paota.core.protocols import (
-    REPLAYS_HEADER,
     Coordination,
     ParkQueue,
     has_coordination,
-    header_int,
 )
 from paota.core.state import TaskStatus
 
 if TYPE_CHECKING:
     import httpx
+
+    from paota.core.services import WorkerServices
 
 __all__ = [
     "DEAD_KIND",
@@ -335,18 +335,18 @@ class WebhookMiddleware(Middleware):
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    async def startup(self, worker: Any) -> None:
+    async def startup(self, services: WorkerServices) -> None:
         """Use the pool's store as the outbox; start the sender."""
-        store = worker.store
+        store = services.store
         if not has_coordination(store):
             logger.error(
                 "worker pool %s: webhooks are off: the store %s has no Coordination capability to "
                 "keep events in (use the memory or MongoDB store)",
-                worker.name,
+                services.name,
                 type(store).__name__ if store is not None else "(none)",
             )
             return
-        self._store, self._worker, self._clock = store, worker, worker.clock
+        self._store, self._worker, self._clock = store, services, services.clock
         if self.send:
             import httpx
 
@@ -354,9 +354,9 @@ class WebhookMiddleware(Middleware):
             quiet_httpx_request_log()
             self._http = httpx.AsyncClient(follow_redirects=False)
             self._wake = asyncio.Event()
-            self._sender = asyncio.create_task(self._sending(), name=f"{worker.name}-webhooks")
+            self._sender = asyncio.create_task(self._sending(), name=f"{services.name}-webhooks")
 
-    async def shutdown(self, worker: Any) -> None:
+    async def shutdown(self, services: WorkerServices) -> None:
         """Stop the sender (events in flight stay in the outbox, and are sent again later)."""
         sender, self._sender = self._sender, None
         if sender is not None:
@@ -385,7 +385,7 @@ class WebhookMiddleware(Middleware):
         wanting = [e for e in self.endpoints if e.wants(type_, parked is not None)]
         if not wanting:
             return
-        replays = header_int(task.headers.get(REPLAYS_HEADER))
+        replays = task.info.replays
         result = outcome.result if isinstance(outcome, Succeeded) else None
         error = getattr(outcome, "error", None)
         if isinstance(outcome, Cancelled):
@@ -421,7 +421,7 @@ class WebhookMiddleware(Middleware):
         if records is None or not task.id:
             return
         state = await records.get(task.id)
-        replays = header_int(task.headers.get(REPLAYS_HEADER))
+        replays = task.info.replays
         if state is None or not state.status.is_final or state.replays != replays:
             return
         type_ = _STATUS_TYPES[state.status]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from paota.core.middleware import Middleware
+from paota.core.services import WorkerServices
 from paota.scheduler.scheduler import Scheduler, SchedulerError
 
 __all__ = ["SchedulerMiddleware"]
@@ -30,18 +30,18 @@ class SchedulerMiddleware(Middleware):
         self.scheduler: Scheduler | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def startup(self, worker: Any) -> None:
+    async def startup(self, services: WorkerServices) -> None:
         """Start the scheduler (see the module docs)."""
-        scheduler = Scheduler(worker, poll_s=self.poll_s, refresh_s=self.refresh_s)
+        scheduler = Scheduler(services.client, poll_s=self.poll_s, refresh_s=self.refresh_s)
         try:
             await scheduler.start()
         except SchedulerError as exc:
-            logger.error("worker pool %s consumes without scheduling: %s", worker.name, exc)
+            logger.error("worker pool %s consumes without scheduling: %s", services.name, exc)
             return
         self.scheduler = scheduler
-        self._task = asyncio.create_task(scheduler.run(), name=f"{worker.name}-scheduler")
+        self._task = asyncio.create_task(scheduler.run(), name=f"{services.name}-scheduler")
 
-    async def shutdown(self, worker: Any) -> None:
+    async def shutdown(self, services: WorkerServices) -> None:
         """Stop the scheduler and wait for it."""
         scheduler, task = self.scheduler, self._task
         self._task = None

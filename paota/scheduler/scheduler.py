@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from paota.core.capabilities import is_shared
 from paota.core.context import SCHEDULE_HEADER, SCHEDULE_TZ_HEADER, SCHEDULED_AT_HEADER
 from paota.core.errors import BrokerError, PaotaError, StoreError
 from paota.core.protocols import Coordination, has_coordination
@@ -216,10 +217,8 @@ class Scheduler:
         )
 
     async def _exclusive(self) -> None:
-        from paota.brokers.memory import MemoryBroker
-
         broker = self.client.broker
-        if isinstance(broker, MemoryBroker):
+        if not is_shared(broker):
             return  # the broker lives in this process: no other process can send its slots
         what = _describe_store(self.client.store)
         if not isinstance(broker, ExclusiveLocks):
@@ -594,9 +593,7 @@ def _time(value: Any) -> datetime | None:
 
 def _shared(store: object) -> bool:
     """Whether ``store`` is shared between processes (every Coordination store but memory's)."""
-    from paota.stores.memory_coordination import MemoryCoordination
-
-    return not isinstance(store, MemoryCoordination)
+    return is_shared(store)
 
 
 def _describe_store(store: object) -> str:

@@ -22,6 +22,9 @@ _SWEEP_EVERY = 1024  # claims made between two sweeps of the expired ones
 class MemoryCoordination:
     """Claims, sets, slots, start reservations and documents kept in dicts."""
 
+    #: In this process only: no other process sees what it holds (paota.core.capabilities).
+    shared = False
+
     _clock: Clock
 
     def _coordination_init(self, clock: Clock) -> None:

@@ -403,7 +403,7 @@ class _Api:
                 "broker": type(broker).__name__,
                 "store": type(client.store).__name__ if client.store is not None else None,
                 "default_queue": broker.default_queue,
-                "tasks": sorted(client._registry),
+                "tasks": sorted(client.task_names),
                 "poll_interval_s": self.poll_interval_s,
             }
         )

@@ -275,7 +275,7 @@ def _parameter(parameter: inspect.Parameter) -> str:
 
 
 def _task_defaults(client: Client, name: str) -> dict[str, Any]:
-    task = client._registry.get(name)
+    task = client.registered_task(name)
     if task is None:
         return {}
     defaults = task.defaults
@@ -467,7 +467,7 @@ async def list_queues(
     await client.connect()
     broker = client.broker
     names: dict[str, str] = {broker.default_queue: "task"}
-    for queue in sorted(client._registry.queues()):
+    for queue in sorted(client.registry.queues()):
         names.setdefault(queue, "task")
     if docs is None:
         docs = await worker_docs(client) or []

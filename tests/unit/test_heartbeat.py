@@ -25,6 +25,8 @@ class SharedStore:
     """A store other processes could read, as far as the pool can tell (not a MemoryStore):
     every call goes to a memory store."""
 
+    shared = True  # what the pool asks (paota.core.capabilities)
+
     def __init__(self, inner: MemoryStore) -> None:
         self.inner = inner
 

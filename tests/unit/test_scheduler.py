@@ -424,6 +424,8 @@ class NetworkBroker:
     """A broker as another process sees it (not the in-process memory broker), with or without
     broker-held locks."""
 
+    shared = True  # what the scheduler asks (paota.core.capabilities)
+
     def __init__(self, inner: MemoryBroker, *, locks: bool) -> None:
         self._inner = inner
         self.held: dict[str, _Lock] = {}

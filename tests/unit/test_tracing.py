@@ -9,7 +9,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -31,6 +30,7 @@ from paota import (
 )
 from paota.brokers.memory import MemoryBroker
 from paota.core.message import encode_message
+from paota.core.services import WorkerServices
 from paota.middleware.tracing import TracingMiddleware
 from paota.stores.memory import MemoryStore
 from paota.workflows import chord
@@ -51,14 +51,14 @@ class FollowUp(Middleware):
     """Sends ``second`` from after_outcome once ``first`` succeeded (as a workflow does)."""
 
     def __init__(self) -> None:
-        self.pool: WorkerPool | None = None
+        self.pool: WorkerServices | None = None
 
-    async def startup(self, worker: Any) -> None:
-        self.pool = worker
+    async def startup(self, services: WorkerServices) -> None:
+        self.pool = services
 
     async def after_outcome(self, task: TaskContext, outcome: Outcome) -> None:
         if task.name == "first" and isinstance(outcome, Succeeded) and self.pool is not None:
-            await self.pool.send_task(Signature("second"))
+            await self.pool.client.send_task(Signature("second"))
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any, Union
 from paota.core.errors import ArgumentError, BindError
 from paota.core.message.model import Arg, Signature
 
-__all__ = ["Binder", "go_arg", "is_go_style"]
+__all__ = ["Binder", "go_arg", "go_style_entry", "is_go_style"]
 
 
 # --- binding Python parameters <-> Go args -------------------------------------------------------
@@ -261,3 +261,14 @@ def is_go_style(fn: Callable[..., Any]) -> bool:
     except Exception:
         return False
     return hints.get(param.name) is Signature
+
+
+def go_style_entry(func: Any) -> bool | None:
+    """For ``register_tasks``: a one-parameter function is Go style unless it is typed."""
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    if len(params) == 1 and params[0].annotation is inspect.Parameter.empty:
+        return True
+    return is_go_style(func)
