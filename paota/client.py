@@ -10,19 +10,23 @@ function makes a task object to send it with (the body runs only where a worker 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
-from paota.core.client import BaseClient
+from paota.core.client import BaseClient, TaskDecorator
 from paota.core.errors import RegistrationError
 from paota.core.middleware import TaskOptionSpec
+from paota.core.tasks import AsyncTask, FailureCallback, SuccessCallback, SyncTask
 from paota.middleware.limit_options import LIMIT_OPTIONS
 
 if TYPE_CHECKING:
     from paota.scheduler.schedule import PeriodicDecorator, Schedule
 
 __all__ = ["BUILTIN_TASK_OPTIONS", "Client"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: The task options of the middleware a worker pool installs by itself.
 BUILTIN_TASK_OPTIONS: tuple[TaskOptionSpec, ...] = (LIMIT_OPTIONS,)
@@ -40,6 +44,42 @@ class Client(BaseClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._schedules: dict[str, Schedule] = {}
+
+    @overload
+    def task(  # type: ignore[overload-overlap]
+        self, fn: Callable[P, Coroutine[Any, Any, R]]
+    ) -> AsyncTask[P, R]: ...
+
+    @overload
+    def task(self, fn: Callable[P, R]) -> SyncTask[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        retry_count: int | None = None,
+        task_timeout: int | None = None,
+        priority: int | None = None,
+        time_limit_s: float | None = None,
+        on_success: SuccessCallback | None = None,
+        on_failure: FailureCallback | None = None,
+        result_ttl_s: float | None = None,
+        max_concurrency: int | None = None,
+        rate: str | None = None,
+        limit_scope: Literal["worker", "global"] | None = None,
+        **options: Any,
+    ) -> TaskDecorator: ...
+
+    def task(self, fn: Callable[..., Any] | None = None, **options: Any) -> Any:
+        """Make a task of a function (see :meth:`BaseClient.task
+        <paota.core.client.BaseClient.task>`), with the built-in middleware's options typed:
+        ``max_concurrency`` and ``rate`` (``"10/s"``, ``"100/m"``, ``"5/h"``) limit runs without
+        using up retries, in each worker (``limit_scope="worker"``, the default) or across every
+        worker sharing the store (``limit_scope="global"``; see :mod:`paota.middleware.limits`).
+        """
+        return super().task(fn, **options) if fn is not None else super().task(**options)
 
     def task_option_specs(self) -> tuple[TaskOptionSpec, ...]:
         """The task options this client accepts: those of the built-in middleware (the limits'

@@ -282,7 +282,7 @@ def chord(header: Group[Any] | Iterable[Step], callback: Node[R]) -> Chain[R]:
 
 def _first_client(node: Step) -> Client | None:
     if isinstance(node, TaskSignature):
-        return node.task._client
+        return node.task.client
     if isinstance(node, _Composite):
         for step in node.steps:
             found = _first_client(step)

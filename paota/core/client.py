@@ -27,8 +27,9 @@ from paota.core.clock import Clock, SystemClock
 from paota.core.config import Config
 from paota.core.errors import ConfigError
 from paota.core.factory import make_broker, make_store
-from paota.core.message import Signature, encode_message
+from paota.core.message import Signature
 from paota.core.message.model import make_signature
+from paota.core.message.outgoing import outgoing
 from paota.core.middleware import (
     Middleware,
     MiddlewareChain,
@@ -40,7 +41,6 @@ from paota.core.protocols import (
     PARENT_HEADER,
     WORKFLOW_HEADER,
     Broker,
-    OutgoingMessage,
     ParkQueue,
     Store,
     check_seconds,
@@ -398,16 +398,11 @@ class BaseClient:
 
     async def _publish(self, message: PublishContext) -> None:
         sig = message.signature
-        wire = encode_message(sig)
-        extra = message.headers
         await self.broker.publish(
-            OutgoingMessage(
-                wire.body,
+            outgoing(
+                sig,
                 message.queue,
-                headers={**extra, **wire.headers} if extra else wire.headers,
-                content_type=wire.content_type,
-                message_id=sig.uuid,
-                priority=sig.priority,
+                headers=message.headers,
                 delay_s=message.delay_s,
                 routing_key=sig.routing_key,
             )

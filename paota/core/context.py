@@ -133,6 +133,17 @@ class TaskContext:
         self._record: TaskState | None = None
 
     @property
+    def started_record(self) -> TaskState | None:
+        """The STARTED record the pool wrote for this run (None without a store): a progress
+        report is this record with the progress fields."""
+        return self._record
+
+    @property
+    def progress_sink(self) -> ProgressSink | None:
+        """Where the run's progress reports go while it runs (None: before and after it)."""
+        return self._progress
+
+    @property
     def info(self) -> DeliveryInfo:
         """What the delivery's paota headers say (replays, returns, workflow links), read once."""
         info = self._info

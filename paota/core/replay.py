@@ -23,7 +23,8 @@ from datetime import datetime
 from typing import Any
 
 from paota.core.errors import DecodeError
-from paota.core.message import decode_message, encode_message
+from paota.core.message import decode_message
+from paota.core.message.outgoing import outgoing
 from paota.core.protocols import (
     ORIGIN_HEADER,
     PARKING_HEADERS,
@@ -89,16 +90,14 @@ def replay_rewrite(
         if sig.task_timeout > 0:
             changes["eta"] = now()
         sig = sig.replace(**changes)
-        wire = encode_message(sig)
         # JSON mode carries the priority in the body; header mode keeps the message's own.
         priority = sig.priority if sig.raw_args is None else (message.priority or 0)
-        return OutgoingMessage(
-            wire.body,
+        return outgoing(
+            sig,
             queue,
-            headers={**clean, **wire.headers},
-            content_type=wire.content_type,
-            message_id=sig.uuid or message.message_id or "",
+            headers=clean,
             priority=priority,
+            message_id=sig.uuid or message.message_id or "",
         )
 
     return rewrite

@@ -35,7 +35,8 @@ from paota.core.bounds import bounded_text, fitting_headers
 from paota.core.clock import Clock
 from paota.core.context import TaskContext
 from paota.core.errors import StoreError
-from paota.core.message import Signature, encode_message
+from paota.core.message import Signature
+from paota.core.message.outgoing import outgoing
 from paota.core.middleware import MiddlewareChain
 from paota.core.outcome import (
     Cancelled,
@@ -212,16 +213,8 @@ class Settler:
                 retry_timeout=int(outcome.delay_s),
                 eta=self._clock.now() + timedelta(seconds=outcome.delay_s),
             )
-            wire = encode_message(retry)
-            headers = delivery.headers
-            return OutgoingMessage(
-                wire.body,
-                delivery.queue,
-                headers={**headers, **wire.headers} if headers else wire.headers,
-                content_type=wire.content_type,
-                message_id=retry.uuid,
-                priority=retry.priority,
-                delay_s=outcome.delay_s,
+            return outgoing(
+                retry, delivery.queue, headers=delivery.headers, delay_s=outcome.delay_s
             )
         if isinstance(outcome, Defer):
             extra = outcome.headers

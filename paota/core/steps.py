@@ -91,7 +91,7 @@ class TaskSignature(Node[R]):
     def to_signature(self) -> Signature:
         """The Go :class:`~paota.Signature` that :meth:`send` publishes (without an id)."""
         self._require_complete("to_signature()")
-        return self.task._signature(self.args, self.kwargs, self.options)
+        return self.task.wire_signature(self.args, self.kwargs, self.options)
 
     async def send(self) -> TaskHandle[R]:
         """Send this call as a task on its own (not a workflow); it must be complete."""

@@ -283,6 +283,11 @@ class Task(Generic[P, R]):
         self._binder = None if self.go_style else Binder(fn, name)
         functools.update_wrapper(self, fn)
 
+    @property
+    def client(self) -> Client:
+        """The client (or pool) the task was made on: its sends go through it."""
+        return self._client
+
     def parameter_go_types(self) -> dict[str, str | None]:
         """The function's parameters with the Go type of each annotation (None: none), in order;
         empty for a Go-style task (it takes the :class:`Signature`)."""
@@ -359,9 +364,12 @@ class Task(Generic[P, R]):
             return (sig,), {}
         return self._binder.from_args(sig)
 
-    def _signature(
+    def wire_signature(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TaskOptions
     ) -> Signature:
+        """The Go :class:`~paota.Signature` of this call with ``options`` (no id yet): what a
+        send publishes. Raises TypeError for arguments that do not bind, and for a Go-style
+        task (it takes a Signature of its own)."""
         if self._binder is None:
             raise TypeError(
                 f"task {self.name!r} takes a Signature (Go style): send it with "
@@ -400,7 +408,7 @@ class Task(Generic[P, R]):
                     "arguments"
                 )
             try:
-                sig = self._signature(args, kwargs, options)
+                sig = self.wire_signature(args, kwargs, options)
             except ArgumentError as exc:
                 raise ArgumentError(f"send_many item #{index}: {exc}") from None
             except TypeError as exc:
@@ -414,7 +422,7 @@ class Task(Generic[P, R]):
     async def _send(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TaskOptions
     ) -> TaskHandle[R]:
-        sig = self._signature(args, kwargs, options)
+        sig = self.wire_signature(args, kwargs, options)
         handle = await self._client.send_task(
             sig,
             queue=options.queue,

@@ -137,8 +137,8 @@ class ProgressMiddleware(Middleware):
         flush.add_done_callback(self._flushing.discard)
 
     async def _flush(self, task: TaskContext, reports: _Reports) -> None:
-        pending, store, record = reports.pending, self._store, task._record
-        if pending is None or store is None or record is None or task._progress is not self:
+        pending, store, record = reports.pending, self._store, task.started_record
+        if pending is None or store is None or record is None or task.progress_sink is not self:
             return  # nothing to write, or the run is over: its final record has the last word
         assert self._loop is not None and self._clock is not None
         reports.pending = None
@@ -162,7 +162,7 @@ class ProgressMiddleware(Middleware):
                 reports.pending = pending
         finally:
             reports.writing = False
-        if reports.pending is not None and task._progress is self:
+        if reports.pending is not None and task.progress_sink is self:
             self._schedule(task, reports)
 
     async def _check_cancelled(self, task: TaskContext, store: Store) -> None:

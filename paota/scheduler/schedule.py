@@ -258,7 +258,7 @@ def periodic_decorator(
             else:
                 # The wire signature, with the task's defaults (Task.signature() is the
                 # workflow-facing form).
-                template = task._signature(tuple(args), dict(kwargs or {}), task.defaults)
+                template = task.wire_signature(tuple(args), dict(kwargs or {}), task.defaults)
         except TypeError as exc:
             raise RegistrationError(
                 f"periodic task {task.name!r}: its args/kwargs do not fit the task: {exc}"

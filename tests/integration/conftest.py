@@ -14,7 +14,8 @@ at-least-once quorum queues at once can strand RabbitMQ's dead-letter workers
 (:func:`paota.brokers.amqp.topology.delete_ladder`).
 
 MongoDB: ``mongo_uri`` and ``mongoeco_servers`` live in :mod:`tests.integration.mongo_server` and
-are registered here.
+are registered here; ``mongo_db`` gives a test a fresh database (a name and a timezone-aware
+pymongo client), dropped afterwards.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 import pytest
@@ -38,6 +41,8 @@ __all__ = [
     "delay_ladder",
     "delete_topology",
     "make_config",
+    "MongoDatabase",
+    "mongo_db",
     "mongo_uri",
     "mongoeco_servers",
     "rabbit_node",
@@ -45,6 +50,35 @@ __all__ = [
 ]
 
 LOCAL_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+@dataclass
+class MongoDatabase:
+    """A fresh database of the MongoDB-protocol server: its URI, its name, and a pymongo client
+    that reads times as aware UTC datetimes."""
+
+    uri: str
+    name: str
+    client: Any  # AsyncMongoClient[dict[str, Any]]
+
+
+@pytest.fixture
+async def mongo_db(mongo_uri: str, request: pytest.FixtureRequest) -> AsyncIterator[MongoDatabase]:
+    """A database named after the test's module (``paota_<module>_<random>``), dropped after it."""
+    from pymongo import AsyncMongoClient
+
+    module = request.module.__name__.rpartition(".")[2].removeprefix("test_")[:20]
+    name = f"paota_{module}_{uuid.uuid4().hex[:12]}"
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongo_uri, serverSelectionTimeoutMS=5000, tz_aware=True, tzinfo=UTC
+    )
+    try:
+        yield MongoDatabase(mongo_uri, name, client)
+    finally:
+        try:
+            await client.drop_database(name)
+        finally:
+            await client.close()
 
 
 def _wait_for_amqp(url: str, timeout_s: float) -> None:

@@ -21,7 +21,6 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 
 from paota import (
@@ -43,7 +41,7 @@ from paota import (
     current_task,
 )
 from paota.brokers.amqp.control import control_exchange_name
-from tests.integration.conftest import delete_topology
+from tests.integration.conftest import MongoDatabase, delete_topology
 from tests.integration.processes import paota_command
 from tests.waiting import until
 
@@ -64,18 +62,8 @@ class Mongo:
 
 
 @pytest.fixture
-async def mongo(mongo_uri: str) -> AsyncIterator[Mongo]:
-    name = f"paota_cancel_{uuid.uuid4().hex[:12]}"
-    client: AsyncMongoClient[Document] = AsyncMongoClient(
-        mongo_uri, serverSelectionTimeoutMS=5000, tz_aware=True, tzinfo=UTC
-    )
-    try:
-        yield Mongo(mongo_uri, name, client[name]["paota_tasks"])
-    finally:
-        try:
-            await client.drop_database(name)
-        finally:
-            await client.close()
+def mongo(mongo_db: MongoDatabase) -> Mongo:
+    return Mongo(mongo_db.uri, mongo_db.name, mongo_db.client[mongo_db.name]["paota_tasks"])
 
 
 @pytest.fixture

@@ -17,19 +17,19 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 
 from paota import Arg, Config, MongoConfig, Signature, TaskHandle, WorkerPool
 from paota.core.message import encode_json
 from tests.contracts.broker_contract import publish
+from tests.integration.conftest import MongoDatabase
 
 pytestmark = pytest.mark.integration
 
@@ -65,19 +65,9 @@ class Mongo:
 
 
 @pytest.fixture
-async def mongo(mongo_uri: str) -> AsyncIterator[Mongo]:
+def mongo(mongo_db: MongoDatabase) -> Mongo:
     """A fresh database name and a raw view of its collection; the database is dropped after."""
-    name = f"paota_e2e_{uuid.uuid4().hex[:12]}"
-    client: AsyncMongoClient[Document] = AsyncMongoClient(
-        mongo_uri, serverSelectionTimeoutMS=5000, tz_aware=True, tzinfo=UTC
-    )
-    try:
-        yield Mongo(mongo_uri, name, client[name]["paota_tasks"])
-    finally:
-        try:
-            await client.drop_database(name)
-        finally:
-            await client.close()
+    return Mongo(mongo_db.uri, mongo_db.name, mongo_db.client[mongo_db.name]["paota_tasks"])
 
 
 def e2e_config(make_config: MakeConfig, mongo: Mongo) -> Config:

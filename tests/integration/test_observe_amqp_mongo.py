@@ -16,8 +16,7 @@ import json
 import signal
 import socket
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,12 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from pymongo import AsyncMongoClient
 
 from paota import Client, Config, MongoConfig, TaskFailedError
 from paota.middleware.heartbeat import list_workers
 from paota.middleware.tracing import TracingMiddleware
 from paota.stores.mongo.store import MongoStore
+from tests.integration.conftest import MongoDatabase
 from tests.integration.containers import free_port
 from tests.integration.processes import paota_command, process_env
 
@@ -42,17 +41,9 @@ OK, FAILING = 40, 5
 
 
 @pytest.fixture
-async def database(mongo_uri: str) -> AsyncIterator[str]:
+def database(mongo_db: MongoDatabase) -> str:
     """A fresh database name, dropped after the test."""
-    name = f"paota_observe_{uuid.uuid4().hex[:12]}"
-    yield name
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        mongo_uri, serverSelectionTimeoutMS=5000
-    )
-    try:
-        await client.drop_database(name)
-    finally:
-        await client.close()
+    return mongo_db.name
 
 
 def mongo_config(make_config: Callable[..., Config], mongo_uri: str, database: str) -> Config:

@@ -12,9 +12,8 @@ import re
 import signal
 import sys
 import time
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +24,7 @@ from pymongo import AsyncMongoClient
 
 from paota import Config, MongoConfig, WorkerPool, current_task
 from paota.scheduler import Cron, Every, Scheduler, SchedulerError, slot_task_id
+from tests.integration.conftest import MongoDatabase
 from tests.integration.e2e_helpers.scheduler_app import SCHEDULES, make_pool
 
 pytestmark = pytest.mark.integration
@@ -51,18 +51,8 @@ class Mongo:
 
 
 @pytest.fixture
-async def mongo(mongo_uri: str) -> AsyncIterator[Mongo]:
-    name = f"paota_sched_{uuid.uuid4().hex[:12]}"
-    client: AsyncMongoClient[Document] = AsyncMongoClient(
-        mongo_uri, serverSelectionTimeoutMS=5000, tz_aware=True, tzinfo=UTC
-    )
-    try:
-        yield Mongo(mongo_uri, name, client)
-    finally:
-        try:
-            await client.drop_database(name)
-        finally:
-            await client.close()
+def mongo(mongo_db: MongoDatabase) -> Mongo:
+    return Mongo(mongo_db.uri, mongo_db.name, mongo_db.client)
 
 
 def scheduler_env(config: Config, mongo: Mongo, name: str) -> dict[str, str]:

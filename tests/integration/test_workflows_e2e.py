@@ -15,21 +15,19 @@ import json
 import os
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 import paota
 from paota import Client, Config, MongoConfig, OutgoingMessage, TaskFailedError, WorkflowHandle
 from paota.middleware.workflows import PLAN_KIND, PlanNode
 from tests.contracts.broker_contract import message
+from tests.integration.conftest import MongoDatabase
 
 pytestmark = pytest.mark.integration
 
@@ -54,18 +52,8 @@ class Mongo:
 
 
 @pytest.fixture
-async def mongo(mongo_uri: str) -> AsyncIterator[Mongo]:
-    name = f"paota_wf_{uuid.uuid4().hex[:12]}"
-    client: AsyncMongoClient[Document] = AsyncMongoClient(
-        mongo_uri, serverSelectionTimeoutMS=5000, tz_aware=True, tzinfo=UTC
-    )
-    try:
-        yield Mongo(mongo_uri, name, client[name])
-    finally:
-        try:
-            await client.drop_database(name)
-        finally:
-            await client.close()
+def mongo(mongo_db: MongoDatabase) -> Mongo:
+    return Mongo(mongo_db.uri, mongo_db.name, mongo_db.client[mongo_db.name])
 
 
 @dataclass

@@ -31,3 +31,11 @@ async def workflows() -> None:
     group = await paota.group(add.signature(1, i) for i in range(3)).send()
     one: int = await group.result()  # error: a group's result is a list
     print(text, one)
+
+
+@pool.task(max_concurrency="3")  # error: max_concurrency is an int
+async def limited() -> None: ...
+
+
+@pool.task(limit_scope="cluster")  # error: limit_scope is "worker" or "global"
+async def scoped() -> None: ...

@@ -65,3 +65,12 @@ async def batches() -> None:
     greeted: list[TaskHandle[str]] = await greet.with_options(queue="x").send_many([("Ada",)])
     first: int = await sums[0].result()
     print(added, greeted, first)
+
+
+@pool.task(max_concurrency=3, rate="10/s", limit_scope="global", retry_count=2)
+async def limited(n: int) -> int:
+    return n
+
+
+async def limited_sends() -> int:
+    return await (await limited.send(1)).result()

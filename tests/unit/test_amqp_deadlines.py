@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from paota.brokers.amqp.connection import Deadlines
+from paota.brokers.amqp.deadlines import Deadlines
 from tests.waiting import virtual_time
 
 

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 import paota.core.message as message
-import paota.core.signature as signature
 from paota.core.errors import DecodeError
 from paota.core.message import (
     FIELDS,
@@ -244,9 +243,3 @@ def test_generated_functions_read_like_the_module_they_belong_to(function: Any) 
     assert function.__doc__
     code = function.__code__
     assert linecache.getline(code.co_filename, code.co_firstlineno).startswith("def ")
-
-
-def test_signature_module_reexports_the_package() -> None:
-    assert signature.__all__ == message.__all__
-    for name in message.__all__:
-        assert getattr(signature, name) is getattr(message, name), name

@@ -1,28 +1,5 @@
-"""Several worker processes under one supervisor: ``paota worker MODULE:POOL --processes N``.
-
-The :class:`Supervisor` starts N child processes (each a ``paota worker`` of its own, in its own
-session so a terminal's Ctrl-C reaches only the supervisor) and keeps N running:
-
-- a child that dies is started again, at once the first time and then with a growing delay
-  (0.5 s, 1 s, 2 s ... up to 30 s) while it keeps dying within 5 s of its start; a child that
-  fails with a configuration error (exit status 2) before it ever consumed stops the supervisor
-  (its code will not fix itself); with ``--reload``, a child that fails before it consumed
-  waits for the next change instead;
-- a child recycles itself (:class:`SupervisedChild`) after ``--max-tasks-per-child`` tasks or
-  beyond ``--max-memory-per-child``: it tells the supervisor, which starts its replacement at
-  once, then stops taking work, lets its running tasks finish and exits;
-- SIGTERM (or a first SIGINT) stops every child gracefully: running tasks finish within the
-  children's ``shutdown_grace_s``, the deliveries they had not started go back to the broker; a
-  child still running after its grace period and 10 s more is killed (its unacked deliveries go
-  back to the broker too). A second SIGINT kills every child at once;
-- ``--reload`` (``pip install 'paota[reload]'``, watchfiles) replaces every child when a ``.py``
-  file under the watched directories changes: for development.
-
-Supervisor and children talk over a socket pair, one JSON object a line, child to supervisor
-(``ready``, ``recycling``); the child reads nothing from it but its end: when the supervisor dies,
-even by SIGKILL, its children see the socket close and stop gracefully instead of living on as
-orphans. POSIX only (the socket is handed down as a file descriptor).
-"""
+"""The supervisor's side of ``paota worker --processes N``: :class:`Supervisor` (see
+:mod:`paota.supervisor`)."""
 
 from __future__ import annotations
 
@@ -35,31 +12,18 @@ import os
 import re
 import signal
 import socket
-import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from paota.core.context import TaskContext
 from paota.core.errors import ConfigError
-from paota.core.middleware import Middleware
-from paota.core.services import WorkerServices
+from paota.supervisor.child import FD_ENV
 
-__all__ = [
-    "FD_ENV",
-    "SupervisedChild",
-    "Supervisor",
-    "current_rss_bytes",
-    "parse_memory",
-    "restart_delay_s",
-    "supervised_child",
-]
+__all__ = ["Supervisor", "parse_memory", "restart_delay_s"]
 
 logger = logging.getLogger("paota.supervisor")
 
-#: The environment variable that gives a child the file descriptor of its end of the link.
-FD_ENV = "PAOTA_SUPERVISOR_FD"
 #: How long a child must have run (and consumed) for its next death to restart it at once.
 STABLE_AFTER_S = 5.0
 #: The first delay of a crash-looping child's restarts, doubled each time, and the longest.
@@ -101,159 +65,12 @@ def parse_memory(text: str) -> int:
     return int(value)
 
 
-def current_rss_bytes() -> int:
-    """This process's resident memory now (``/proc/self/statm``); where there is no ``/proc``,
-    its peak resident memory (``getrusage``), which is never below it."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
 def restart_delay_s(failures: int) -> float:
     """The delay before restarting a child that died ``failures`` times in a row soon after its
     start: none the first time, then 0.5 s doubling up to 30 s."""
     if failures <= 1:
         return 0.0
     return min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2.0 ** (failures - 2))
-
-
-# --- the child's side ----------------------------------------------------------------------------
-
-
-class SupervisedChild(Middleware):
-    """The middleware of a supervised worker process (``paota worker --processes``): says
-    ``ready`` to the supervisor once the pool consumes, recycles the process when it holds more
-    than ``max_memory_bytes`` (looked at every ``memory_check_s``), and stops the pool gracefully
-    when the supervisor goes away. Startup and shutdown hooks only; :func:`supervised_child`
-    adds the count of ``max_tasks``."""
-
-    def __init__(
-        self,
-        fd: int,
-        *,
-        max_memory_bytes: int | None = None,
-        memory_check_s: float = 1.0,
-    ) -> None:
-        self.fd = fd
-        self.max_memory_bytes = max_memory_bytes
-        self.memory_check_s = memory_check_s
-        self._pool: WorkerServices | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._background: set[asyncio.Task[Any]] = set()
-        self._recycling = False
-
-    async def startup(self, services: WorkerServices) -> None:
-        """Connect the link, say ``ready``, start watching memory and the supervisor."""
-        self._pool = services
-        reader, self._writer = await asyncio.open_unix_connection(
-            sock=socket.socket(fileno=self.fd)
-        )
-        self._send(
-            {
-                "event": "ready",
-                "pid": os.getpid(),
-                "grace_s": float(services.config.shutdown_grace_s),
-            }
-        )
-        self._spawn(self._watch_supervisor(reader))
-        if self.max_memory_bytes is not None:
-            self._spawn(self._watch_memory(self.max_memory_bytes))
-
-    async def shutdown(self, services: WorkerServices) -> None:
-        """Stop watching; close the link."""
-        for task in list(self._background):
-            if task is not asyncio.current_task() and not task.done():
-                task.cancel()
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    def recycle(self, reason: str) -> None:
-        """Tell the supervisor (it starts a replacement), then stop the pool gracefully: no
-        more deliveries, running tasks finish, the process exits. Once."""
-        if self._recycling or self._pool is None:
-            return
-        self._recycling = True
-        logger.info("worker process %d recycles: %s", os.getpid(), reason)
-        self._send({"event": "recycling", "reason": reason})
-        self._spawn(self._pool.stop())
-
-    def _send(self, message: Mapping[str, Any]) -> None:
-        writer = self._writer
-        if writer is None or writer.is_closing():
-            return
-        writer.write(json.dumps(message).encode() + b"\n")
-
-    def _spawn(self, awaitable: Awaitable[Any]) -> None:
-        async def run() -> None:
-            await awaitable
-
-        task = asyncio.create_task(run())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _watch_supervisor(self, reader: asyncio.StreamReader) -> None:
-        while await reader.read(4096):
-            pass  # the supervisor sends nothing: only the end of the stream matters
-        if self._pool is not None and not self._recycling:
-            logger.warning(
-                "worker process %d: its supervisor is gone; stopping gracefully", os.getpid()
-            )
-            self._recycling = True
-            self._spawn(self._pool.stop())
-
-    async def _watch_memory(self, limit: int) -> None:
-        while not self._recycling:
-            await asyncio.sleep(self.memory_check_s)
-            rss = current_rss_bytes()
-            if rss > limit:
-                self.recycle(
-                    f"holds {rss / 1024**2:.1f} MiB, more than --max-memory-per-child "
-                    f"{limit / 1024**2:.1f} MiB"
-                )
-
-
-class _CountingChild(SupervisedChild):
-    """A :class:`SupervisedChild` that also recycles after ``max_tasks`` runs."""
-
-    def __init__(self, fd: int, *, max_tasks: int, **kwargs: Any) -> None:
-        super().__init__(fd, **kwargs)
-        self.max_tasks = max_tasks
-        self.runs = 0
-
-    async def execute(self, task: TaskContext, call_next: Callable[[], Awaitable[Any]]) -> Any:
-        """Count the run as it starts: the N-th start recycles at once, so no delivery waiting
-        for a slot starts after it."""
-        self.runs += 1
-        if self.runs >= self.max_tasks:
-            self.recycle(f"started {self.runs} tasks (--max-tasks-per-child {self.max_tasks})")
-        return await call_next()
-
-
-def supervised_child(
-    fd: int,
-    *,
-    max_tasks: int | None = None,
-    max_memory_bytes: int | None = None,
-    memory_check_s: float = 1.0,
-) -> SupervisedChild:
-    """The middleware of a supervised worker process: with an ``execute`` hook (counting runs)
-    only when ``max_tasks`` is set, so a child without it pays nothing per task."""
-    if max_tasks is None:
-        return SupervisedChild(fd, max_memory_bytes=max_memory_bytes, memory_check_s=memory_check_s)
-    return _CountingChild(
-        fd, max_tasks=max_tasks, max_memory_bytes=max_memory_bytes, memory_check_s=memory_check_s
-    )
-
-
-# --- the supervisor ------------------------------------------------------------------------------
 
 
 @dataclass(eq=False)
