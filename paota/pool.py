@@ -68,8 +68,8 @@ class WorkerPool(BaseWorkerPool, Client):
         return self._stats.stats
 
     def services(self, queues: Mapping[str, int]) -> WorkerServices:
-        """The kernel's services, with the pool's counts (``services.stats()``)."""
-        return dataclasses.replace(super().services(queues), stats=lambda: self.stats)
+        """The kernel's services, with the pool's counts (``services.read_stats()``)."""
+        return dataclasses.replace(super().services(queues), read_stats=lambda: self.stats)
 
     def compose(self) -> list[Middleware]:
         """Counting first, so every other middleware's outcome is counted even if it fails;

@@ -46,13 +46,14 @@ class DeliveryInfo:
             return _NONE
         get = headers.get
         replays, returns, workflow = get(REPLAYS_HEADER), get(RETURNS_HEADER), get(WORKFLOW_HEADER)
-        if replays is None and returns is None and workflow is None:
+        linked = workflow is not None or WORKFLOW_HEADER in headers
+        if replays is None and returns is None and not linked:
             return _NONE
         return cls(
             header_int(replays),
             max(0, header_int(returns)),
             header_text(workflow),
-            header_text(get(PARENT_HEADER)) if workflow is not None else "",
+            header_text(get(PARENT_HEADER)) if linked else "",
         )
 
 

@@ -222,7 +222,7 @@ class BaseWorkerPool(BaseClient):
             clock=self.clock,
             registry=self._registry,
             runner=runner,
-            queues=dict(queues),
+            consumed=dict(queues),
             client=self,
             running=lambda: len(self._inflight),
             stop=self.stop,

@@ -29,10 +29,11 @@ __all__ = ["WorkerServices"]
 class WorkerServices:
     """The parts of a running worker pool that its middleware use (see the module docs).
 
-    ``client`` is the pool itself as a client (``await services.client.send_task(sig)``);
-    ``running()`` is how many deliveries are being handled now; ``stop()`` stops the pool
-    gracefully (await it from a task of its own: it returns once the pool has stopped);
-    ``stats()`` what the pool counted (:class:`~paota.PoolStats`), where the pool counts.
+    ``consumed`` is each queue the pool consumes with its concurrency; ``client`` is the pool
+    itself as a client (``await services.client.send_task(sig)``); ``running()`` is how many
+    deliveries are being handled now; ``stop()`` stops the pool gracefully (await it from a task
+    of its own: it returns once the pool has stopped); ``read_stats()`` what the pool counted
+    (:class:`~paota.PoolStats`), where the pool counts.
     """
 
     name: str
@@ -42,11 +43,11 @@ class WorkerServices:
     clock: Clock
     registry: TaskRegistry
     runner: Runner
-    queues: Mapping[str, int]
+    consumed: Mapping[str, int]
     client: BaseClient
     running: Callable[[], int]
     stop: Callable[[], Awaitable[None]]
-    stats: Callable[[], Any] | None = None
+    read_stats: Callable[[], Any] | None = None
     _pool: Any = field(default=None, repr=False)
 
     def __getattr__(self, name: str) -> Any:

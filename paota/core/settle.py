@@ -261,7 +261,7 @@ class Settler:
         )
         if not isinstance(rejected, Park):
             return
-        if rejected is outcome:  # parked already: record its own error, cut
+        if isinstance(outcome, Park):  # parked already: record its own error, cut
             cut = ErrorInfo(
                 rejected.error.type,
                 bounded_text(rejected.error.message, 2000),

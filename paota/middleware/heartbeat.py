@@ -105,7 +105,7 @@ class HeartbeatMiddleware(Middleware):
         self._store = store
         self.key = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._started_at = services.clock.now()
-        self._queues = dict(services.queues)
+        self._queues = dict(services.consumed)
         await self.beat()
         self._task = asyncio.create_task(self._beating(), name=f"{services.name}-heartbeat")
 
@@ -139,7 +139,7 @@ class HeartbeatMiddleware(Middleware):
         """The record as written now."""
         pool = self._pool
         assert pool is not None and self._started_at is not None
-        stats = pool.stats() if pool.stats is not None else None
+        stats = pool.read_stats() if pool.read_stats is not None else None
         return {
             "name": pool.name,
             "host": socket.gethostname(),

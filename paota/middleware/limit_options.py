@@ -89,7 +89,7 @@ def check_limits(max_concurrency: Any, rate: Any, limit_scope: Any) -> None:
 
 
 def _check(options: Mapping[str, Any]) -> None:
-    check_limits(options["max_concurrency"], options["rate"], options["limit_scope"])
+    check_limits(options["max_concurrency"], options["rate"], options["limit_scope"] or "worker")
 
 
 LIMIT_OPTIONS = TaskOptionSpec(

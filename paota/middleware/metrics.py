@@ -390,7 +390,7 @@ class _QueueDepthCollector:
 
 
 async def _depths(pool: WorkerServices, broker: QueueDepths) -> dict[str, int]:
-    return await broker.queue_depths(dict(pool.queues))
+    return await broker.queue_depths(dict(pool.consumed))
 
 
 def install(client: Client, middleware: PrometheusMiddleware | None = None) -> PrometheusMiddleware:

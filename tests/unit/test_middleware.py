@@ -379,3 +379,46 @@ async def test_headers_survive_retries_defers_and_returns(run: Any) -> None:
 def test_middleware_must_be_middleware() -> None:
     with pytest.raises(TypeError, match=r"paota\.Middleware"):
         make_pool(object())  # type: ignore[arg-type]
+
+
+async def test_startup_receives_the_workers_services_and_old_style_hooks_still_work() -> None:
+    from paota.core.services import WorkerServices
+    from paota.middleware.stats import PoolStats
+
+    seen: dict[str, Any] = {}
+
+    class Typed(Middleware):
+        async def startup(self, services: WorkerServices) -> None:
+            seen["typed"] = services
+
+    class OldStyle(Middleware):
+        async def startup(self, services: Any) -> None:
+            # written for the pool itself: public names still answer, warned
+            with pytest.warns(DeprecationWarning, match="services.client.stats"):
+                seen["stats"] = services.stats
+            with pytest.raises(AttributeError):
+                services._registry  # noqa: B018 - private names are not offered
+
+    broker = MemoryBroker()
+    pool = WorkerPool(
+        Config(), concurrency=3, queues={"a": 2, "b": None}, broker=broker,
+        middleware=[Typed(), OldStyle()],
+    )  # fmt: skip
+
+    @pool.task(queue="a")
+    async def noop() -> None: ...
+
+    worker = asyncio.create_task(pool.start(install_signal_handlers=False))
+    try:
+        await noop.send()
+        await broker.run_until_idle()
+    finally:
+        await pool.stop()
+        await worker
+    services = seen["typed"]
+    assert isinstance(services, WorkerServices)
+    assert services.name == pool.name and services.broker is broker and services.client is pool
+    assert dict(services.consumed) == {"a": 2, "b": 3}
+    assert "noop" in services.registry and services.running() == 0
+    assert isinstance(seen["stats"], PoolStats)
+    assert services.read_stats is not None and services.read_stats().succeeded == 1
