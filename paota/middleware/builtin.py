@@ -16,6 +16,7 @@ from paota.core.middleware import Middleware
 from paota.core.protocols import has_control_channel, has_coordination
 from paota.core.replies import ReplyMiddleware, ReplyPath
 from paota.middleware.callbacks import CallbacksMiddleware
+from paota.middleware.limit_options import has_limits
 from paota.middleware.stats import StatsMiddleware
 
 if TYPE_CHECKING:
@@ -69,11 +70,7 @@ def _uses_limits(pool: WorkerPool) -> bool:
     if limits is not None and any(isinstance(m, limits.LimitsMiddleware) for m in pool.middleware):
         return True
     return any(
-        task is not None
-        and (
-            task.options.get("max_concurrency") is not None or task.options.get("rate") is not None
-        )
-        for task in map(pool.registered_task, pool.task_names)
+        task is not None and has_limits(task) for task in map(pool.registered_task, pool.task_names)
     )
 
 

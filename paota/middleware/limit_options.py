@@ -9,12 +9,15 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from paota.core.middleware import TaskOptionSpec
 from paota.core.protocols import MAX_DELAY_S
 
-__all__ = ["LIMIT_OPTIONS", "SCOPES", "Rate", "check_limits", "parse_rate"]
+if TYPE_CHECKING:
+    from paota.core.tasks import Task
+
+__all__ = ["LIMIT_OPTIONS", "SCOPES", "Rate", "check_limits", "has_limits", "parse_rate"]
 
 SCOPES = ("worker", "global")
 """The values of the ``limit_scope`` task option."""
@@ -86,6 +89,12 @@ def check_limits(max_concurrency: Any, rate: Any, limit_scope: Any) -> None:
             f"limit_scope={limit_scope!r} is not valid: expected 'worker' (limits of each "
             "worker) or 'global' (shared by the workers of a store)"
         )
+
+
+def has_limits(task: Task[Any, Any]) -> bool:
+    """Whether ``task`` has a concurrency or a rate limit."""
+    options = task.options
+    return options.get("max_concurrency") is not None or options.get("rate") is not None
 
 
 def _check(options: Mapping[str, Any]) -> None:

@@ -74,6 +74,7 @@ from paota.core.errors import ConfigError
 from paota.core.middleware import Middleware
 from paota.core.outcome import Defer, Outcome
 from paota.core.protocols import Coordination, has_coordination
+from paota.middleware import limit_options
 from paota.middleware.limit_options import LIMIT_OPTIONS, SCOPES, Rate, check_limits, parse_rate
 
 if TYPE_CHECKING:
@@ -90,7 +91,6 @@ __all__ = [
     "LimitsMiddleware",
     "Rate",
     "check_limits",
-    "has_limits",
     "install",
     "parse_rate",
 ]
@@ -304,12 +304,6 @@ def _describe(exc: BaseException) -> str:
 # --- the middleware ------------------------------------------------------------------------------
 
 
-def has_limits(task: Task[Any, Any]) -> bool:
-    """Whether ``task`` has a concurrency or a rate limit."""
-    options = task.options
-    return options.get("max_concurrency") is not None or options.get("rate") is not None
-
-
 class LimitsMiddleware(Middleware):
     """Enforces the ``max_concurrency`` and ``rate`` options of a pool's tasks (see the module
     docs).
@@ -378,7 +372,7 @@ class LimitsMiddleware(Middleware):
         limits: dict[str, _Limit] = {}
         for name in registry:
             task = registry.get(name)
-            if task is None or not has_limits(task):
+            if task is None or not limit_options.has_limits(task):
                 continue
             limits[name] = _Limit(task)
         store = pool.store

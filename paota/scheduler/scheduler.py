@@ -195,7 +195,7 @@ class Scheduler:
             return
         await self.client.connect()
         store = self.client.store
-        if has_coordination(store) and _shared(store):
+        if has_coordination(store) and is_shared(store):
             self._coord = store
         else:
             if has_coordination(store):
@@ -589,11 +589,6 @@ def _time(value: Any) -> datetime | None:
             return None
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     return None
-
-
-def _shared(store: object) -> bool:
-    """Whether ``store`` is shared between processes (every Coordination store but memory's)."""
-    return is_shared(store)
 
 
 def _describe_store(store: object) -> str:
