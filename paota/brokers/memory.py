@@ -10,6 +10,8 @@ workers.
 For tests, :meth:`MemoryBroker.run_until_idle` waits until everything due has been processed and,
 with a :class:`~paota.core.clock.ManualClock`, fast-forwards time to the next delayed message instead
 of sleeping, so retries with Fibonacci backoff run in milliseconds.
+
+Its queues, consumers and deliveries are in ``paota.brokers.memory_delivery``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from paota.brokers.memory_delivery import (
+    MemoryConsumer,
+    MemoryDelivery,
+    MemoryMessage,
+    MemoryQueue,
+)
 from paota.core.clock import Clock, ManualClock, SystemClock
 from paota.core.errors import BrokerError, PublishError
 from paota.core.protocols import Delivery, OutgoingMessage, ParkQueue, QueueStat, Rewrite
@@ -35,19 +43,6 @@ DEFAULT_PARKING = {
     ParkQueue.FAILED: "paota_task_failed_queue",
     ParkQueue.TIMEOUT: "paota_task_timeout_queue",
 }
-
-
-@dataclass
-class MemoryMessage:
-    """A message held by the memory broker: body, headers, properties and AMQP-like flags."""
-
-    body: bytes
-    headers: dict[str, Any]
-    priority: int = 0
-    redelivered: bool = False
-    seq: int = 0
-    content_type: str | None = None
-    message_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,90 +65,6 @@ class DelayRecord:
         from paota.core.message import decode_message
 
         return decode_message(self.body, self.headers).retries_done
-
-
-@dataclass(eq=False)
-class _Queue:
-    """One named queue: ready messages by (priority desc, publish order), and its consumers."""
-
-    name: str
-    ready: list[tuple[int, int, MemoryMessage]] = field(default_factory=list)
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def push(self, message: MemoryMessage) -> None:
-        heapq.heappush(self.ready, (-message.priority, message.seq, message))
-        self.wakeup.set()
-
-
-@dataclass(eq=False)
-class _Consumer:
-    queue: _Queue
-    cancelled: bool = False
-    deliveries: set[MemoryDelivery] = field(default_factory=set)
-
-
-class MemoryDelivery:
-    """A message handed to a consumer of the memory broker."""
-
-    __slots__ = ("_broker", "_consumer", "_done", "message")
-
-    def __init__(self, broker: MemoryBroker, consumer: _Consumer, message: MemoryMessage) -> None:
-        self._broker = broker
-        self._consumer = consumer
-        self._done = False
-        self.message = message
-
-    @property
-    def body(self) -> bytes:
-        """The message body, unchanged."""
-        return self.message.body
-
-    @property
-    def headers(self) -> Mapping[str, Any]:
-        """The message headers."""
-        return self.message.headers
-
-    @property
-    def content_type(self) -> str | None:
-        """The content type it was published with."""
-        return self.message.content_type
-
-    @property
-    def priority(self) -> int | None:
-        """The priority it was published with."""
-        return self.message.priority
-
-    @property
-    def message_id(self) -> str | None:
-        """The message id it was published with."""
-        return self.message.message_id
-
-    @property
-    def queue(self) -> str:
-        """The queue it was consumed from."""
-        return self._consumer.queue.name
-
-    @property
-    def redelivered(self) -> bool:
-        """True when this message was delivered before."""
-        return self.message.redelivered
-
-    async def ack(self) -> None:
-        """Acknowledge; the broker forgets the message."""
-        self._settle(requeue=False)
-
-    async def reject(self, *, requeue: bool) -> None:
-        """Reject; with ``requeue`` the message returns to its place in the queue, marked redelivered."""
-        self._settle(requeue=requeue)
-
-    def _settle(self, *, requeue: bool) -> None:
-        if self._done:
-            raise BrokerError(
-                "delivery already acknowledged or rejected (AMQP would close the channel: "
-                "PRECONDITION_FAILED unknown delivery tag)"
-            )
-        self._done = True
-        self._broker._settle(self, requeue=requeue)
 
 
 class MemoryBroker:
@@ -180,9 +91,9 @@ class MemoryBroker:
         self._default_queue = default_queue
         self._binding_key = binding_key
         self._parking = {**DEFAULT_PARKING, **(parking or {})}
-        self._queues: dict[str, _Queue] = {}
+        self._queues: dict[str, MemoryQueue] = {}
         self._delayed: list[tuple[float, int, str, MemoryMessage]] = []
-        self._consumers: set[_Consumer] = set()
+        self._consumers: set[MemoryConsumer] = set()
         self._consumed: set[str] = set()  # queues that have had a consumer
         self._control: set[asyncio.Queue[bytes | None]] = set()  # control listeners
         self._replies: dict[str, asyncio.Queue[bytes | None]] = {}  # reply addresses
@@ -221,7 +132,7 @@ class MemoryBroker:
             self._timer.cancel()
             self._timer = None
         for consumer in list(self._consumers):
-            self._return_unacked(consumer)
+            consumer.return_unacked()
         self._consumers.clear()
         for queue in self._queues.values():
             queue.wakeup.set()
@@ -259,17 +170,20 @@ class MemoryBroker:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    def _requeues(self) -> bool:
+        return not self._closed
+
     def _check_open(self) -> None:
         if not self._open:
             state = "closed" if self._closed else "not connected (call connect() or use async with)"
             raise BrokerError(f"memory broker is {state}")
 
-    def _queue(self, name: str) -> _Queue:
+    def _queue(self, name: str) -> MemoryQueue:
         queue = self._queues.get(name)
         if queue is None:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"a queue name must be a non-empty string, got {name!r}")
-            queue = self._queues[name] = _Queue(name)
+            queue = self._queues[name] = MemoryQueue(name)
         return queue
 
     # publishing ------------------------------------------------------------------------------
@@ -357,7 +271,7 @@ class MemoryBroker:
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch!r}")
         q = self._queue(queue)
-        consumer = _Consumer(q)
+        consumer = MemoryConsumer(q, self._consumers.discard, self._requeues)
         self._consumers.add(consumer)
         self._consumed.add(queue)
         ready, wakeup = q.ready, q.wakeup
@@ -367,7 +281,7 @@ class MemoryBroker:
                     return
                 if ready and len(consumer.deliveries) < prefetch:
                     _, _, message = heapq.heappop(ready)
-                    delivery = MemoryDelivery(self, consumer, message)
+                    delivery = MemoryDelivery(consumer, message)
                     consumer.deliveries.add(delivery)
                     yield delivery
                     continue
@@ -377,25 +291,6 @@ class MemoryBroker:
             consumer.cancelled = True
             if not consumer.deliveries:
                 self._consumers.discard(consumer)
-
-    def _settle(self, delivery: MemoryDelivery, *, requeue: bool) -> None:
-        consumer = delivery._consumer
-        if delivery in consumer.deliveries:
-            consumer.deliveries.discard(delivery)
-            if consumer.cancelled and not consumer.deliveries:
-                self._consumers.discard(consumer)
-            if requeue and not self._closed:
-                delivery.message.redelivered = True
-                consumer.queue.push(delivery.message)
-            else:
-                consumer.queue.wakeup.set()
-
-    def _return_unacked(self, consumer: _Consumer) -> None:
-        for delivery in list(consumer.deliveries):
-            delivery._done = True
-            delivery.message.redelivered = True
-            consumer.queue.push(delivery.message)
-        consumer.deliveries.clear()
 
     # control channel -------------------------------------------------------------------------
 

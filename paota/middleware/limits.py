@@ -57,31 +57,33 @@ starts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import itertools
 import logging
 import random
 import uuid
-import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from paota.core.context import TaskContext
 from paota.core.errors import ConfigError
 from paota.core.middleware import Middleware
 from paota.core.outcome import Defer, Outcome
-from paota.core.protocols import Coordination, has_coordination
+from paota.core.protocols import has_coordination
 from paota.middleware import limit_options
 from paota.middleware.limit_options import LIMIT_OPTIONS, SCOPES, Rate, check_limits, parse_rate
+from paota.middleware.limit_state import DEFAULT_RUN_ESTIMATE_S as DEFAULT_RUN_ESTIMATE_S
+from paota.middleware.limit_state import JITTER as JITTER
+from paota.middleware.limit_state import MAX_GRACE_S as MAX_GRACE_S
+from paota.middleware.limit_state import MIN_THROTTLE_DELAY_S as MIN_THROTTLE_DELAY_S
+from paota.middleware.limit_state import Hold, TaskLimit
+from paota.middleware.limit_store import GlobalLimits, Outage, StoreDown
 
 if TYPE_CHECKING:
     from paota.core.clock import Clock
     from paota.core.pool import BaseWorkerPool as WorkerPool
     from paota.core.services import WorkerServices
-    from paota.core.tasks import Task
 
 __all__ = [
     "GRANTED_KEY",
@@ -97,8 +99,6 @@ __all__ = [
 
 logger = logging.getLogger("paota.middleware.limits")
 
-T = TypeVar("T")
-
 RESERVED_HEADER = "x-paota-rate-reserved"
 """On a copy deferred by the rate limit: ``"<attempt>@<reserved start, RFC 3339>@<where>"``,
 ``where`` being ``global`` for a start reserved in the store, else the id of the worker's limiter
@@ -113,17 +113,6 @@ _HOLD = "paota.limits.hold"
 
 #: A deferred copy may come back this much before its reserved start (float rounding) and start.
 EARLY_TOLERANCE_S = 0.001
-#: Before a task has finished once here, a run is assumed to take this long (pacing deferrals).
-DEFAULT_RUN_ESTIMATE_S = 1.0
-#: The shortest concurrency deferral.
-MIN_THROTTLE_DELAY_S = 0.01
-#: Deferrals are stretched or shrunk by up to this fraction, so workers do not fall into step.
-JITTER = 0.1
-#: A copy that comes back later than this after its reserved start always takes a new one.
-MAX_GRACE_S = 1.0
-
-
-# --- the state of one limited task ---------------------------------------------------------------
 
 
 @dataclass
@@ -144,161 +133,6 @@ class LimitStats:
     lost_slots: int = 0
     """Global slots that expired while their run went on (the store was out longer than the
     slot's time to live); the limit may have been exceeded meanwhile."""
-
-
-class _Hold:
-    """One run's slot. It lives in the run's :attr:`TaskContext.data`; a slot set holds it
-    weakly, so a run whose delivery ends by a path that releases nothing (the pool stopping
-    between ``admit`` and the run) frees its local slot when it is forgotten, and its global
-    slot stops being renewed and expires."""
-
-    __slots__ = ("__weakref__", "holder", "limit", "lost", "released")
-
-    def __init__(self, limit: _Limit, holder: str) -> None:
-        self.limit = limit
-        self.holder = holder
-        self.released = False
-        self.lost = False
-
-
-class _Limit:
-    """The limits of one task and the state this worker keeps for them."""
-
-    def __init__(self, task: Task[Any, Any]) -> None:
-        self.name = task.name
-        options = task.options
-        self.max_concurrency: int | None = options.get("max_concurrency")
-        rate = options.get("rate")
-        self.rate = None if rate is None else parse_rate(rate)
-        self.scope: str = options.get("limit_scope") or "worker"
-        self.is_global = self.scope == "global"
-        self.slot_key = f"limits:{task.name}:concurrency"
-        self.rate_key = f"limits:{task.name}:rate"
-        self.holds: weakref.WeakSet[_Hold] = weakref.WeakSet()
-        self.next_start: datetime | None = None  # worker scope
-        self.horizon = 0.0  # when the last concurrency deferral is due back (monotonic)
-        self.run_estimate_s: float | None = None
-        self.late_s = 0.0  # how late reserved copies usually come back (mean)
-        self.stats = LimitStats()
-
-    def describe(self) -> str:
-        parts = []
-        if self.max_concurrency is not None:
-            parts.append(f"max_concurrency={self.max_concurrency}")
-        if self.rate is not None:
-            parts.append(f"rate={self.rate.text}")
-        return f"{', '.join(parts)} per {self.scope}"
-
-    def reserve_local(self, now: datetime) -> float:
-        """The worker-scope twin of ``Coordination.reserve_start``."""
-        assert self.rate is not None
-        last = self.next_start
-        step = timedelta(seconds=self.rate.interval_s)
-        start = now if last is None or last + step <= now else last + step
-        self.next_start = start
-        return (start - now).total_seconds()
-
-    def grace_s(self) -> float:
-        """How late a copy may come back and still start on its reservation: one interval, or
-        twice the usual lateness when the broker delivers later than that (so that a slow broker
-        does not make every copy miss its start and take a new one, for ever), at most
-        :data:`MAX_GRACE_S`."""
-        assert self.rate is not None
-        return min(MAX_GRACE_S, max(self.rate.interval_s, 2 * self.late_s))
-
-    def observe_lateness(self, late_s: float) -> None:
-        """Fold how late one reserved copy came back into the mean (each sample at most
-        :data:`MAX_GRACE_S`, so a burst of stale copies moves it little)."""
-        self.late_s = 0.9 * self.late_s + 0.1 * min(max(late_s, 0.0), MAX_GRACE_S)
-
-    def observe(self, duration_s: float) -> None:
-        """Fold one run's duration into the mean that paces concurrency deferrals."""
-        duration_s = min(max(duration_s, 0.0), 60.0)
-        estimate = self.run_estimate_s
-        self.run_estimate_s = duration_s if estimate is None else 0.8 * estimate + 0.2 * duration_s
-
-    def concurrency_delay(self, now: float, max_delay_s: float, rng: random.Random) -> float:
-        """When to try again with every slot taken: one slot's worth of time after the last
-        delivery deferred (slots come free every ``run time / max_concurrency`` seconds), so
-        throttled deliveries come back one after the other instead of all at once."""
-        assert self.max_concurrency is not None
-        estimate = self.run_estimate_s
-        step = (DEFAULT_RUN_ESTIMATE_S if estimate is None else estimate) / self.max_concurrency
-        self.horizon = min(max(self.horizon, now) + step, now + max_delay_s)
-        delay = (self.horizon - now) * rng.uniform(1 - JITTER, 1 + JITTER)
-        return max(MIN_THROTTLE_DELAY_S, delay)
-
-
-class _StoreDown(Exception):
-    """A store call failed or timed out (the outage has been noted)."""
-
-
-class _Outage:
-    """Whether the store is answering; while it is not, at most one probe at a time asks it."""
-
-    def __init__(self, base_s: float, max_s: float, probe_s: float) -> None:
-        self.base_s = base_s
-        self.max_s = max_s
-        self.probe_s = probe_s
-        self.since: float | None = None
-        self.failures = 0
-        self.backoff_s = 0.0
-        self.retry_at = 0.0
-        self.probe_until = 0.0
-        self.deferred = 0
-
-    def blocked(self, now: float) -> bool:
-        """True while the store is out and it is not this caller's turn to probe it."""
-        if self.since is None:
-            return False
-        if now < self.retry_at or now < self.probe_until:
-            return True
-        self.probe_until = now + self.probe_s  # this caller probes; the others wait
-        return False
-
-    def delay(self, now: float, rng: random.Random) -> float:
-        """Until the next probe, spread over one backoff so the deferred do not come back at
-        once."""
-        self.deferred += 1
-        return max(0.0, self.retry_at - now) + rng.uniform(0.1, max(0.1, self.backoff_s))
-
-    def failed(self, now: float, what: str, exc: BaseException) -> None:
-        if self.since is None:
-            self.since = now
-            self.failures = 1
-            logger.warning(
-                "limits: the store did not answer (%s: %s); tasks with a global limit are "
-                "deferred until it does (fail closed)",
-                what,
-                _describe(exc),
-            )
-        elif now < self.retry_at:
-            return  # a call already under way when the outage was noted: no new probe failed
-        else:
-            self.failures += 1
-            logger.debug("limits: the store still does not answer (%s: %s)", what, _describe(exc))
-        self.backoff_s = min(self.max_s, self.base_s * 2 ** (self.failures - 1))
-        self.retry_at = now + self.backoff_s
-        self.probe_until = 0.0
-
-    def answered(self, now: float) -> None:
-        if self.since is None:
-            return
-        logger.info(
-            "limits: the store answers again after %.1fs; %d deliveries were deferred meanwhile",
-            now - self.since,
-            self.deferred,
-        )
-        self.since = None
-        self.failures = 0
-        self.deferred = 0
-        self.probe_until = 0.0
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "no answer within the timeout"
-    return f"{type(exc).__name__}: {exc}"
 
 
 # --- the middleware ------------------------------------------------------------------------------
@@ -340,17 +174,16 @@ class LimitsMiddleware(Middleware):
         self.store_timeout_s = float(store_timeout_s)
         self.slot_ttl_s = float(slot_ttl_s)
         self.max_throttle_delay_s = float(max_throttle_delay_s)
-        self._outage = _Outage(
+        self._outage = Outage(
             float(outage_backoff_s), float(max_outage_backoff_s), self.store_timeout_s
         )
         self._rng = random.Random(seed)
-        self._limits: dict[str, _Limit] = {}
-        self._store: Coordination | None = None
+        self._limits: dict[str, TaskLimit] = {}
+        self._global: GlobalLimits | None = None  # the limits kept in the store
         self._clock: Clock | None = None
         self._worker = ""
         self._book = uuid.uuid4().hex[:12]  # whose per-worker reservations are this limiter's
         self._seq = itertools.count(1)
-        self._renewer: asyncio.Task[None] | None = None
 
     @property
     def stats(self) -> Mapping[str, LimitStats]:
@@ -369,12 +202,12 @@ class LimitsMiddleware(Middleware):
         :class:`~paota.ConfigError` when a task has a global limit and the pool's store cannot
         hold it."""
         registry = pool.registry
-        limits: dict[str, _Limit] = {}
+        limits: dict[str, TaskLimit] = {}
         for name in registry:
             task = registry.get(name)
             if task is None or not limit_options.has_limits(task):
                 continue
-            limits[name] = _Limit(task)
+            limits[name] = TaskLimit(task, LimitStats())
         store = pool.store
         global_names = sorted(n for n, limit in limits.items() if limit.is_global)
         if global_names and not has_coordination(store):
@@ -385,7 +218,16 @@ class LimitsMiddleware(Middleware):
                 f"or 'memory' within one process); this pool has {has}"
             )
         self._limits = limits
-        self._store = store if global_names and has_coordination(store) else None
+        self._global = None
+        if global_names and has_coordination(store):
+            self._global = GlobalLimits(
+                store,
+                pool.clock,
+                self._outage,
+                limits,
+                timeout_s=self.store_timeout_s,
+                slot_ttl_s=self.slot_ttl_s,
+            )
         self._clock = pool.clock
         self._worker = pool.name
         self._book = uuid.uuid4().hex[:12]
@@ -394,19 +236,14 @@ class LimitsMiddleware(Middleware):
         """Start renewing the leases of global slots, and say which limits apply."""
         for limit in self._limits.values():
             logger.info("task %s: limited to %s", limit.name, limit.describe())
-        if any(limit.is_global and limit.max_concurrency for limit in self._limits.values()):
-            self._renewer = asyncio.create_task(
-                self._renew_forever(), name=f"{self._worker}-limits-renewer"
-            )
+        if self._global is not None:
+            self._global.start_renewing(f"{self._worker}-limits-renewer")
 
     async def shutdown(self, services: WorkerServices) -> None:
         """Stop renewing; give back the global slots still held (best effort: they expire); say
         what the limits did."""
-        renewer, self._renewer = self._renewer, None
-        if renewer is not None:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+        if self._global is not None:
+            await self._global.stop_renewing()
         for limit in self._limits.values():
             for hold in list(limit.holds):
                 await self._release(hold)
@@ -432,7 +269,7 @@ class LimitsMiddleware(Middleware):
         clock = self._clock
         assert clock is not None
         arrived = clock.now()  # a reserved start's lateness does not count the slot's store call
-        hold: _Hold | None = None
+        hold: Hold | None = None
         try:
             if limit.max_concurrency is not None:
                 hold = await self._take_slot(limit, task)
@@ -449,7 +286,7 @@ class LimitsMiddleware(Middleware):
                     if hold is not None:
                         await self._release(hold)
                     return deferral
-        except _StoreDown:
+        except StoreDown:
             if hold is not None:
                 await self._release(hold)
             limit.stats.throttled_store += 1
@@ -463,7 +300,7 @@ class LimitsMiddleware(Middleware):
 
     async def execute(self, task: TaskContext, call_next: Callable[[], Awaitable[Any]]) -> Any:
         """Give the slot back as soon as the run ends (before its outcome is settled)."""
-        hold: _Hold | None = task.data.get(_HOLD)
+        hold: Hold | None = task.data.get(_HOLD)
         if hold is None:
             return await call_next()
         clock = self._clock
@@ -482,7 +319,7 @@ class LimitsMiddleware(Middleware):
     async def after_outcome(self, task: TaskContext, outcome: Outcome) -> None:
         """Give the slot back on the paths that never ran the task (a duplicate, a later
         middleware's outcome)."""
-        hold: _Hold | None = task.data.get(_HOLD)
+        hold: Hold | None = task.data.get(_HOLD)
         if hold is not None and not hold.released:
             await self._release(hold)
 
@@ -496,93 +333,32 @@ class LimitsMiddleware(Middleware):
 
     # --- concurrency -----------------------------------------------------------------------------
 
-    async def _take_slot(self, limit: _Limit, task: TaskContext) -> _Hold | None:
+    async def _take_slot(self, limit: TaskLimit, task: TaskContext) -> Hold | None:
         assert limit.max_concurrency is not None
         if len(limit.holds) >= limit.max_concurrency:
             return None  # this worker alone fills them: no need to ask the store
-        hold = _Hold(limit, f"{self._worker}/{task.id}/{next(self._seq)}")
+        hold = Hold(limit, f"{self._worker}/{task.id}/{next(self._seq)}")
         if limit.is_global:
-            store = self._store
-            assert store is not None
-            got = await self._call(
-                "taking a slot",
-                functools.partial(
-                    store.acquire_slot,
-                    limit.slot_key,
-                    hold.holder,
-                    limit.max_concurrency,
-                    ttl_s=self.slot_ttl_s,
-                ),
-            )
-            if not got:
+            assert self._global is not None
+            if not await self._global.take_slot(hold):
                 return None
         limit.holds.add(hold)
         return hold
 
-    async def _release(self, hold: _Hold) -> None:
+    async def _release(self, hold: Hold) -> None:
         if hold.released:
             return
         hold.released = True
         limit = hold.limit
         limit.holds.discard(hold)
-        if not limit.is_global:
-            return
-        store = self._store
-        assert store is not None
-        # A slot the store did not hear back about expires after its time to live.
-        with contextlib.suppress(_StoreDown):
-            await self._call(
-                "giving a slot back",
-                functools.partial(store.release_slot, limit.slot_key, hold.holder),
-            )
-
-    async def _renew_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.slot_ttl_s / 3)
-            try:
-                await self._renew()
-            except Exception:  # a bug here must not stop the renewals for good
-                logger.exception("limits: renewing the slots failed")
-
-    async def _renew(self) -> None:
-        store = self._store
-        assert store is not None
-        for limit in self._limits.values():
-            if not limit.is_global or limit.max_concurrency is None:
-                continue
-            for hold in list(limit.holds):
-                if hold.released:
-                    continue
-                try:
-                    kept = await self._call(
-                        "renewing a slot",
-                        functools.partial(
-                            store.acquire_slot,
-                            limit.slot_key,
-                            hold.holder,
-                            limit.max_concurrency,
-                            ttl_s=self.slot_ttl_s,
-                        ),
-                    )
-                except _StoreDown:
-                    continue  # the outage is noted; the lease may run out meanwhile
-                if not kept and not hold.released and not hold.lost:
-                    hold.lost = True
-                    limit.stats.lost_slots += 1
-                    logger.warning(
-                        "task %s: its concurrency slot (%s) expired while it ran and was taken by "
-                        "another run: the store was out longer than the slot's %.0fs lease; "
-                        "max_concurrency=%d may be exceeded until it ends",
-                        limit.name,
-                        hold.holder,
-                        self.slot_ttl_s,
-                        limit.max_concurrency,
-                    )
+        if limit.is_global:
+            assert self._global is not None
+            await self._global.give_back(hold)
 
     # --- rate ------------------------------------------------------------------------------------
 
     async def _check_rate(
-        self, limit: _Limit, task: TaskContext, arrived: datetime
+        self, limit: TaskLimit, task: TaskContext, arrived: datetime
     ) -> Outcome | None:
         rate = limit.rate
         clock = self._clock
@@ -603,12 +379,8 @@ class LimitsMiddleware(Middleware):
             limit.stats.missed_reservations += 1
         now = clock.now()
         if limit.is_global:
-            store = self._store
-            assert store is not None
-            wait_s = await self._call(
-                "reserving a start",
-                functools.partial(store.reserve_start, limit.rate_key, rate.interval_s, now=now),
-            )
+            assert self._global is not None
+            wait_s = await self._global.reserve_start(limit, now)
         else:
             wait_s = limit.reserve_local(now)
         start = now + timedelta(seconds=wait_s)
@@ -622,21 +394,6 @@ class LimitsMiddleware(Middleware):
             "throttled",
             headers={RESERVED_HEADER: f"{task.attempt}@{start.isoformat()}@{book}"},
         )
-
-    # --- the store -------------------------------------------------------------------------------
-
-    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        clock = self._clock
-        assert clock is not None
-        if self._outage.blocked(clock.monotonic()):
-            raise _StoreDown(what)
-        try:
-            result = await asyncio.wait_for(call(), self.store_timeout_s)
-        except Exception as exc:  # any failure of the store: fail closed
-            self._outage.failed(clock.monotonic(), what, exc)
-            raise _StoreDown(what) from exc
-        self._outage.answered(clock.monotonic())
-        return result
 
     def _debug(self, task: TaskContext, delay_s: float, why: str) -> None:
         if logger.isEnabledFor(logging.DEBUG):

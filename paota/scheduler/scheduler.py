@@ -29,6 +29,9 @@ processes would both send every slot. A scheduler then needs the broker to be in
 :class:`ExclusiveLocks`); a second scheduler that cannot take the lock refuses to start with a
 :class:`SchedulerError` that says so. A scheduler whose lock is lost (its connection dropped)
 stops sending until it takes the lock again.
+
+What schedulers keep about each schedule, in the store and in memory, is in
+:mod:`paota.scheduler.state`.
 """
 
 from __future__ import annotations
@@ -36,16 +39,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from paota.core.capabilities import is_shared
 from paota.core.context import SCHEDULE_HEADER, SCHEDULE_TZ_HEADER, SCHEDULED_AT_HEADER
 from paota.core.errors import BrokerError, PaotaError, StoreError
 from paota.core.protocols import Coordination, has_coordination
 from paota.scheduler.schedule import Schedule, slot_task_id
+from paota.scheduler.state import (
+    ON_TIME_S,
+    SCHEDULE_KIND,
+    STATE_KIND,
+    ScheduleEntry,
+    Sent,
+    catch_up_window_s,
+    follow,
+    log_skipped,
+    mark_sent,
+    unsent,
+)
 from paota.scheduler.triggers import slot_iso, zone
 
 if TYPE_CHECKING:
@@ -61,27 +75,17 @@ __all__ = [
     "ExclusiveLocks",
     "Scheduler",
     "SchedulerError",
+    "Sent",
 ]
 
 logger = logging.getLogger("paota.scheduler")
 
-SCHEDULE_KIND = "schedule"
-"""Coordination document kind of runtime schedules (and of pause overrides of code schedules)."""
-STATE_KIND = "schedule-state"
-"""Coordination document kind of a schedule's progress: first seen, last slot sent."""
-
-ON_TIME_S = 5.0
-"""A slot seen this many seconds after its time is still on time (``catch_up=False`` runs only
-those)."""
 LEASE_S = 60.0
 """How long a scheduler may take to send a slot before another may try (at least; longer when
 the broker's publish timeout is)."""
 CLAIM_MARGIN_S = 86400.0
 """How long a slot's claim is kept beyond the catch-up window (a day: clocks of schedulers may
 disagree by far less than that)."""
-_SKIP_COUNT_LIMIT = 10_000
-#: How many late slots a scheduler looks up one by one before calling them missed.
-_CLAIM_CHECK_LIMIT = 100
 
 
 class SchedulerError(PaotaError):
@@ -111,37 +115,6 @@ class ExclusiveLocks(Protocol):
         ...
 
 
-@dataclass
-class _Entry:
-    """What one scheduler knows about one schedule."""
-
-    schedule: Schedule
-    since: str  # when a scheduler first saw the schedule (ISO 8601)
-    cursor: datetime  # every slot up to here was handled (sent, skipped or left to others)
-    slots: Iterator[datetime]
-    upcoming: datetime | None
-    retry: set[datetime] = field(default_factory=set)  # due, not sent yet (busy or failed)
-
-    def advance(self, now: datetime) -> list[datetime]:
-        """The slots of the iterator up to ``now``; the cursor moves to ``now``."""
-        due = []
-        while self.upcoming is not None and self.upcoming <= now:
-            due.append(self.upcoming)
-            self.upcoming = next(self.slots, None)
-        if now > self.cursor:
-            self.cursor = now
-        return due
-
-
-@dataclass(frozen=True)
-class Sent:
-    """One slot this scheduler sent."""
-
-    schedule_id: str
-    slot: datetime
-    task_id: str
-
-
 class Scheduler:
     """Sends the slots of ``client``'s schedules (its :meth:`~paota.Client.periodic` ones, plus
     the runtime schedules in the store) through ``client``.
@@ -168,7 +141,7 @@ class Scheduler:
         self._code = list(getattr(client, "schedules", ()) if schedules is None else schedules)
         self.poll_s = poll_s
         self.refresh_s = refresh_s
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, ScheduleEntry] = {}
         self._coord: Coordination | None = None
         self._lock: ExclusiveLock | None = None
         self._lock_name = ""
@@ -322,7 +295,7 @@ class Scheduler:
         for key, schedule in wanted.items():
             entry = self._entries.get(key)
             if entry is None:
-                self._entries[key] = await self._follow(schedule, now)
+                self._entries[key] = await follow(self._store(), schedule, now, self.name)
             elif entry.schedule != schedule:
                 if entry.schedule.trigger != schedule.trigger:
                     entry.slots = schedule.trigger.slots_after(entry.cursor)
@@ -337,36 +310,6 @@ class Scheduler:
                     )
                 entry.schedule = schedule
         self._refreshed_at = self.clock.monotonic()
-
-    async def _follow(self, schedule: Schedule, now: datetime) -> _Entry:
-        """An entry for ``schedule``, from where the store says it stands."""
-        store = self._store()
-        state = await store.get_doc(STATE_KIND, schedule.id)
-        added = _time(schedule.extra.get("added_at"))
-        cursor = now if added is None else min(added, now)
-        since = cursor.isoformat()
-        if state is None:
-            await store.put_doc(STATE_KIND, schedule.id, {"since": since})
-        else:
-            since = str(state.get("since") or since)
-            marks = [_time(state.get("since")), _time(state.get("last_slot"))]
-            known = [m for m in marks if m is not None]
-            if known:
-                cursor = min(max(known), now)
-        oldest = now - timedelta(seconds=_window_s(schedule))
-        if cursor < oldest and not schedule.paused:
-            # After downtime: name what is too old to run without walking through all of it.
-            late: list[datetime] = []
-            for slot in schedule.trigger.slots_after(cursor):
-                if slot >= oldest or len(late) > _SKIP_COUNT_LIMIT:
-                    break
-                late.append(slot)
-            if late:
-                self._log_skipped(schedule, late, more=len(late) > _SKIP_COUNT_LIMIT)
-        if cursor < oldest:
-            cursor = oldest - timedelta(microseconds=1)
-        slots = schedule.trigger.slots_after(cursor)
-        return _Entry(schedule, since, cursor, slots, next(slots, None))
 
     # --- one round -------------------------------------------------------------------------------
 
@@ -422,19 +365,19 @@ class Scheduler:
         self._standing_by = False
         return True
 
-    async def _run(self, entry: _Entry, now: datetime) -> list[Sent]:
+    async def _run(self, entry: ScheduleEntry, now: datetime) -> list[Sent]:
         schedule = entry.schedule
         due = sorted(entry.retry | set(entry.advance(now)))
         entry.retry.clear()
         if schedule.paused or not due:
             return []
-        window_s = _window_s(schedule)
+        window_s = catch_up_window_s(schedule)
         oldest = now - timedelta(seconds=window_s)
         late = [slot for slot in due if slot < oldest]
         if late:
-            missed = await self._unsent(schedule, late)
+            missed = await unsent(self._store(), schedule, late)
             if missed:
-                self._log_skipped(schedule, missed)
+                log_skipped(self.name, schedule, missed)
         sent = []
         for slot in due:
             if slot < oldest:
@@ -445,25 +388,6 @@ class Scheduler:
             elif isinstance(result, Sent):
                 sent.append(result)
         return sent
-
-    async def _unsent(self, schedule: Schedule, late: list[datetime]) -> list[datetime]:
-        """Of the ``late`` slots this scheduler saw too late, those no scheduler sent: a slot
-        another one claimed, or one at or before the schedule's last sent slot, was not missed
-        (this one only stalled). On a store error, all of them (the WARNING errs on the loud
-        side)."""
-        store = self._store()
-        try:
-            state = await store.get_doc(STATE_KIND, schedule.id)
-            last = None if state is None else _time(state.get("last_slot"))
-            candidates = [slot for slot in late if last is None or slot > last]
-            unsent = [
-                slot
-                for slot in candidates[:_CLAIM_CHECK_LIMIT]
-                if await store.get_claim(slot_task_id(schedule.id, slot)) is None
-            ]
-        except StoreError:
-            return late
-        return unsent + candidates[_CLAIM_CHECK_LIMIT:]
 
     async def _send_slot(
         self, schedule: Schedule, slot: datetime, window_s: float
@@ -497,16 +421,8 @@ class Scheduler:
                     task_id,
                     extra={"task_id": task_id, "task_name": schedule.task},
                 )
-            await store.put_doc(
-                STATE_KIND,
-                schedule.id,
-                {
-                    "since": _since(self._entries.get(schedule.id), slot),
-                    "last_slot": slot.isoformat(),
-                    "last_task_id": task_id,
-                    "last_sent_by": self.name,
-                },
-            )
+            entry = self._entries.get(schedule.id)
+            await mark_sent(store, entry, schedule, slot, task_id, self.name)
         except (BrokerError, StoreError) as exc:
             logger.warning(
                 "scheduler %s: slot %s of schedule %r not sent (%s); trying again",
@@ -554,41 +470,6 @@ class Scheduler:
     def _lease_s(self) -> float:
         publish_timeout_s = float(getattr(self.client.config.amqp, "publish_timeout_s", 0) or 0)
         return max(LEASE_S, 2 * publish_timeout_s + 10)
-
-    def _log_skipped(self, schedule: Schedule, late: list[datetime], *, more: bool = False) -> None:
-        logger.warning(
-            "scheduler %s: schedule %r missed %s%d slot(s) from %s to %s, older than its "
-            "catch-up window (%gs%s); skipped",
-            self.name,
-            schedule.id,
-            "more than " if more else "",
-            len(late),
-            slot_iso(late[0]),
-            slot_iso(late[-1]) + (" and later" if more else ""),
-            _window_s(schedule),
-            "" if schedule.catch_up else ", catch-up off",
-        )
-
-
-def _window_s(schedule: Schedule) -> float:
-    """How late a slot of ``schedule`` may still be sent."""
-    return max(schedule.misfire_grace_s, ON_TIME_S) if schedule.catch_up else ON_TIME_S
-
-
-def _since(entry: _Entry | None, slot: datetime) -> str:
-    return slot.isoformat() if entry is None else entry.since
-
-
-def _time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, str) and value:
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    return None
 
 
 def _describe_store(store: object) -> str:

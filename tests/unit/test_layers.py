@@ -39,13 +39,8 @@ MAX_LINES = 520
 #: Modules still over :data:`MAX_LINES` (lines today): each may shrink, none may grow, and one
 #: that falls under the limit must leave this table.
 STILL_LONG: dict[str, int] = {
-    "paota/brokers/amqp/connection.py": 542,
     "paota/brokers/amqp/topology.py": 537,
-    "paota/brokers/memory.py": 567,
     "paota/core/pool.py": 550,
-    "paota/middleware/limits.py": 683,
-    "paota/middleware/webhooks.py": 549,
-    "paota/scheduler/scheduler.py": 595,
     "paota/web/app.py": 557,
     "paota/web/openapi.py": 615,
     "paota/web/ops.py": 584,

@@ -14,9 +14,8 @@ backoff and jitter, runs the ``on_connect`` hook (the broker declares its topolo
 then marks the slot ready again. Callers wait for a ready slot
 (:meth:`ConnectionPool.publish_channel`, :meth:`ConnectionPool.open_channel`) with a deadline.
 
-aiormq fails every future of a closed connection, some of them with ``CancelledError``; awaiting
-such a future would look like a cancellation of the caller. :func:`call_aiormq` tells the two apart
-(and bounds the call in time), so that only a real cancellation raises ``CancelledError``.
+The aiormq call helpers live in :mod:`paota.brokers.amqp.calls`; this module re-exports the ones
+the broker's other modules import from here.
 
 Publishing and settling run once per message, so their time bound is
 :class:`~paota.brokers.amqp.deadlines.Deadlines` rather than ``asyncio.timeout``: same semantics,
@@ -29,8 +28,17 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
+from paota.brokers.amqp.calls import (
+    being_cancelled,
+    call_aiormq,
+    close_quietly,
+    is_blocked,
+    is_fatal,
+    open_connection,
+    with_heartbeat,
+)
 from paota.brokers.amqp.deadlines import Deadlines
 from paota.brokers.amqp.errors import ChannelGoneError, describe
 from paota.core.errors import BrokerError, TopologyError
@@ -52,66 +60,14 @@ __all__ = [
 
 logger = logging.getLogger("paota.brokers.amqp")
 
-T = TypeVar("T")
-
-
-def is_blocked(connection: AbstractConnection | None) -> bool:
-    """Whether RabbitMQ has blocked publishing on ``connection`` (``connection.blocked``: a memory
-    or disk alarm). aiormq keeps this in a private event; if that ever changes, this says False."""
-    event = getattr(connection, "_Connection__connection_unblocked", None)
-    return isinstance(event, asyncio.Event) and not event.is_set()
-
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
 
 
-async def call_aiormq(aw: Awaitable[T], timeout_s: float | None) -> T:
-    """Await an aiormq call, at most ``timeout_s`` seconds (None: no limit).
-
-    Raises TimeoutError when time is up, :class:`ChannelGoneError` when aiormq failed the call
-    with ``CancelledError`` because its channel or connection closed, the call's own exception
-    otherwise; ``CancelledError`` only when the calling task itself is being cancelled.
-    """
-    try:
-        async with asyncio.timeout(timeout_s):
-            return await aw
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is None or task.cancelling():
-            raise
-        raise ChannelGoneError("the AMQP channel closed during the operation") from None
-
-
-_Task = asyncio.Task[Any]
-
-
-def being_cancelled() -> bool:
-    """True when the current task is being cancelled, as opposed to merely seeing aiormq's
-    ``CancelledError`` for a future of a closed channel or connection."""
-    task = asyncio.current_task()
-    return task is None or task.cancelling() > 0
-
-
-def _is_fatal(exc: BaseException) -> bool:
-    """Connection errors that retrying will not cure (bad credentials, vhost access refused)."""
-    import aiormq
-
-    cause = exc.__cause__ if isinstance(exc, BrokerError) else exc
-    return isinstance(
-        cause, aiormq.AuthenticationError | aiormq.ProbableAuthenticationError
-    ) or isinstance(exc, TopologyError)
-
-
-def _with_heartbeat(url: str, heartbeat_s: int) -> str:
-    """``url`` with aiormq's ``heartbeat`` query parameter, unless the URL sets one itself."""
-    from yarl import URL
-
-    parsed = URL(url)
-    if "heartbeat" in parsed.query:
-        return url
-    return str(parsed.update_query(heartbeat=str(heartbeat_s)))
+#: The name :mod:`paota.brokers.amqp.lock` imports it by.
+_with_heartbeat = with_heartbeat
 
 
 class _Slot:
@@ -158,7 +114,7 @@ class ConnectionPool:
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
             raise ValueError("ConnectionPool needs at least one URL")
-        self._urls = [_with_heartbeat(u, heartbeat_s) for u in urls]
+        self._urls = [with_heartbeat(u, heartbeat_s) for u in urls]
         self._shown = [redact_url(u) for u in urls]
         #: The broker URL(s), passwords hidden, for messages.
         self.shown_url = ", ".join(self._shown)
@@ -380,29 +336,12 @@ class ConnectionPool:
         slot.endpoint = (slot.endpoint + 1) % len(self._urls)
 
     async def _connect(self, slot: _Slot, timeout_s: float) -> AbstractConnection:
-        import aiormq
-
-        shown = self._shown[slot.endpoint]
-        connection = aiormq.Connection(
+        return await open_connection(
             self._urls[slot.endpoint],
-            client_properties={"connection_name": f"{self._name} #{slot.index}"},
+            name=f"{self._name} #{slot.index}",
+            shown=self._shown[slot.endpoint],
+            timeout_s=timeout_s,
         )
-        try:
-            await call_aiormq(connection.connect(), timeout_s)
-        except BaseException as exc:
-            await close_quietly(connection)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            if isinstance(exc, asyncio.TimeoutError):
-                raise BrokerError(
-                    f"cannot connect to RabbitMQ at {shown}: no answer within {timeout_s:.1f} s"
-                ) from exc
-            if isinstance(exc, aiormq.AuthenticationError | aiormq.ProbableAuthenticationError):
-                raise BrokerError(
-                    f"RabbitMQ at {shown} refused the login: {describe(exc)}"
-                ) from exc
-            raise BrokerError(f"cannot connect to RabbitMQ at {shown}: {describe(exc)}") from exc
-        return connection
 
     async def _open(self, slot: _Slot, timeout_s: float) -> None:
         """One attempt to connect ``slot``, open its publishing channel and run ``on_connect``.
@@ -449,7 +388,7 @@ class ConnectionPool:
                 return
             except BrokerError as exc:
                 remaining = deadline - loop.time()
-                if _is_fatal(exc):
+                if is_fatal(exc):
                     raise
                 if remaining <= 0:
                     raise BrokerError(
@@ -530,13 +469,3 @@ class ConnectionPool:
                 self.shown_endpoint(slot),
                 loop.time() - lost_at,
             )
-
-
-async def close_quietly(closable: AbstractConnection | AbstractChannel) -> None:
-    """Close an aiormq connection or channel, ignoring every error (it may be dead already)."""
-    if closable.is_closed:
-        return
-    try:
-        await call_aiormq(closable.close(), 5.0)
-    except Exception as exc:
-        logger.debug("closing %r failed: %s", closable, describe(exc))
