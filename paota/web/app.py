@@ -15,17 +15,15 @@ Errors are JSON, ``{"error": {"status", "message", "field"?, "allowed"?}}``: 400
 (the field is named), 404 for what does not exist, 409 for an action the task's state does not
 allow, 501 for what the backends cannot do, 503 when the broker or the store does not answer.
 A bug is a 500 with a one-line message (the traceback goes to the log, never to the client).
+
+The token and loopback checks and the security headers are in :mod:`paota.web.security`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
-import ipaddress
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -39,13 +37,12 @@ try:
     from starlette.responses import FileResponse, Response, StreamingResponse
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
-    from starlette.types import ASGIApp, Receive, Scope, Send
 except ModuleNotFoundError as exc:
     raise missing_extra(exc, "the management API and dashboard (paota.web, paota web)") from None
 
 from paota.client import Client
 from paota.core.errors import BrokerError, ConfigError, StoreError
-from paota.web import ops
+from paota.web import ops, ops_tasks
 from paota.web.monitor import Monitor
 from paota.web.openapi import openapi_document
 from paota.web.params import (
@@ -61,202 +58,27 @@ from paota.web.params import (
     query_str,
     query_time,
 )
+from paota.web.security import (
+    JSON,
+    MIN_TOKEN_LENGTH,
+    TOKEN_ENV,
+    Guard,
+    SecurityHeaders,
+    error_response,
+    is_loopback,
+    resolve_token,
+)
 from paota.web.views import dumps, task_detail, task_summary
 
 __all__ = ["MIN_TOKEN_LENGTH", "TOKEN_ENV", "create_app", "is_loopback"]
 
 logger = logging.getLogger("paota.web")
 
-TOKEN_ENV = "PAOTA_WEB_TOKEN"
-"""The environment variable the bearer token is read from."""
-MIN_TOKEN_LENGTH = 16
-"""The shortest token accepted: a guessable token is no protection."""
 STATIC = Path(__file__).resolve().parent / "static"
 
 _LIST_PARAMS = frozenset(
     {"status", "name", "queue", "created_after", "created_before", "cursor", "limit"}
 )
-
-
-def is_loopback(host: str | None) -> bool:
-    """Whether ``host`` is an address (or ``localhost``) of the loopback interface."""
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-class JSON(Response):
-    """A JSON response that cannot fail on odd values (see :func:`paota.web.views.dumps`)."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return dumps(content)
-
-
-def _error(exc: WebError) -> Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="paota"'} if exc.status == 401 else None
-    return JSON(exc.body(), status_code=exc.status, headers=headers)
-
-
-class _Guard:
-    """ASGI middleware: the bearer token (or, open, the loopback address) on ``/api/``, checked
-    before any handler runs, and every error as JSON."""
-
-    def __init__(self, app: ASGIApp, *, token_digest: bytes | None) -> None:
-        self.app = app
-        self.token_digest = token_digest
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = scope.get("path", "")
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root) :]
-        if path.startswith("/api/") and path != "/api/openapi.json":
-            refusal = self._refusal(scope)
-            if refusal is not None:
-                await _error(refusal)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    def _refusal(self, scope: Scope) -> WebError | None:
-        if self.token_digest is None:
-            client = scope.get("client")
-            if client is None or not is_loopback(client[0]):
-                return WebError(
-                    403, "this paota web app runs open (no token) and answers loopback clients only"
-                )
-            return _open_mode_refusal(scope)
-        given = b""
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                given = value
-                break
-        scheme, _, credentials = given.partition(b" ")
-        if scheme.lower() != b"bearer" or not credentials.strip():
-            return WebError(401, "authorization: send the token as 'Authorization: Bearer <token>'")
-        # Digests of equal length, compared in constant time.
-        digest = hashlib.sha256(credentials.strip()).digest()
-        if not hmac.compare_digest(digest, self.token_digest):
-            return WebError(401, "authorization: the token is not valid")
-        return None
-
-
-#: Methods that change something.
-_CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-
-def _open_mode_refusal(scope: Scope) -> WebError | None:
-    """Without a token, loopback is the only credential, and a web page the user visits is on
-    loopback too: refuse what a page of another site could make the browser send.
-
-    - ``Host`` must name the loopback interface (``localhost``, ``127.0.0.1``, ``[::1]``): a
-      DNS-rebinding page reaches 127.0.0.1 under its own host name;
-    - an ``Origin``, when the browser sends one, must be a loopback origin;
-    - a request that changes something must be ``Content-Type: application/json``, which a
-      cross-site page cannot send without a CORS preflight (that this app never answers).
-    """
-    headers = {name: value for name, value in scope.get("headers", ())}
-    host = headers.get(b"host", b"").decode("latin-1")
-    if not _loopback_authority(host):
-        return WebError(
-            403,
-            f"Host {host!r} is not allowed: without a token this app answers requests addressed "
-            "to localhost, 127.0.0.1 or [::1] only (a page of another site may be trying to "
-            "reach it through DNS rebinding); set PAOTA_WEB_TOKEN to serve other names",
-        )
-    origin = headers.get(b"origin")
-    if origin is not None:
-        text = origin.decode("latin-1")
-        scheme, _, authority = text.partition("://")
-        if scheme not in ("http", "https") or not _loopback_authority(authority):
-            return WebError(
-                403, f"Origin {text!r} is not allowed: without a token, only loopback pages"
-            )
-    if scope.get("method", "GET") in _CHANGES:
-        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if content_type != b"application/json":
-            return WebError(
-                415,
-                "a request that changes something must be 'Content-Type: application/json' "
-                f"(got {content_type.decode('latin-1') or 'none'!r})",
-            )
-    return None
-
-
-def _loopback_authority(authority: str) -> bool:
-    """Whether ``host[:port]`` names the loopback interface."""
-    if authority.startswith("["):
-        host = authority[1 : authority.find("]")] if "]" in authority else ""
-    else:
-        host = authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
-    host = host.lower().rstrip(".")
-    return host == "localhost" or (host != "" and is_loopback(host))
-
-
-#: Sent with every response: the dashboard loads only its own files, runs no inline script,
-#: cannot be framed, and leaks no address.
-SECURITY_HEADERS = (
-    (
-        b"content-security-policy",
-        b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        b"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
-        b"frame-ancestors 'none'",
-    ),
-    (b"x-frame-options", b"DENY"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"cross-origin-opener-policy", b"same-origin"),
-)
-
-
-class _SecurityHeaders:
-    """ASGI middleware: :data:`SECURITY_HEADERS` on every HTTP response."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                present = {name.lower() for name, _ in message.get("headers", ())}
-                extra = [(n, v) for n, v in SECURITY_HEADERS if n not in present]
-                message = {**message, "headers": [*message.get("headers", ()), *extra]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-def _resolve_token(token: str | None, open: bool) -> bytes | None:
-    if open:
-        if token:
-            raise ConfigError("create_app: give a token or open=True, not both")
-        return None
-    token = token if token is not None else os.environ.get(TOKEN_ENV, "")
-    if not token:
-        raise ConfigError(
-            f"the paota web app needs a bearer token: set {TOKEN_ENV} (or pass token=...), or run "
-            "it open on the loopback interface only (paota web --insecure-open, create_app(open="
-            "True))"
-        )
-    if len(token) < MIN_TOKEN_LENGTH:
-        raise ConfigError(
-            f"{TOKEN_ENV} is {len(token)} characters long: use at least {MIN_TOKEN_LENGTH} random "
-            "characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
-        )
-    return hashlib.sha256(token.encode()).digest()
 
 
 def create_app(
@@ -286,7 +108,7 @@ def create_app(
         raise ConfigError(
             f"monitor_interval_s={monitor_interval_s!r} is not within 0.1..600 seconds"
         )
-    digest = _resolve_token(token, open)
+    digest = resolve_token(token, open)
     monitor = Monitor(client, interval_s=float(monitor_interval_s))
     api = _Api(client, float(poll_interval_s), monitor)
     routes = [
@@ -329,8 +151,8 @@ def create_app(
             Exception: _server_error,
         },
     )
-    app.add_middleware(_Guard, token_digest=digest)
-    app.add_middleware(_SecurityHeaders)
+    app.add_middleware(Guard, token_digest=digest)
+    app.add_middleware(SecurityHeaders)
     app.state.paota_client = client
     app.state.paota_monitor = monitor
     return app
@@ -352,7 +174,7 @@ async def _index(request: Request) -> Response:
 
 async def _web_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, WebError)
-    return _error(exc)
+    return error_response(exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -361,7 +183,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         exc.status_code, str(exc.detail)
     )
     path = request.url.path
-    response = _error(WebError(exc.status_code, f"{request.method} {path[:200]}: {message}"))
+    response = error_response(
+        WebError(exc.status_code, f"{request.method} {path[:200]}: {message}")
+    )
     response.headers.update(exc.headers or {})  # Allow, for a 405
     return response
 
@@ -369,13 +193,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _backend_error(request: Request, exc: Exception) -> Response:
     what = "store" if isinstance(exc, StoreError) else "broker"
     logger.warning("%s %s: the %s did not answer: %s", request.method, request.url.path, what, exc)
-    return _error(WebError(503, f"the {what} did not answer: {exc}"))
+    return error_response(WebError(503, f"the {what} did not answer: {exc}"))
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     logger.error("%s %s failed", request.method, request.url.path, exc_info=(type(exc), exc, None))
     logger.debug("traceback", exc_info=exc)
-    return _error(WebError(500, f"internal error ({type(exc).__name__}); see the server's log"))
+    return error_response(
+        WebError(500, f"internal error ({type(exc).__name__}); see the server's log")
+    )
 
 
 class _Api:
@@ -425,32 +251,32 @@ class _Api:
         }
 
     async def tasks(self, request: Request) -> Response:
-        return JSON(await ops.list_tasks(self.client, **self._list_args(request)))
+        return JSON(await ops_tasks.list_tasks(self.client, **self._list_args(request)))
 
     async def task(self, request: Request) -> Response:
         check_fields(request.query_params, (), "query parameter")
-        return JSON(await ops.get_task(self.client, request.path_params["task_id"]))
+        return JSON(await ops_tasks.get_task(self.client, request.path_params["task_id"]))
 
     async def send(self, request: Request) -> Response:
         check_fields(request.query_params, (), "query parameter")
-        body = await json_body(request, ops.SEND_FIELDS)
-        return JSON(await ops.send_task(self.client, body), status_code=201)
+        body = await json_body(request, ops_tasks.SEND_FIELDS)
+        return JSON(await ops_tasks.send_task(self.client, body), status_code=201)
 
     async def retry(self, request: Request) -> Response:
         check_fields(request.query_params, (), "query parameter")
         await json_body(request, ())
-        return JSON(await ops.retry_task(self.client, request.path_params["task_id"]), 202)
+        return JSON(await ops_tasks.retry_task(self.client, request.path_params["task_id"]), 202)
 
     async def cancel(self, request: Request) -> Response:
         check_fields(request.query_params, (), "query parameter")
         body = await json_body(request, {"reason"})
         reason = opt_str(body, "reason")
         task_id = request.path_params["task_id"]
-        return JSON(await ops.cancel_task(self.client, task_id, reason))
+        return JSON(await ops_tasks.cancel_task(self.client, task_id, reason))
 
     async def delete(self, request: Request) -> Response:
         check_fields(request.query_params, (), "query parameter")
-        await ops.delete_task(self.client, request.path_params["task_id"])
+        await ops_tasks.delete_task(self.client, request.path_params["task_id"])
         return Response(status_code=204)
 
     # --- live views (server-sent events) ---------------------------------------------------------
@@ -458,7 +284,7 @@ class _Api:
     async def tasks_stream(self, request: Request) -> Response:
         args = self._list_args(request)
         args.pop("cursor")  # a live view is of the first page
-        store = await ops.connected(self.client)
+        store = await ops_tasks.connected(self.client)
 
         async def read() -> Any:
             states = await store.list(**args)
@@ -469,7 +295,7 @@ class _Api:
     async def task_stream(self, request: Request) -> Response:
         check_fields(request.query_params, (), "query parameter")
         task_id = request.path_params["task_id"]
-        store = await ops.connected(self.client)
+        store = await ops_tasks.connected(self.client)
         if await store.get(task_id) is None:
             raise WebError(404, f"task_id: no task {task_id[:200]!r} in the store", field="task_id")
 

@@ -2,7 +2,8 @@
 
 Written by hand next to the handlers, so every parameter, body field and status code a handler
 knows is described, and a test runs schemathesis against it (every answer must be one this
-document lists, and none a server error).
+document lists, and none a server error). The schemas of the bodies and answers are in
+:mod:`paota.web.openapi_schemas`; this module holds the paths, their parameters and responses.
 """
 
 from __future__ import annotations
@@ -10,209 +11,22 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from paota.core.protocols import MAX_DELAY_S, ParkQueue
-from paota.core.state import TaskStatus
+from paota.core.protocols import ParkQueue
+from paota.web.openapi_schemas import (
+    EMPTY,
+    ERROR,
+    MONITOR,
+    REQUEUE,
+    SEND,
+    STATUSES,
+    TASK,
+    TASK_DETAIL,
+    WORKERS,
+    optional,
+)
 from paota.web.params import MAX_PAGE
 
 __all__ = ["openapi_document"]
-
-_STATUSES = [s.value for s in TaskStatus]
-_NAME = {"type": "string", "pattern": r"^[A-Za-z0-9_.:@/\-]{1,200}$"}
-_TIME = {"type": ["string", "null"], "format": "date-time"}
-
-_ERROR = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["status", "message"],
-            "properties": {
-                "status": {"type": "integer"},
-                "message": {"type": "string"},
-                "field": {"type": "string"},
-                "allowed": {"type": "array", "items": {"type": "string"}},
-            },
-        }
-    },
-}
-
-_TASK = {
-    "type": "object",
-    "required": ["id", "name", "status", "queue", "attempts", "replays", "created_at"],
-    "properties": {
-        "id": {"type": "string"},
-        "name": {"type": "string"},
-        "status": {"type": "string", "enum": _STATUSES},
-        "queue": {"type": "string"},
-        "attempts": {"type": "integer", "description": "retries done in this run"},
-        "runs": {
-            "type": "integer",
-            "description": "how many times this run's task started: attempts + 1 once started",
-        },
-        "replays": {"type": "integer"},
-        "worker": {"type": "string"},
-        "call": {
-            "type": "string",
-            "description": 'the task as called, e.g. resize(path="a.png", width=200), cut to 200',
-        },
-        "result_preview": {
-            "type": ["string", "null"],
-            "description": "the result's JSON cut to 120 characters (SUCCEEDED only)",
-        },
-        "runtime_s": {
-            "type": ["number", "null"],
-            "description": "finished_at - started_at, in seconds",
-        },
-        "created_at": _TIME,
-        "started_at": _TIME,
-        "finished_at": _TIME,
-        "updated_at": _TIME,
-        "progress": {"type": ["number", "null"]},
-        "progress_message": {"type": "string"},
-        "error": {
-            "type": ["object", "null"],
-            "properties": {
-                "type": {"type": "string"},
-                "message": {"type": "string"},
-                "traceback": {"type": "string"},
-            },
-        },
-        "workflow_id": {"type": "string"},
-        "parent_id": {"type": "string"},
-    },
-}
-
-_TASK_DETAIL = copy.deepcopy(_TASK)
-_TASK_DETAIL["properties"].update(  # type: ignore[attr-defined]
-    {
-        "args": {"type": "array", "items": {"type": "object"}},
-        "result": {},
-        "expires_at": _TIME,
-    }
-)
-
-_ARG = {
-    "oneOf": [
-        {
-            "type": "object",
-            "required": ["value"],
-            "additionalProperties": False,
-            "properties": {
-                "name": {"type": ["string", "null"]},
-                "type": {
-                    "type": ["string", "null"],
-                    "description": "Go type name, e.g. int64 or string (null: inferred)",
-                },
-                "value": {},
-            },
-        },
-        {
-            "type": "object",
-            "required": ["Value"],
-            "additionalProperties": False,
-            "description": "an argument as the records show it (Go's Arg)",
-            "properties": {
-                "Name": {"type": ["string", "null"]},
-                "Type": {"type": ["string", "null"]},
-                "Value": {},
-            },
-        },
-        {
-            "not": {
-                "anyOf": [
-                    {"type": "object", "required": ["value"]},
-                    {"type": "object", "required": ["Value"]},
-                ]
-            },
-            "description": "a value, its Go type inferred",
-        },
-    ]
-}
-
-
-def _optional(schema: dict[str, Any]) -> dict[str, Any]:
-    """An optional body field: null is the same as leaving it out."""
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-_SEND = {
-    "type": "object",
-    "required": ["name"],
-    "additionalProperties": False,
-    "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": 500},
-        "args": _optional(
-            {
-                "oneOf": [
-                    {"type": "array", "items": _ARG},
-                    {"type": "object", "description": "the arguments by name"},
-                ]
-            }
-        ),
-        "queue": _optional(_NAME),
-        "delay_s": _optional({"type": "number", "minimum": 0, "maximum": MAX_DELAY_S}),
-        "priority": _optional({"type": "integer", "minimum": 0, "maximum": 255}),
-        "retry_count": _optional({"type": "integer", "minimum": 0, "maximum": 1000}),
-        "task_timeout": _optional({"type": "integer", "minimum": 0, "maximum": 2**31 - 1}),
-        "id": _optional(_NAME),
-        "unchecked": _optional(
-            {
-                "type": "boolean",
-                "description": "send a name this server does not know (a task only other "
-                "workers run); known tasks are always checked",
-            }
-        ),
-    },
-}
-
-_WORKERS = {
-    "type": "object",
-    "required": ["items"],
-    "properties": {
-        "items": {"type": "array", "items": {"type": "object"}},
-        "consumers": {
-            "type": ["integer", "null"],
-            "description": "consumers the broker counts on the task queues (null: unknown)",
-        },
-        "store": {"type": "string"},
-    },
-}
-
-_MONITOR = {
-    "type": "object",
-    "required": ["interval_s", "window_s", "samples"],
-    "properties": {
-        "interval_s": {"type": "number"},
-        "window_s": {"type": "number"},
-        "runtime_bounds_ms": {"type": "array", "items": {"type": "number"}},
-        "samples": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["at", "queues", "parked", "workers"],
-                "properties": {
-                    "at": {"type": "string", "format": "date-time"},
-                    "queues": {"type": "object"},
-                    "parked": {"type": "object"},
-                    "workers": {"type": "integer"},
-                },
-            },
-        },
-    },
-}
-
-_REQUEUE = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "reason": _optional({"type": "string"}),
-        "task_ids": _optional({"type": "array", "items": {"type": "string"}, "minItems": 1}),
-        "limit": _optional({"type": "integer", "minimum": 1, "maximum": 1_000_000}),
-    },
-}
-
-_EMPTY = {"type": "object", "additionalProperties": False, "properties": {}}
 
 
 def _json(schema: Any, description: str) -> dict[str, Any]:
@@ -230,7 +44,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         501: "the broker or store cannot do this",
         503: "the broker or store did not answer",
     }
-    return {str(code): _json(_ERROR, texts[code]) for code in (401, 403, 503, *codes)}
+    return {str(code): _json(ERROR, texts[code]) for code in (401, 403, 503, *codes)}
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -254,7 +68,7 @@ def _path(name: str, description: str, pattern: str = "^[^/]+$") -> dict[str, An
 
 
 _LIST_PARAMS = [
-    _query("status", {"type": "string", "enum": _STATUSES}, "only tasks in this status"),
+    _query("status", {"type": "string", "enum": STATUSES}, "only tasks in this status"),
     _query("name", {"type": "string", "maxLength": 1000}, "only tasks of this name"),
     _query("queue", {"type": "string", "maxLength": 1000}, "only tasks sent to this queue"),
     _query(
@@ -278,7 +92,7 @@ def openapi_document() -> dict[str, Any]:
         "type": "object",
         "required": ["items", "next_cursor"],
         "properties": {
-            "items": {"type": "array", "items": _TASK},
+            "items": {"type": "array", "items": TASK},
             "next_cursor": {"type": ["string", "null"]},
         },
     }
@@ -294,7 +108,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Error": _ERROR, "Task": _TASK, "TaskDetail": _TASK_DETAIL},
+            "schemas": {"Error": ERROR, "Task": TASK, "TaskDetail": TASK_DETAIL},
         },
         "security": [{"bearer": []}],
         "paths": {
@@ -329,7 +143,7 @@ def openapi_document() -> dict[str, Any]:
                     "operationId": "sendTask",
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": _SEND}},
+                        "content": {"application/json": {"schema": SEND}},
                     },
                     "responses": {
                         "201": _json(
@@ -354,7 +168,7 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "one task: args, attempts, worker, times, result, error, "
                     "traceback, progress",
                     "operationId": "getTask",
-                    "responses": {"200": _json(_TASK_DETAIL, "the task"), **_errors(400, 404)},
+                    "responses": {"200": _json(TASK_DETAIL, "the task"), **_errors(400, 404)},
                 },
                 "delete": {
                     "summary": "delete a finished task's record",
@@ -370,7 +184,7 @@ def openapi_document() -> dict[str, Any]:
                     "operationId": "retryTask",
                     "requestBody": {
                         "required": False,
-                        "content": {"application/json": {"schema": _EMPTY}},
+                        "content": {"application/json": {"schema": EMPTY}},
                     },
                     "responses": {
                         "202": _json(
@@ -401,7 +215,7 @@ def openapi_document() -> dict[str, Any]:
                                 "schema": {
                                     "type": "object",
                                     "additionalProperties": False,
-                                    "properties": {"reason": _optional({"type": "string"})},
+                                    "properties": {"reason": optional({"type": "string"})},
                                 }
                             }
                         },
@@ -515,7 +329,7 @@ def openapi_document() -> dict[str, Any]:
                     "operationId": "requeueParked",
                     "requestBody": {
                         "required": False,
-                        "content": {"application/json": {"schema": _REQUEUE}},
+                        "content": {"application/json": {"schema": REQUEUE}},
                     },
                     "responses": {
                         "200": _json(
@@ -545,7 +359,7 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "the live workers (their heartbeat records), with the consumers "
                     "the broker counts on the task queues",
                     "operationId": "listWorkers",
-                    "responses": {"200": _json(_WORKERS, "the workers"), **_errors(400, 501)},
+                    "responses": {"200": _json(WORKERS, "the workers"), **_errors(400, 501)},
                 }
             },
             "/api/monitor": {
@@ -554,7 +368,7 @@ def openapi_document() -> dict[str, Any]:
                     "by outcome, runtime percentiles and depth; parked counts",
                     "operationId": "monitor",
                     "responses": {
-                        "200": _json(_MONITOR, "the samples, oldest first"),
+                        "200": _json(MONITOR, "the samples, oldest first"),
                         **_errors(400),
                     },
                 }
@@ -589,7 +403,7 @@ def openapi_document() -> dict[str, Any]:
                 "operationId": f"{action}Schedule",
                 "requestBody": {
                     "required": False,
-                    "content": {"application/json": {"schema": _EMPTY}},
+                    "content": {"application/json": {"schema": EMPTY}},
                 },
                 "responses": {
                     "200": _json(
