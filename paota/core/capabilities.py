@@ -7,7 +7,7 @@ The optional protocols (:class:`~paota.core.protocols.Coordination`, ``ControlCh
 
 from __future__ import annotations
 
-__all__ = ["is_shared"]
+__all__ = ["is_shared", "prefetch_limit"]
 
 
 def is_shared(backend: object) -> bool:
@@ -16,3 +16,11 @@ def is_shared(backend: object) -> bool:
     memory broker and store state ``shared = False``: a second process never sees what they
     hold."""
     return bool(getattr(backend, "shared", True))
+
+
+def prefetch_limit(broker: object) -> int | None:
+    """The most unacknowledged deliveries ``broker`` wants per consumer: its ``prefetch_limit``
+    attribute (RabbitMQ's: ``amqp.prefetch_count``); None when it states none (the pool then asks
+    for twice a queue's concurrency)."""
+    limit = getattr(broker, "prefetch_limit", None)
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None

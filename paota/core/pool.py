@@ -28,8 +28,15 @@ from paota.core.bounds import check_headers, check_size
 from paota.core.client import BaseClient
 from paota.core.clock import Clock
 from paota.core.config import Config
+from paota.core.consuming import (
+    check_concurrency,
+    check_queue,
+    delivery_task,
+    give_back,
+    prefetch_for,
+)
 from paota.core.context import TaskContext, reset_current, set_current, task_log_extra
-from paota.core.errors import BrokerError, ConfigError, DecodeError, PaotaError, StoreError
+from paota.core.errors import BrokerError, DecodeError, PaotaError, StoreError
 from paota.core.message import Signature, decode_message
 from paota.core.message.binding import go_style_entry
 from paota.core.middleware import Middleware, MiddlewareChain
@@ -49,12 +56,6 @@ from paota.core.tasks import Task
 __all__ = ["BaseWorkerPool"]
 
 logger = logging.getLogger(__name__)
-
-
-def _check_concurrency(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{what}={value!r} is not valid: expected an integer >= 1")
-    return value
 
 
 #: Bodies over this many bytes are decoded in a thread (a 35 MiB body of 700,000 args takes about
@@ -86,7 +87,7 @@ class BaseWorkerPool(BaseClient):
         clock: Clock | None = None,
         middleware: Sequence[Middleware] = (),
     ) -> None:
-        self.concurrency = _check_concurrency(concurrency, "concurrency")
+        self.concurrency = check_concurrency(concurrency, "concurrency")
         super().__init__(
             config, name=name, broker=broker, store=store, clock=clock, middleware=middleware
         )
@@ -137,14 +138,14 @@ class BaseWorkerPool(BaseClient):
             return dict.fromkeys(names, self.concurrency)
         if isinstance(queues, Mapping):
             return {
-                _check_queue(q): self.concurrency
+                check_queue(q): self.concurrency
                 if c is None
-                else _check_concurrency(c, f"queues[{q!r}]")
+                else check_concurrency(c, f"queues[{q!r}]")
                 for q, c in queues.items()
             }
         if isinstance(queues, str):
             queues = [q.strip() for q in queues.split(",") if q.strip()]
-        return {_check_queue(q): self.concurrency for q in queues}
+        return {check_queue(q): self.concurrency for q in queues}
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -185,7 +186,7 @@ class BaseWorkerPool(BaseClient):
             if not len(self._registry):
                 logger.warning("worker pool %s starts with no task registered", self.name)
             for queue, concurrency in queues.items():
-                prefetch = self._prefetch(queue, concurrency)
+                prefetch = prefetch_for(self.broker, queue, concurrency, self.name)
                 consumer = asyncio.create_task(
                     self._consume(queue, asyncio.Semaphore(concurrency), prefetch),
                     name=f"{self.name}-consumer-{queue}",
@@ -247,21 +248,6 @@ class BaseWorkerPool(BaseClient):
             stopping=self._is_stopping,
             result_ttl=result_lifetimes(self._registry),
         )
-
-    def _prefetch(self, queue: str, concurrency: int) -> int:
-        """At most twice the queue's concurrency, so one worker does not hoard a shared queue."""
-        prefetch = min(self.config.amqp.prefetch_count, 2 * concurrency)
-        if prefetch < concurrency:
-            logger.warning(
-                "worker pool %s: prefetch %d < concurrency %d on queue %s: at most %d tasks run "
-                "at once",
-                self.name,
-                prefetch,
-                concurrency,
-                queue,
-                prefetch,
-            )
-        return prefetch
 
     def _is_stopping(self) -> bool:
         return self._stopping is not None and self._stopping.is_set()
@@ -400,7 +386,7 @@ class BaseWorkerPool(BaseClient):
         except (BrokerError, StoreError) as exc:
             # The outcome could not be made durable: leave the message to the broker, which
             # redelivers it (at-least-once).
-            task_id, name = _delivery_task(delivery)
+            task_id, name = delivery_task(delivery)
             logger.error(
                 "worker pool %s: task %s (%s): %s; returning the message to the broker",
                 self.name,
@@ -413,7 +399,7 @@ class BaseWorkerPool(BaseClient):
         except Exception as exc:
             # A bug of paota's (or of a seam's), not of the message: park it with the traceback
             # rather than send it round again, so it can be looked at and replayed.
-            task_id, name = _delivery_task(delivery)
+            task_id, name = delivery_task(delivery)
             logger.exception(
                 "worker pool %s: handling the delivery of task %s (%s) failed; parking it",
                 self.name,
@@ -521,30 +507,3 @@ class BaseWorkerPool(BaseClient):
             # The task's own code let a CancelledError out: a failure like any other.
             return decide(sig, exc, retry_backoff_cap_s=self.config.retry_backoff_cap_s)
         return decide(sig, None, result, retry_backoff_cap_s=self.config.retry_backoff_cap_s)
-
-
-def _check_queue(name: Any) -> str:
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"queue name {name!r} is not valid: expected a non-empty string")
-    return name
-
-
-def _delivery_task(delivery: Delivery) -> tuple[str, str]:
-    """The task id and name of ``delivery`` for a log line off the hot path (its message id, or
-    the decoded body's; empty strings when neither says)."""
-    try:
-        sig = decode_message(delivery.body, delivery.headers)
-    except Exception:
-        return delivery.message_id or "", ""
-    return sig.uuid or delivery.message_id or "", sig.name
-
-
-async def give_back(delivery: Delivery) -> None:
-    """Give ``delivery`` back to the broker, unacked, to be delivered again (at-least-once): what
-    the pool does with a delivery it does not settle (stopping, or its outcome could not be made
-    durable). Never raises: a broker that cannot take it back redelivers it when the channel
-    closes."""
-    try:
-        await delivery.reject(requeue=True)
-    except Exception as exc:
-        logger.debug("ignored while giving a delivery back: %r", exc)

@@ -116,6 +116,11 @@ class AMQPBroker:
         return self._topology
 
     @property
+    def prefetch_limit(self) -> int:
+        """The prefetch a consumer asks for at most: ``amqp.prefetch_count``."""
+        return self._amqp.prefetch_count
+
+    @property
     def default_queue(self) -> str:
         """The task queue (``task_queue_name``)."""
         return self._topology.task_queue
