@@ -11,19 +11,19 @@ not counted. Between two measured phases the benchmark pauses ``--pause`` second
 that RabbitMQ finishes deleting the previous queue (on a small machine that work otherwise lands in
 the next measurement). Prints every round, then the best rate of each side and paota's ratio to
 raw, with the client's CPU time per message (``time.process_time``: RabbitMQ runs on the same
-cores). Each run uses fresh queue names and deletes them afterwards, except the delay ladders:
-there is one per queue type, ``paota_bench_ladder.q00`` .. (quorum, also declared by the immediate
-runs) and ``paota_bench_ladder.l00`` .. (classic), declared by the first run and kept for the next
-ones (deleting many at-least-once quorum queues at once strands RabbitMQ's dead-letter workers,
-rabbitmq-server#16652; :func:`paota.brokers.amqp.topology.delete_ladder` deletes one queue at a
-time).
+cores). Each run uses fresh queue names and deletes them afterwards, except the delay ladders
+(``paota_bench_ladder.*``, one per mode and queue type), shared by the runs and deleted at the end,
+one queue at a time (deleting many at-least-once quorum queues at once strands RabbitMQ's
+dead-letter workers, rabbitmq-server#16652).
 
-Then the cost of the delay ladder's queue type (``amqp.delay_queue_type``):
+Then delayed tasks, through each ladder (:data:`LADDERS`: ``amqp.delay_mode`` and
+``amqp.delay_queue_type``):
 
   (c) ``--delayed-tasks`` no-op tasks (default 5,000), each sent with ``send_task`` and
       ``eta = now + --delay`` (default 1 s), ``--window`` in flight, while one WorkerPool
-      (concurrency 100, prefetch 100) consumes them; once on the classic ladder, once on the
-      quorum one. Reported: the publish rate (confirmed; the client's CPU includes the pool's,
+      (concurrency 100, prefetch 100) consumes them; on the 30-level ladder of before
+      (``"ladder"`` mode, quorum and classic) and through the hold queue (``"hold"``, the
+      default). Reported: the publish rate (confirmed; the client's CPU includes the pool's,
       which runs meanwhile), the drain rate (tasks / time from the first run to the last), the
       extra latency (the last run after the latest ETA, i.e. after the last publish plus the
       delay) and each task's lateness after its ETA (median and 99th percentile). With
@@ -31,8 +31,9 @@ Then the cost of the delay ladder's queue type (``amqp.delay_queue_type``):
       task from the first publish to the last run, read from ``/proc``: a figure that depends less
       on what else the machine runs than the rates do (it counts whatever else the broker serves).
 
-Same warm-up, rounds (alternating which queue type goes first) and pauses; then the best of each
-figure (the highest rate, the lowest latency) and the ratio quorum/classic.
+Same warm-up, rounds (rotating which ladder goes first) and pauses; then the best of each figure
+(the highest rate, the lowest latency) and the ratio of each to the ladder of before (quorum).
+The ladders are deleted at the end of the run, one queue at a time.
 
 Then the batch send and the processes (issue 11):
 
@@ -75,7 +76,8 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 
 from paota import AMQPConfig, Client, Config, Signature, WorkerPool
-from paota.brokers.amqp.topology import DELAY_QUEUE_TYPES, Topology
+from paota.brokers.amqp.control import control_exchange_name
+from paota.brokers.amqp.topology import Topology, delete_ladder
 from paota.core.message import encode_message
 
 PREFETCH = 100
@@ -158,8 +160,9 @@ async def raw_run(url: str, n: int, window: int, pause_s: float) -> tuple[Rate, 
         await connection.close()
 
 
-def bench_config(url: str, delay_queue_type: str = "quorum") -> Config:
-    """A config with fresh queue and exchange names, on the shared ``delay_queue_type`` ladder."""
+def bench_config(url: str, delay_queue_type: str = "quorum", delay_mode: str = "hold") -> Config:
+    """A config with fresh queue and exchange names, on the shared ``delay_queue_type`` ladder
+    of ``delay_mode``."""
     suffix = uuid.uuid4().hex[:8]
     return Config(
         broker="amqp",
@@ -170,6 +173,7 @@ def bench_config(url: str, delay_queue_type: str = "quorum") -> Config:
             delayed_queue=f"bench_delayed_{suffix}",
             delay_ladder=LADDER,
             delay_queue_type=delay_queue_type,
+            delay_mode=delay_mode,
             failed_queue=f"bench_failed_{suffix}",
             timeout_queue=f"bench_timeout_{suffix}",
             prefetch_count=PREFETCH,
@@ -221,7 +225,7 @@ async def _delete_topology(url: str, config: Config) -> None:
         for queue in queues:
             if queue not in shared:
                 await channel.queue_delete(queue)
-        for exchange in exchanges:
+        for exchange in [*exchanges, control_exchange_name(config.amqp.exchange)]:
             if exchange not in shared:
                 await channel.exchange_delete(exchange)
     finally:
@@ -268,12 +272,23 @@ def _quantile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+#: The ladders the delayed section compares: (label, delay_mode, delay_queue_type). The first is
+#: the reference of the ratios (the default before the hold queue).
+LADDERS = (
+    ("ladder-quorum", "ladder", "quorum"),
+    ("ladder-classic", "ladder", "classic"),
+    ("hold-quorum", "hold", "quorum"),
+)
+
+
 async def delayed_run(
-    url: str, n: int, window: int, delay_s: float, queue_type: str, broker_pid: int | None
+    url: str, n: int, window: int, delay_s: float, ladder: str, broker_pid: int | None
 ) -> Delayed:
-    """Send ``n`` tasks due ``delay_s`` after their publish through the ``queue_type`` ladder
-    while one WorkerPool consumes them; ``broker_pid``: RabbitMQ's process, to read its CPU."""
-    config = bench_config(url, queue_type)
+    """Send ``n`` tasks due ``delay_s`` after their publish through ``ladder`` (a label of
+    :data:`LADDERS`) while one WorkerPool consumes them; ``broker_pid``: RabbitMQ's process, to
+    read its CPU."""
+    _, mode, queue_type = next(item for item in LADDERS if item[0] == ladder)
+    config = bench_config(url, queue_type, mode)
     pool = WorkerPool(config, concurrency=PREFETCH, name="bench-delayed-worker")
     producer = WorkerPool(config, name="bench-delayed-producer")
     done = asyncio.Event()
@@ -317,7 +332,7 @@ async def delayed_run(
             except TimeoutError:
                 # The task queue is kept: stragglers still coming down the ladder land there.
                 raise RuntimeError(
-                    f"{queue_type} ladder: {len(lateness)} of {n} delayed tasks ran within "
+                    f"{ladder}: {len(lateness)} of {n} delayed tasks ran within "
                     f"{timeout_s:g} s; task queue {config.task_queue_name!r} left in place"
                 ) from None
         finally:
@@ -336,13 +351,16 @@ async def delayed_run(
     )
 
 
-def _compare(label: str, classic: float, quorum: float, unit: str) -> None:
-    ratio = quorum / classic if classic else float("inf")
+def _compare(label: str, best: dict[str, float], unit: str) -> None:
     shown = f"{{:>9,.0f}}{unit}" if unit != " s" else f"{{:9.3f}}{unit}"
-    print(
-        f"  {label:<13} classic {shown.format(classic)}   quorum {shown.format(quorum)}   "
-        f"ratio quorum/classic {ratio:.2f}"
+    reference = best[LADDERS[0][0]]
+    cells = "   ".join(f"{name} {shown.format(value)}" for name, value in best.items())
+    ratios = ", ".join(
+        f"{name} {value / reference:.2f}" if reference else f"{name} -"
+        for name, value in best.items()
+        if name != LADDERS[0][0]
     )
+    print(f"  {label:<13} {cells}   (to {LADDERS[0][0]}: {ratios})")
 
 
 async def delayed_section(
@@ -354,41 +372,48 @@ async def delayed_section(
     pause_s: float,
     broker_pid: int | None,
 ) -> None:
+    names = [name for name, _, _ in LADDERS]
     print(
         f"delayed: {n} no-op tasks with eta = now + {delay_s:g} s, {window} publishes in flight, "
         f"consumed meanwhile by one WorkerPool (concurrency {PREFETCH}, prefetch {PREFETCH}), "
-        f"classic and quorum ladders, best of {rounds} rounds"
+        f"ladders {', '.join(names)}, best of {rounds} rounds"
     )
     warm_up = max(1, n // 10)
-    for kind in DELAY_QUEUE_TYPES:
-        await delayed_run(url, warm_up, min(window, warm_up), delay_s, kind, broker_pid)
-    runs: dict[str, list[Delayed]] = {kind: [] for kind in DELAY_QUEUE_TYPES}
+    for name in names:
+        await delayed_run(url, warm_up, min(window, warm_up), delay_s, name, broker_pid)
+    runs: dict[str, list[Delayed]] = {name: [] for name in names}
     for round_ in range(rounds):
-        order = ["classic", "quorum"] if round_ % 2 == 0 else ["quorum", "classic"]
-        for kind in order:
+        order = names[round_ % len(names) :] + names[: round_ % len(names)]
+        for name in order:
             await asyncio.sleep(pause_s)
-            run = await delayed_run(url, n, window, delay_s, kind, broker_pid)
-            runs[kind].append(run)
-            print(f"  round {round_ + 1} {kind:<7}  {run}")
-    best_publish = {kind: max(runs[kind], key=lambda r: r.publish.per_s).publish for kind in runs}
-    classic, quorum = best_publish["classic"], best_publish["quorum"]
-    print(
-        f"  {'publish':<13} classic {classic}   quorum {quorum}   "
-        f"ratio quorum/classic {quorum.per_s / classic.per_s:.2f}"
-    )
-    best_drain = {kind: max(r.drain_per_s for r in runs[kind]) for kind in runs}
-    _compare("drain", best_drain["classic"], best_drain["quorum"], "/s")
+            run = await delayed_run(url, n, window, delay_s, name, broker_pid)
+            runs[name].append(run)
+            print(f"  round {round_ + 1} {name:<14}  {run}")
+    _compare("publish", {k: max(r.publish.per_s for r in runs[k]) for k in names}, "/s")
+    _compare("drain", {k: max(r.drain_per_s for r in runs[k]) for k in names}, "/s")
     seconds: tuple[tuple[str, Callable[[Delayed], float]], ...] = (
         ("extra latency", lambda r: r.extra_s),
         ("late p50", lambda r: r.late_p50_s),
         ("late p99", lambda r: r.late_p99_s),
     )
     for label, figure in seconds:
-        best = {kind: min(map(figure, runs[kind])) for kind in runs}
-        _compare(label, best["classic"], best["quorum"], " s")
+        _compare(label, {k: min(map(figure, runs[k])) for k in names}, " s")
     if broker_pid is not None:
-        cpu = {kind: min(r.broker_cpu_us or 0.0 for r in runs[kind]) for kind in runs}
-        _compare("broker cpu", cpu["classic"], cpu["quorum"], " us")
+        cpu = {k: min(r.broker_cpu_us or 0.0 for r in runs[k]) for k in names}
+        _compare("broker cpu", cpu, " us")
+
+
+async def delete_ladders(url: str) -> None:
+    """Delete the bench's delay ladders, one queue at a time (rabbitmq-server#16652)."""
+    connection = await aiormq.connect(url)
+    try:
+        for _, mode, queue_type in LADDERS:
+            topology = Topology.from_config(bench_config(url, queue_type, mode))
+            await delete_ladder(await connection.channel(), topology)
+        channel = await connection.channel()
+        await channel.exchange_delete(f"{LADDER}.deliver")
+    finally:
+        await connection.close()
 
 
 # --- batch send -----------------------------------------------------------------------------------
@@ -683,32 +708,37 @@ async def main() -> None:
     unknown = sections - {"immediate", "batch", "processes", "delayed"}
     if unknown:
         parser.error(f"--sections: unknown {sorted(unknown)}; expected immediate,batch,...")
-    best: dict[tuple[str, str], Rate] = {}
-    if "immediate" in sections:
-        best = await immediate_section(args.url, n, window, args.rounds, pause_s)
-    if "batch" in sections:
-        await batch_section(args.url, n, window, args.rounds, pause_s, best.get(("raw", "publish")))
-    if "processes" in sections and args.processes > 0:
-        await processes_section(
-            args.url,
-            n,
-            args.processes,
-            window,
-            args.rounds,
-            pause_s,
-            best.get(("raw", "consume")),
-            args.broker_pid,
-        )
-    if "delayed" in sections and args.delayed_tasks > 0:
-        await delayed_section(
-            args.url,
-            args.delayed_tasks,
-            window,
-            args.delay,
-            args.rounds,
-            pause_s,
-            args.broker_pid,
-        )
+    try:
+        best: dict[tuple[str, str], Rate] = {}
+        if "immediate" in sections:
+            best = await immediate_section(args.url, n, window, args.rounds, pause_s)
+        if "batch" in sections:
+            await batch_section(
+                args.url, n, window, args.rounds, pause_s, best.get(("raw", "publish"))
+            )
+        if "processes" in sections and args.processes > 0:
+            await processes_section(
+                args.url,
+                n,
+                args.processes,
+                window,
+                args.rounds,
+                pause_s,
+                best.get(("raw", "consume")),
+                args.broker_pid,
+            )
+        if "delayed" in sections and args.delayed_tasks > 0:
+            await delayed_section(
+                args.url,
+                args.delayed_tasks,
+                window,
+                args.delay,
+                args.rounds,
+                pause_s,
+                args.broker_pid,
+            )
+    finally:
+        await delete_ladders(args.url)
 
 
 async def immediate_section(

@@ -94,6 +94,8 @@ class ParkReason(str, enum.Enum):
     """The body is over ``Config.max_message_bytes``; it was not decoded."""
     BAD_HEADERS = "bad-headers"
     """An ``x-paota-*`` header is of the wrong type or out of range (:mod:`paota.core.bounds`)."""
+    UNROUTABLE = "unroutable"
+    """A delayed message was due and no queue of its target's name existed to take it."""
     STORE_REJECTED = "store-rejected"
     """The store refused the task's record for good (too large, not encodable): retrying cannot
     help. A smaller FAILED record is written where the store takes one."""

@@ -156,9 +156,11 @@ def _backend(
     return _Kind("expected one of " + ", ".join(map(repr, table)), check)
 
 
-def _integer(minimum: int) -> _Kind:
+def _integer(minimum: int, maximum: int | None = None) -> _Kind:
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise _Invalid
+        if maximum is not None and value > maximum:
             raise _Invalid
         return value
 
@@ -167,6 +169,8 @@ def _integer(minimum: int) -> _Kind:
             raise _Invalid
         return int(text)
 
+    if maximum is not None:
+        return _Kind(f"expected an integer from {minimum} to {maximum}", check, parse)
     return _Kind(f"expected an integer >= {minimum}", check, parse)
 
 

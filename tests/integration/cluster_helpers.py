@@ -171,12 +171,15 @@ def publish_endpoint(pool: WorkerPool) -> int:
 
 
 def consumer_endpoints(pool: WorkerPool) -> list[int]:
-    """The URL indexes of the connections ``pool``'s live consumer channels are on."""
+    """The URL indexes of the connections ``pool``'s live task-queue consumer channels are on (not
+    the hold queue's)."""
     connections = _pool_of(pool)
     broker: Any = pool.broker
     found = []
     for session in list(broker._sessions):
         if session.stopped or session.channel.is_closed:
+            continue
+        if session.queue == broker.topology.ladder.hold_queue:
             continue
         for slot in connections._slots:
             if slot.connection is not None and slot.connection is session.channel.connection:

@@ -159,12 +159,15 @@ def delay_ladder(amqp_url: str) -> Iterator[str]:
 
         connection = await aiormq.connect(amqp_url)
         try:
-            for kind in ("quorum", "classic"):
-                config = Config(
-                    broker="amqp",
-                    amqp=AMQPConfig(url=amqp_url, delay_ladder=name, delay_queue_type=kind),
-                )
-                await delete_ladder(await connection.channel(), Topology.from_config(config))
+            for mode in ("hold", "ladder"):
+                for kind in ("quorum", "classic"):
+                    config = Config(
+                        broker="amqp",
+                        amqp=AMQPConfig(
+                            url=amqp_url, delay_ladder=name, delay_queue_type=kind, delay_mode=mode
+                        ),
+                    )
+                    await delete_ladder(await connection.channel(), Topology.from_config(config))
             channel = await connection.channel()
             await channel.exchange_delete(f"{name}.deliver")
         finally:
@@ -203,6 +206,7 @@ async def make_config(amqp_url: str, delay_ladder: str) -> AsyncIterator[Callabl
     other Config fields can be given as ``config_fields={...}``. Every queue and exchange of every
     config made is deleted after the test.
     """
+    from paota.brokers.amqp.control import control_exchange_name
     from paota.brokers.amqp.topology import Topology
     from paota.core.config import AMQPConfig, Config
 
@@ -237,6 +241,7 @@ async def make_config(amqp_url: str, delay_ladder: str) -> AsyncIterator[Callabl
         shared = {*topology.ladder_queues, topology.delivery_exchange}
         queues.update(name for name in q if name not in shared)
         exchanges.update(name for name in e if name not in shared)
+        exchanges.add(control_exchange_name(config.amqp.exchange))  # cancellations' fanout
     with contextlib.suppress(Exception):
         await delete_topology(amqp_url, sorted(queues), sorted(exchanges))
 

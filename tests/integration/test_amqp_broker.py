@@ -224,8 +224,8 @@ def test_the_delay_ladder_has_one_ttl_per_queue(queue_type: str) -> None:
     from paota.core.config import AMQPConfig
 
     config = Config(broker="amqp", amqp=AMQPConfig(url="amqp://localhost/"))
-    topology = Topology.from_config(config, delay_queue_type=queue_type)
-    ladder = [q for q in topology.queues if q.name in topology.ladder_queues]
+    topology = Topology.from_config(config, delay_queue_type=queue_type, delay_mode="ladder")
+    ladder = [q for q in topology.queues if q.name in topology.ladder.levels]
     assert [q.arguments["x-message-ttl"] for q in ladder] == [2**k for k in range(DELAY_LEVELS)]
     assert {q.arguments["x-queue-type"] for q in ladder} == {queue_type}
     at_least_once = {q.arguments.get("x-dead-letter-strategy") for q in ladder}
@@ -236,6 +236,45 @@ def test_the_delay_ladder_has_one_ttl_per_queue(queue_type: str) -> None:
     assert key == ".".join([*format(1500, "030b"), topology.task_queue])
     with pytest.raises(ValueError, match="delay_queue_type"):
         Topology.from_config(config, delay_queue_type="stream")
+    with pytest.raises(ValueError, match="delay_mode"):
+        Topology.from_config(config, delay_mode="wheel")
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_the_hold_ladder_starts_at_16_s_and_ends_in_the_hold_queue(queue_type: str) -> None:
+    # (no server needed: what would be declared)
+    from paota.brokers.amqp.ladder import DELAY_LEVELS, HOLD_BITS
+    from paota.brokers.amqp.specs import ExchangeSpec
+    from paota.brokers.amqp.topology import Topology
+    from paota.core.config import AMQPConfig
+
+    config = Config(broker="amqp", amqp=AMQPConfig(url="amqp://localhost/"))
+    topology = Topology.from_config(config, delay_queue_type=queue_type)
+    ladder = topology.ladder
+    assert ladder.mode == "hold" and ladder.levels[0].startswith("paota.delay.")
+    assert topology.ladder_queues == (*ladder.levels, ladder.hold_queue, ladder.uses_queue)
+    levels = [q for q in topology.queues if q.name in ladder.levels]
+    assert [q.arguments["x-message-ttl"] for q in levels] == [
+        2**k for k in range(HOLD_BITS, DELAY_LEVELS)
+    ]
+    hold = next(q for q in topology.queues if q.name == ladder.hold_queue)
+    limit = {"x-delivery-limit": 1_000_000} if queue_type == "quorum" else {}
+    assert dict(hold.arguments) == {"x-queue-type": queue_type, **limit}
+    # the lowest level dead-letters into the hold exchange, a fanout to the hold queue
+    assert levels[0].arguments["x-dead-letter-exchange"] == ladder.bottom
+    assert ExchangeSpec(ladder.bottom, "fanout") in topology.exchanges
+    # short delays skip the ladder; longer ones enter it at their highest bit from 2**14 ms on
+    assert topology.delay_route(1500) == ("", ladder.hold_queue)
+    assert topology.delay_route(2**HOLD_BITS - 1) == ("", ladder.hold_queue)
+    exchange, key = topology.delay_route(40_000)
+    assert exchange == ladder.levels[1]  # 40 s = 2**15 + 2**12 + ...: level 15
+    assert key == ".".join(format(40_000 >> HOLD_BITS, f"0{DELAY_LEVELS - HOLD_BITS}b"))
+    # task queues need no binding to the ladder
+    assert not [
+        b
+        for b in topology.queue_bindings
+        if b.exchange == ladder.bottom and b.queue == topology.task_queue
+    ]
 
 
 async def test_a_short_delay_published_after_a_long_one_arrives_first(

@@ -207,14 +207,19 @@ def short(node: str | RabbitNode) -> str:
 
 
 def own_queues(config: Config, ladder: str) -> Callable[[dict[str, Any]], bool]:
-    """Whether a ``list_queues`` row is one of ``config``'s queues or the ladder's."""
+    """Whether a ``list_queues`` row is one of ``config``'s queues or the ladder's (but its uses
+    queue)."""
     names = {
         config.task_queue_name,
         config.amqp.failed_queue,
         config.amqp.timeout_queue,
         config.amqp.delayed_queue,
     }
-    return lambda row: row["name"] in names or str(row["name"]).startswith(f"{ladder}.")
+    # (not the ladder's uses queue: it keeps one record of the last use, not a message in flight)
+    return lambda row: (
+        row["name"] in names
+        or (str(row["name"]).startswith(f"{ladder}.") and ".uses-" not in str(row["name"]))
+    )
 
 
 async def rejoined(victim: RabbitNode, survivor: RabbitNode, nodes: Sequence[RabbitNode]) -> None:

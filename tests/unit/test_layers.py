@@ -38,9 +38,7 @@ MAX_LINES = 520
 
 #: Modules still over :data:`MAX_LINES` (lines today): each may shrink, none may grow, and one
 #: that falls under the limit must leave this table.
-STILL_LONG: dict[str, int] = {
-    "paota/brokers/amqp/topology.py": 537,
-}
+STILL_LONG: dict[str, int] = {}
 
 
 def _module_name(path: Path) -> str:

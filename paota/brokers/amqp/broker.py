@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -19,17 +20,21 @@ from paota.brokers.amqp.connection import ConnectionPool, Deadlines, call_aiormq
 from paota.brokers.amqp.consumer import AMQPDelivery, ConsumerSession, consume, subscribe
 from paota.brokers.amqp.control import broadcast, control_exchange_name, listen
 from paota.brokers.amqp.errors import broker_errors
+from paota.brokers.amqp.hold import DelayHold, due_headers, warn_unheld
+from paota.brokers.amqp.inspection import queue_depths, queue_stats
+from paota.brokers.amqp.ladder import every_ladder_queue
+from paota.brokers.amqp.ladders import note_use
 from paota.brokers.amqp.properties import message_properties
 from paota.brokers.amqp.publisher import Publisher
 from paota.brokers.amqp.replay import replay_parked
 from paota.brokers.amqp.replies import open_replies
 from paota.brokers.amqp.tolerant import install as _tolerate_non_utf8
 from paota.brokers.amqp.topology import (
-    DELAY_QUEUE_TYPES,
     MAX_DELAY_S,
     Topology,
     check_queue_name,
     declare,
+    ladder_name,
 )
 from paota.core.errors import BrokerError, PublishError
 from paota.core.protocols import Delivery, OutgoingMessage, ParkQueue, QueueStat, Rewrite
@@ -45,6 +50,9 @@ __all__ = ["MAX_DELAY_S", "AMQPBroker", "AMQPDelivery"]
 logger = logging.getLogger("paota.brokers.amqp")
 
 _tolerate_non_utf8()
+
+#: How long after its first delayed publish a broker checks that a worker consumes the hold queue.
+_HOLD_CHECK_AFTER_S = 5.0
 
 
 class _State(enum.Enum):
@@ -65,26 +73,35 @@ class AMQPBroker:
     The task queue (``task_queue_name``) is reached as Go publishes, through the task exchange with
     the binding key (or the message's own ``routing_key``); other queues are declared on first use
     with the task queue's arguments. Delayed messages (``delay_s`` > 0, at most 7 days,
-    millisecond resolution) go through the delay ladder and end in their target queue.
-    ``delay_queue_type`` overrides ``config.amqp.delay_queue_type`` (``"quorum"``, the default, or
-    ``"classic"``); read the trade-off in :mod:`paota.brokers.amqp.topology` before choosing
-    ``"classic"``.
+    millisecond resolution) go through the delay ladder and end in their target queue; in
+    ``"hold"`` mode (the default) a broker that consumes also holds the last stretch of delays
+    (:mod:`paota.brokers.amqp.hold`). ``delay_queue_type`` and ``delay_mode`` override
+    ``config.amqp.delay_queue_type`` (``"quorum"``, the default, or ``"classic"``) and
+    ``config.amqp.delay_mode`` (``"hold"`` or ``"ladder"``); read the trade-offs in
+    :mod:`paota.brokers.amqp.ladder` first.
     """
 
     def __init__(
-        self, config: Config, *, worker_name: str = "", delay_queue_type: str | None = None
+        self,
+        config: Config,
+        *,
+        worker_name: str = "",
+        delay_queue_type: str | None = None,
+        delay_mode: str | None = None,
     ) -> None:
         self._config = config
         self._amqp = config.amqp
         self._worker_name = worker_name
-        self._topology = Topology.from_config(config, delay_queue_type=delay_queue_type)
-        # Both ladders' queues: after a switch of delay_queue_type, messages still come from the
-        # other one for a while.
-        self.ladder = frozenset(
-            name
-            for kind in DELAY_QUEUE_TYPES
-            for name in Topology.from_config(config, delay_queue_type=kind).ladder_queues
+        self._topology = Topology.from_config(
+            config, delay_queue_type=delay_queue_type, delay_mode=delay_mode
         )
+        # Every ladder's queues: after a switch of mode or queue type, messages still come from
+        # the other one for a while.
+        self.ladder = every_ladder_queue(
+            {mode: ladder_name(config, mode) for mode in ("hold", "ladder")}
+        )
+        self._hold: DelayHold | None = None
+        self._hold_check: asyncio.Task[None] | None = None
         self._state = _State.NEW
         self._pool: ConnectionPool | None = None
         self._publisher: Publisher | None = None
@@ -175,6 +192,8 @@ class AMQPBroker:
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
+        if self._hold_check is not None:
+            self._hold_check.cancel()
         sessions = list(self._sessions)
         for session in sessions:
             session.wake("the broker is closing")
@@ -236,6 +255,8 @@ class AMQPBroker:
                 await declare(channel, self._topology, timeout_s=timeout_s)
                 for name in sorted(self._queues_wanted):
                     await declare(channel, self._topology.extra_queue(name), timeout_s=timeout_s)
+                # the ladder's last use, for `paota ladders`
+                await note_use(connection, self._topology, self._worker_name)
             finally:
                 await close_quietly(channel)
             self._queues = set(self._queues_wanted)
@@ -294,8 +315,16 @@ class AMQPBroker:
         if queue not in self._queues and queue != self._topology.task_queue:
             await self._ensure_queue(queue)
         delay_s = message.delay_s
+        headers = message.headers
         if delay_s:
-            exchange, routing_key = self._topology.delay_route(_delay_ms(delay_s), queue)
+            delay_ms = _delay_ms(delay_s)
+            exchange, routing_key = self._topology.delay_route(delay_ms, queue)
+            if self._topology.ladder.hold_queue:
+                headers = due_headers(headers, queue, int(time.time() * 1000) + delay_ms)
+                if self._hold_check is None:
+                    self._hold_check = asyncio.get_running_loop().create_task(
+                        self._check_hold_consumers()
+                    )
         elif message.routing_key:
             exchange, routing_key = self._topology.exchange, message.routing_key
         else:
@@ -303,7 +332,7 @@ class AMQPBroker:
         what = f"task {message.message_id or '(no id)'}"
         try:
             props = message_properties(
-                headers=message.headers,
+                headers=headers,
                 content_type=message.content_type,
                 priority=message.priority,
                 message_id=message.message_id,
@@ -325,9 +354,19 @@ class AMQPBroker:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
         pool = self._require_pool()
         check_queue_name(queue)
+        if self._hold is None and self._topology.ladder.hold_queue:
+            self._start_hold(pool)
+
+        return self._subscription(pool, queue, prefetch, task_queue=True)
+
+    def _subscription(
+        self, pool: ConnectionPool, queue: str, prefetch: int, *, task_queue: bool
+    ) -> AsyncIterator[AMQPDelivery]:
+        """Deliveries of ``queue`` across reconnections (declared first if a ``task_queue``)."""
 
         async def start() -> ConsumerSession:
-            await self._ensure_queue(queue)
+            if task_queue:
+                await self._ensure_queue(queue)
             session = await subscribe(
                 self,
                 pool,
@@ -341,6 +380,34 @@ class AMQPBroker:
             return session
 
         return consume(self, lambda: self._state is _State.OPEN, start, queue)
+
+    # --- the hold queue --------------------------------------------------------------------------
+
+    def _start_hold(self, pool: ConnectionPool) -> None:
+        """Consume the hold queue and move its messages when due (a consuming broker does)."""
+        hold_queue = self._topology.ladder.hold_queue
+        publisher = self._publisher
+        assert publisher is not None
+        self._hold = DelayHold(
+            self._subscription(pool, hold_queue, self._amqp.delay_hold_max, task_queue=False),
+            publisher.publish,
+            self._topology.ladder,
+            failed_queue=self._topology.failed_queue,
+            worker_name=self._worker_name,
+        )
+        self.spawn(self._hold.run())
+
+    @property
+    def hold(self) -> DelayHold | None:
+        """The delays this broker holds (``"hold"`` mode, once it consumes), else None."""
+        return self._hold
+
+    async def _check_hold_consumers(self) -> None:
+        """A few seconds after the first delayed publish, warn once when nothing consumes the
+        hold queue (see :func:`~paota.brokers.amqp.hold.warn_unheld`)."""
+        await asyncio.sleep(_HOLD_CHECK_AFTER_S)
+        if self._hold is None and self._state is _State.OPEN:
+            await warn_unheld(self.queue_stats, self._topology.ladder.hold_queue)
 
     # --- control channel -------------------------------------------------------------------------
 
@@ -424,62 +491,23 @@ class AMQPBroker:
     async def queue_depths(self, queues: Iterable[str] | None = None) -> dict[str, int]:
         """``{queue: messages ready}`` for the task queue, the parking queues and ``queues``
         (names; a missing queue counts 0): :class:`~paota.core.protocols.QueueDepths`."""
-        pool = self._require_pool()
         names = [
             self._topology.task_queue,
             self._topology.failed_queue,
             self._topology.timeout_queue,
             *(queues or ()),
         ]
-        timeout_s = self._amqp.connection_timeout_s
-        loop = asyncio.get_running_loop()
-        depths: dict[str, int] = {}
-        channel = await pool.open_channel(loop.time() + timeout_s)
-        try:
-            for name in dict.fromkeys(names):
-                try:
-                    declared = await call_aiormq(
-                        channel.queue_declare(name, passive=True), timeout_s
-                    )
-                except Exception:
-                    depths[name] = 0
-                    channel = await pool.open_channel(loop.time() + timeout_s)
-                    continue
-                depths[name] = int(declared.message_count or 0)
-        finally:
-            await close_quietly(channel)
-        return depths
+        return await queue_depths(
+            self._require_pool(), names, timeout_s=self._amqp.connection_timeout_s
+        )
 
     async def queue_stats(self, queues: Iterable[str]) -> dict[str, QueueStat | None]:
         """Messages ready and consumers per queue, from a passive declare of each; None for a
         queue that does not exist (:class:`~paota.core.protocols.QueueStats`). Raises
         :class:`~paota.BrokerError` when RabbitMQ cannot answer."""
-        import aiormq
-
-        pool = self._require_pool()
-        timeout_s = self._amqp.connection_timeout_s
-        loop = asyncio.get_running_loop()
-        stats: dict[str, QueueStat | None] = {}
-        with broker_errors("reading queue statistics"):
-            channel = await pool.open_channel(loop.time() + timeout_s)
-            try:
-                for name in dict.fromkeys(queues):
-                    try:
-                        declared = await call_aiormq(
-                            channel.queue_declare(name, passive=True), timeout_s
-                        )
-                    except aiormq.ChannelNotFoundEntity:
-                        # A missing queue closes the channel (404): say so, go on on a new one.
-                        stats[name] = None
-                        channel = await pool.open_channel(loop.time() + timeout_s)
-                        continue
-                    stats[name] = QueueStat(
-                        ready=int(declared.message_count or 0),
-                        consumers=int(declared.consumer_count or 0),
-                    )
-            finally:
-                await close_quietly(channel)
-        return stats
+        return await queue_stats(
+            self._require_pool(), queues, timeout_s=self._amqp.connection_timeout_s
+        )
 
 
 def _delay_ms(delay_s: float) -> int:

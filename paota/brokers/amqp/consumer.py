@@ -31,7 +31,7 @@ from paota.brokers.amqp.errors import (
     classify,
     describe,
 )
-from paota.brokers.amqp.topology import strip_ladder_deaths
+from paota.brokers.amqp.ladder import strip_ladder_deaths
 from paota.core.errors import BrokerError, TopologyError
 
 if TYPE_CHECKING:
@@ -93,6 +93,17 @@ class AMQPDelivery:
             f"<AMQPDelivery message_id={self.message_id!r} queue={self.queue!r} tag={self._tag} "
             f"redelivered={self.redelivered} settled={self._settled}>"
         )
+
+    @property
+    def alive(self) -> bool:
+        """False once settled or once its channel closed (RabbitMQ then gives the message to
+        another consumer; settling it here has no effect)."""
+        return not self._settled and not self._session.channel.is_closed
+
+    @property
+    def closed(self) -> asyncio.Future[Any]:
+        """Done when the delivery's channel closes."""
+        return self._session.channel.closing
 
     async def ack(self) -> None:
         """Acknowledge: RabbitMQ forgets the message. The ack leaves with the others of this

@@ -36,8 +36,12 @@ class AMQPConfig(Section):
     the nodes of a cluster (``PAOTA_AMQP_URLS``, comma-separated; a Python-only variable, Go reads
     ``PAOTA_AMQP_URL`` alone): connections are spread over them and a lost connection reconnects to
     the next one (:attr:`endpoints`). ``delay_queue_type`` is the queue type of the delay ladder
-    (``quorum`` survives broker crashes, see :mod:`paota.brokers.amqp.topology`), ``delay_ladder``
-    the name prefix of its queues and exchanges (empty: ``delayed_queue``); both are Python-only.
+    (``quorum`` survives broker crashes), ``delay_ladder`` the name prefix of its queues and
+    exchanges (empty: ``paota.delay``, one ladder per vhost; ``delayed_queue`` in ``"ladder"``
+    mode), ``delay_mode`` whether the last stretch of a delay (under 16.4 s) waits in a worker
+    (``"hold"``) or the broker makes the whole delay (``"ladder"``, for deployments without a
+    Python worker), and ``delay_hold_max`` how many due-soon messages one worker holds at most (its
+    prefetch on the hold queue): see :mod:`paota.brokers.amqp.ladder`. All four are Python-only.
     ``queue_declare_args`` and
     ``queue_binding_args`` are read-only mappings (a plain dict passed in is copied and wrapped);
     pass ``dict(...)`` of them to a driver that wants a dict. Durations are in seconds.
@@ -61,6 +65,8 @@ class AMQPConfig(Section):
         "quorum", "PAOTA_AMQP_DELAY_QUEUE_TYPE", choice("quorum", "classic")
     )
     delay_ladder: str = opt("", "PAOTA_AMQP_DELAY_LADDER", text())
+    delay_mode: str = opt("hold", "PAOTA_AMQP_DELAY_MODE", choice("hold", "ladder"))
+    delay_hold_max: int = opt(10_000, "PAOTA_AMQP_DELAY_HOLD_MAX", integer(1, 65_535))
     failed_queue: str = opt(
         "paota_task_failed_queue", "PAOTA_AMQP_FAILED_QUEUE", text(required=True)
     )

@@ -18,47 +18,13 @@ can declare the same topology in any order without a ``PRECONDITION_FAILED`` cla
   but does not use it for its own delays: per-message TTLs on one queue block at the head (a 1 s
   message waits behind a 60 s one).
 
-paota's own delays use a *delay ladder* (the "delay infrastructure" of NServiceBus): 30 durable
-queues ``{ladder}.q00`` .. ``{ladder}.q29``, where ``{ladder}`` is ``amqp.delay_ladder`` or, when
-that is empty, ``amqp.delayed_queue``; level *k* has a queue-level
-``x-message-ttl`` of 2**k ms. Each level has a topic exchange of the same name. A delayed message is
-published with the routing key ``b29.b28. ... .b0.<task queue>`` (its delay in ms, one binary digit
-per word, most significant first) to the exchange of its highest set bit. The exchange of level *k*
-routes a key with ``1`` at bit *k* to its queue, and one with ``0`` there on to the exchange of level
-*k-1* (an exchange-to-exchange binding). When the message expires from the queue of level *k* it is
-dead-lettered, routing key unchanged, to the exchange of level *k-1*, which sends it on by the next
-bit. Below level 0 is the delivery exchange ``{ladder}.deliver``, to which the task queue is
-bound with the pattern ``*.*. ... .*.<task queue>`` (30 wildcards, then the queue name). A message
-thus waits exactly the sum of the TTLs of its set bits, its delay. The last word of the key names
-the target queue, so one ladder serves every task queue of a vhost.
-
-Every queue of the ladder has one TTL, so its FIFO order is its expiry order and nothing waits behind
-a longer delay: a 1 s message published after a 60 s one goes to other queues and arrives first.
-Dead-lettering keeps the body and all properties (priority, headers, message id); RabbitMQ adds its
-``x-death`` bookkeeping headers, which the consumer removes again (:func:`strip_ladder_deaths`).
-Delays go up to 2**30 - 1 ms; paota allows up to 7 days (:data:`MAX_DELAY_S`).
-
-Queue type of the ladder (``amqp.delay_queue_type``, :data:`DELAY_QUEUE_TYPES`):
-
-- ``"quorum"`` (the default, RabbitMQ >= 3.10): quorum queues with ``x-dead-letter-strategy:
-  at-least-once`` (and the ``x-overflow: reject-publish`` it requires). A quorum queue keeps a
-  dead-lettered message until the next level (or the task queue) has confirmed it, so a delayed
-  message survives a broker crash (SIGKILL) or restart at any point of its way, and a node loss in
-  a cluster. A redelivery may run it twice (at-least-once), never zero times.
-- ``"classic"`` (queues ``{ladder}.l00`` .. ``.l29``, the layout of paota before quorum
-  ladders): classic queues dead-letter *at most once*. A message dead-lettered while the broker
-  stops or crashes (in transit between two levels, or expired during recovery, when the next level
-  is not up yet) is dropped: a few per thousand in-flight delays per restart were lost that way.
-  Messages waiting in a queue survive restarts. Cheaper on the broker; use it only where a lost
-  retry or ETA is acceptable.
-
-The two ladders have different names, so a deployment switching to quorum leaves its classic ladder
-alone: what waits there still arrives (its delivery exchange is shared), and the idle queues can be
-deleted afterwards. Delete at-least-once ladder queues one at a time (:func:`delete_ladder`):
-RabbitMQ 3.10 to 4.x supervise their dead-letter workers together, and a burst of many worker
-exits within a second (deleting dozens of such queues at once) exceeds the supervisor's restart
-limit and leaves the node's at-least-once queues unable to dead-letter until it restarts
-(rabbitmq-server#16652).
+Delayed messages go through a delay ladder and (by default) a hold queue whose last stretch waits
+in a worker: :mod:`paota.brokers.amqp.ladder` says how, and the trade-off of ``amqp.delay_mode``
+and ``amqp.delay_queue_type``. Delete at-least-once ladder queues one at a time
+(:func:`delete_ladder`): RabbitMQ 3.10 to 4.x supervise their dead-letter workers together, and a
+burst of many worker exits within a second (deleting dozens of such queues at once) exceeds the
+supervisor's restart limit and leaves the node's at-least-once queues unable to dead-letter until
+it restarts (rabbitmq-server#16652).
 """
 
 from __future__ import annotations
@@ -67,9 +33,18 @@ import logging
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from paota.brokers.amqp.ladder import (
+    DEFAULT_HOLD_LADDER,
+    DELAY_LEVELS,
+    DELAY_MODES,
+    DELAY_QUEUE_TYPES,
+    Ladder,
+    strip_ladder_deaths,
+)
+from paota.brokers.amqp.specs import ExchangeBinding, ExchangeSpec, QueueBinding, QueueSpec
+from paota.brokers.amqp.specs import frozen as _frozen
 from paota.core.errors import TopologyError
 from paota.core.protocols import MAX_DELAY_S
 
@@ -80,10 +55,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DELAY_LEVELS",
+    "DELAY_MODES",
     "DELAY_QUEUE_TYPES",
     "MAX_DELAY_S",
     "ExchangeBinding",
     "ExchangeSpec",
+    "Ladder",
     "QueueBinding",
     "QueueSpec",
     "Topology",
@@ -95,59 +72,10 @@ __all__ = [
 
 logger = logging.getLogger("paota.brokers.amqp")
 
-#: Levels of the delay ladder; the longest representable delay is 2**DELAY_LEVELS - 1 ms.
-DELAY_LEVELS = 30
-#: Queue types the delay ladder can use (see the module docs for the trade-off).
-DELAY_QUEUE_TYPES = ("quorum", "classic")
-#: The ladder's queue-name infix per queue type: ``{ladder}.q07`` / ``{ladder}.l07``.
-_LADDER_INFIX = {"quorum": "q", "classic": "l"}
-_MAX_DELAY_MS = MAX_DELAY_S * 1000
 _ROUTING_KEY_MAX = 255
 # Exchange types whose bindings filter by routing key; on fanout/headers exchanges a binding keyed
 # by a queue name would copy every task into that queue.
 _KEYED_EXCHANGE_TYPES = frozenset({"direct", "topic"})
-_DEATH_HEADERS = ("x-first-death-exchange", "x-first-death-queue", "x-first-death-reason")
-_LAST_DEATH_HEADERS = ("x-last-death-exchange", "x-last-death-queue", "x-last-death-reason")
-
-
-def _frozen(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(mapping or {}))
-
-
-@dataclass(frozen=True)
-class ExchangeSpec:
-    """An exchange to declare (always durable, never auto-deleted)."""
-
-    name: str
-    type: str
-
-
-@dataclass(frozen=True)
-class QueueSpec:
-    """A durable queue to declare."""
-
-    name: str
-    arguments: Mapping[str, Any] = field(default_factory=_frozen)
-    auto_delete: bool = False
-
-
-@dataclass(frozen=True)
-class QueueBinding:
-    """``queue`` receives what ``exchange`` routes with ``routing_key`` (and ``arguments``)."""
-
-    queue: str
-    exchange: str
-    routing_key: str
-    arguments: Mapping[str, Any] = field(default_factory=_frozen)
-
-
-@dataclass(frozen=True)
-class ExchangeBinding:
-    """Exchange ``destination`` receives what exchange ``source`` routes with ``routing_key``."""
-
-    destination: str
-    source: str
-    routing_key: str
 
 
 def check_queue_name(name: str) -> str:
@@ -169,15 +97,13 @@ def check_queue_name(name: str) -> str:
     return name
 
 
-def _delivery_pattern(queue: str) -> str:
-    return ".".join(["*"] * DELAY_LEVELS + [queue])
-
-
-def _bit_pattern(level: int, digit: str) -> str:
-    """The topic pattern that matches a delay key with ``digit`` at bit ``level``."""
-    words = ["*"] * DELAY_LEVELS
-    words[DELAY_LEVELS - 1 - level] = digit
-    return ".".join([*words, "#"])
+def ladder_name(config: Config, mode: str) -> str:
+    """The delay ladder's name for ``config`` in ``mode``: ``amqp.delay_ladder``, else
+    ``paota.delay`` (``"hold"``, one per vhost) or ``amqp.delayed_queue`` (``"ladder"``)."""
+    amqp = config.amqp
+    if amqp.delay_ladder:
+        return amqp.delay_ladder
+    return DEFAULT_HOLD_LADDER if mode == "hold" else amqp.delayed_queue
 
 
 @dataclass(frozen=True)
@@ -185,8 +111,9 @@ class Topology:
     """Everything paota declares for one :class:`~paota.core.config.Config`, in declaration order.
 
     ``exchange`` and ``routing_key`` are where immediate tasks are published; :meth:`delay_route`
-    says where a delayed one goes. ``ladder_queues`` are the delay ladder's queue names, level 0
-    first.
+    says where a delayed one goes, through ``ladder`` (:class:`~paota.brokers.amqp.ladder.Ladder`).
+    ``ladder_queues`` are the ladder's queue names (the levels, lowest first, then the hold queue)
+    and ``delivery_exchange`` the exchange below its lowest level.
     """
 
     exchange: str
@@ -194,8 +121,7 @@ class Topology:
     task_queue: str
     failed_queue: str
     timeout_queue: str
-    ladder_queues: tuple[str, ...]
-    delivery_exchange: str
+    ladder: Ladder
     exchanges: tuple[ExchangeSpec, ...]
     queues: tuple[QueueSpec, ...]
     queue_bindings: tuple[QueueBinding, ...]
@@ -203,38 +129,41 @@ class Topology:
     keyed: bool = True
     queue_arguments: Mapping[str, Any] = field(default_factory=_frozen)
 
+    @property
+    def ladder_queues(self) -> tuple[str, ...]:
+        """The delay ladder's queues (levels lowest first, then the hold queue if any)."""
+        return self.ladder.queue_names
+
+    @property
+    def delivery_exchange(self) -> str:
+        """The exchange below the ladder's lowest level (delivery or hold exchange)."""
+        return self.ladder.bottom
+
     @classmethod
-    def from_config(cls, config: Config, *, delay_queue_type: str | None = None) -> Topology:
-        """The topology for ``config``, with a delay ladder of ``delay_queue_type`` queues
-        (default: ``config.amqp.delay_queue_type``).
+    def from_config(
+        cls, config: Config, *, delay_queue_type: str | None = None, delay_mode: str | None = None
+    ) -> Topology:
+        """The topology for ``config``, with a delay ladder of ``delay_queue_type`` queues in
+        ``delay_mode`` (defaults: ``config.amqp.delay_queue_type`` and ``config.amqp.delay_mode``).
 
         Raises :class:`~paota.core.errors.TopologyError` when the task queue name cannot be the
         last part of a delay routing key (a word ``*`` or ``#``, or too long), and ValueError for
-        a ``delay_queue_type`` not in :data:`DELAY_QUEUE_TYPES`.
+        a ``delay_queue_type`` not in :data:`DELAY_QUEUE_TYPES` or a ``delay_mode`` not in
+        :data:`DELAY_MODES`.
         """
-        if delay_queue_type is None:
-            delay_queue_type = config.amqp.delay_queue_type
-        if delay_queue_type not in DELAY_QUEUE_TYPES:
-            raise ValueError(
-                f"delay_queue_type={delay_queue_type!r} is not valid: expected one of "
-                + ", ".join(map(repr, DELAY_QUEUE_TYPES))
-            )
         amqp = config.amqp
+        ladder = Ladder.build(
+            ladder_name(config, delay_mode or amqp.delay_mode),
+            mode=delay_mode or amqp.delay_mode,
+            queue_type=delay_queue_type or amqp.delay_queue_type,
+        )
         task_queue = check_queue_name(config.task_queue_name)
         keyed = amqp.exchange_type in _KEYED_EXCHANGE_TYPES
         # Go: the binding key on a direct exchange, the task queue name otherwise.
         go_routing_key = (
             amqp.binding_key if amqp.binding_key and amqp.exchange_type == "direct" else task_queue
         )
-        infix = _LADDER_INFIX[delay_queue_type]
-        prefix = amqp.delay_ladder or amqp.delayed_queue
-        ladder = tuple(f"{prefix}.{infix}{k:02d}" for k in range(DELAY_LEVELS))
-        delivery = f"{prefix}.deliver"
-
-        exchanges = [ExchangeSpec(amqp.exchange, amqp.exchange_type)]
-        exchanges += [ExchangeSpec(name, "topic") for name in ladder]
-        exchanges.append(ExchangeSpec(delivery, "topic"))
-
+        exchanges = [ExchangeSpec(amqp.exchange, amqp.exchange_type), *ladder.exchanges()]
         queues = [
             # Go declares its task queue with auto_delete=false whatever its config says; a
             # declaration that differs would fail (PRECONDITION_FAILED) on a shared queue.
@@ -250,26 +179,13 @@ class Topology:
                     }
                 ),
             ),
+            *ladder.queues(),
         ]
-        at_least_once = (
-            {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
-            if delay_queue_type == "quorum"
-            else {}
-        )
-        for level, name in enumerate(ladder):
-            arguments = {
-                "x-queue-type": delay_queue_type,
-                "x-message-ttl": 2**level,
-                "x-dead-letter-exchange": ladder[level - 1] if level else delivery,
-                **at_least_once,
-            }
-            queues.append(QueueSpec(name, _frozen(arguments)))
-
         queue_bindings = [
             QueueBinding(
                 task_queue, amqp.exchange, amqp.binding_key, _frozen(amqp.queue_binding_args)
             ),
-            QueueBinding(task_queue, delivery, _delivery_pattern(task_queue)),
+            *ladder.target_bindings(task_queue),
         ]
         if keyed:
             queue_bindings += [
@@ -277,27 +193,18 @@ class Topology:
                 QueueBinding(amqp.timeout_queue, amqp.exchange, amqp.timeout_queue),
                 QueueBinding(amqp.delayed_queue, amqp.exchange, amqp.delayed_queue),
             ]
-        queue_bindings += [
-            QueueBinding(name, name, _bit_pattern(level, "1")) for level, name in enumerate(ladder)
-        ]
-        exchange_bindings = [
-            ExchangeBinding(
-                ladder[level - 1] if level else delivery, name, _bit_pattern(level, "0")
-            )
-            for level, name in enumerate(ladder)
-        ]
+        queue_bindings += ladder.queue_bindings()
         return cls(
             exchange=amqp.exchange,
             routing_key=amqp.binding_key or task_queue,
             task_queue=task_queue,
             failed_queue=amqp.failed_queue,
             timeout_queue=amqp.timeout_queue,
-            ladder_queues=ladder,
-            delivery_exchange=delivery,
+            ladder=ladder,
             exchanges=tuple(exchanges),
             queues=tuple(queues),
             queue_bindings=tuple(queue_bindings),
-            exchange_bindings=tuple(exchange_bindings),
+            exchange_bindings=tuple(ladder.exchange_bindings()),
             keyed=keyed,
             queue_arguments=_frozen(amqp.queue_declare_args),
         )
@@ -305,10 +212,11 @@ class Topology:
     def extra_queue(self, name: str) -> Topology:
         """What declaring another task queue ``name`` takes: the queue (with the task queue's
         arguments), bound to the task exchange with its own name as routing key (on direct and
-        topic exchanges, so Go producers can reach it with ``RoutingKey``) and to the delay
-        ladder's delivery exchange. A topology of just those items, for :func:`declare`."""
+        topic exchanges, so Go producers can reach it with ``RoutingKey``) and, in ``"ladder"``
+        mode, to the ladder's delivery exchange. A topology of just those items, for
+        :func:`declare`."""
         check_queue_name(name)
-        bindings = [QueueBinding(name, self.delivery_exchange, _delivery_pattern(name))]
+        bindings = self.ladder.target_bindings(name)
         if self.keyed:
             bindings.insert(0, QueueBinding(name, self.exchange, name))
         return Topology(
@@ -317,8 +225,7 @@ class Topology:
             task_queue=name,
             failed_queue=self.failed_queue,
             timeout_queue=self.timeout_queue,
-            ladder_queues=self.ladder_queues,
-            delivery_exchange=self.delivery_exchange,
+            ladder=self.ladder,
             exchanges=(),
             queues=(QueueSpec(name, self.queue_arguments),),
             queue_bindings=tuple(bindings),
@@ -340,41 +247,15 @@ class Topology:
 
     def delay_route(self, delay_ms: int, queue: str | None = None) -> tuple[str, str]:
         """``(exchange, routing_key)`` that delivers to ``queue`` (default: the task queue) after
-        ``delay_ms`` ms.
+        ``delay_ms`` ms (:meth:`Ladder.route <paota.brokers.amqp.ladder.Ladder.route>`).
 
         Raises ValueError unless 1 <= ``delay_ms`` <= 7 days.
         """
-        if not 1 <= delay_ms <= _MAX_DELAY_MS:
-            raise ValueError(f"delay of {delay_ms} ms is out of range: 1 ms .. {MAX_DELAY_S} s")
-        bits = format(delay_ms, f"0{DELAY_LEVELS}b")
-        key = ".".join([*bits, queue or self.task_queue])
-        return self.ladder_queues[delay_ms.bit_length() - 1], key
+        return self.ladder.route(delay_ms, queue or self.task_queue)
 
     def names(self) -> tuple[list[str], list[str]]:
         """``(queue names, exchange names)`` this topology declares (for tooling and tests)."""
         return [q.name for q in self.queues], [e.name for e in self.exchanges]
-
-
-def strip_ladder_deaths(headers: dict[str, Any], ladder_queues: frozenset[str]) -> dict[str, Any]:
-    """Remove the ``x-death`` bookkeeping the delay ladder added, if it is the only dead-lettering.
-
-    Messages that were also dead-lettered elsewhere keep all their death headers.
-    """
-    deaths = headers.get("x-death")
-    if not isinstance(deaths, list) or not deaths:
-        return headers
-    for death in deaths:
-        if not isinstance(death, Mapping):
-            return headers
-        queue = death.get("queue")
-        if isinstance(queue, bytes):
-            queue = queue.decode("utf-8", "replace")
-        if queue not in ladder_queues:
-            return headers
-    stripped = {k: v for k, v in headers.items() if k != "x-death"}
-    for name in (*_DEATH_HEADERS, *_LAST_DEATH_HEADERS):
-        stripped.pop(name, None)
-    return stripped
 
 
 def _steps(topology: Topology) -> Iterator[tuple[str, str, Any]]:
@@ -517,20 +398,23 @@ async def delete_ladder(
     Each queue is deleted only after the previous delete was answered, ``pause_s`` apart, so an
     at-least-once ladder never ends dozens of dead-letter workers within one second (see the
     module docs). Messages still waiting in the ladder are lost: call it on a drained ladder.
-    Missing queues and exchanges are skipped.
+    Missing queues and exchanges are skipped. A ``"ladder"`` mode delivery exchange is left (both
+    queue types share it; task queues are bound to it); a hold exchange is deleted.
     """
     import asyncio
 
     import aiormq
 
-    for index, name in enumerate(reversed(topology.ladder_queues)):
+    ladder = topology.ladder
+    for index, name in enumerate(reversed(ladder.queue_names)):
         if index:
             await asyncio.sleep(pause_s)
         try:
             await channel.queue_delete(name, timeout=timeout_s)
         except aiormq.ChannelNotFoundEntity:
             channel = await channel.connection.channel()
-    for name in topology.ladder_queues:
+    exchanges = [*ladder.levels, ladder.bottom] if ladder.hold_queue else list(ladder.levels)
+    for name in exchanges:
         try:
             await channel.exchange_delete(name, timeout=timeout_s)
         except aiormq.ChannelNotFoundEntity:

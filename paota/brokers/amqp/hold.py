@@ -1,0 +1,315 @@
+"""The last stretch of a delay, held by a worker: :class:`DelayHold`.
+
+In ``"hold"`` mode (:mod:`paota.brokers.amqp.ladder`) every delayed message ends in the hold
+queue less than ``2**HOLD_BITS`` ms before it is due. A worker's broker consumes that queue with a
+prefetch of ``amqp.delay_hold_max`` and keeps each message unacknowledged, in a heap ordered by
+due time, until its ``x-paota-delay-due`` time (Unix ms); then it publishes the message, confirmed
+and unchanged apart from the delay headers, to its ``x-paota-delay-queue`` through the default
+exchange, and acks it only after the confirm. Why it is safe:
+
+- *Nothing is lost.* Until the confirm of its copy, the message is unacked in a quorum queue: a
+  worker that dies, or a connection that drops, gives it back to RabbitMQ, and another worker holds
+  it. A message whose channel closed while it was held is not published (its redelivery is).
+- *Nothing runs early.* A message is published when the clock reads its due time, which the
+  publisher computed with its own clock; the worker that runs it checks a task's ETA again with its
+  clock (:func:`~paota.core.outcome.admit`) and defers it when it is still ahead.
+- *At most once more, and few of them.* A crash between the confirm and the ack publishes a
+  message twice, as the at-least-once ladder does when a node dies between a dead-lettering's
+  confirm and its settle. At most :data:`MAX_MOVING` moves are under way at once, and a move whose
+  delivery's channel closes is given up rather than published again on a new connection (the
+  redelivery moves it), so a connection lost or a broker frozen copies at most that many.
+- *Prefetch stays honest.* The hold queue has its own channel and prefetch; held messages take no
+  place of a task queue's prefetch or a pool's concurrency.
+
+A message that cannot be moved is never dropped: one without a valid target queue, or whose target
+queue does not exist (returned as unroutable), is parked in this worker's failed queue with the
+reason (``bad-headers`` / ``unroutable``), its origin queue set to the target so that a replay
+puts it where it was going. A message due later than twice the hold window (a hand-written header,
+a clock far off) goes back through the ladder for the rest of its delay. A publish that fails for
+another reason (no connection, a nack) is tried again a second later while the message is held.
+
+Holding is bounded: at most ``delay_hold_max`` messages per worker, each of at most the broker's
+largest message size. When more are due within the window than the workers together hold, the
+rest wait in the hold queue in arrival order, which keeps them at most one window late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from paota.brokers.amqp.errors import Failure, classify
+from paota.brokers.amqp.ladder import DUE_HEADER, HOLD_BITS, TARGET_HEADER, Ladder
+from paota.brokers.amqp.properties import message_properties
+from paota.core.errors import BrokerError, PublishError
+from paota.core.headers import ORIGIN_HEADER, ParkInfo, ParkReason
+from paota.core.protocols import MAX_DELAY_S, QueueStat
+
+if TYPE_CHECKING:
+    from pamqp import commands as spec
+
+    from paota.brokers.amqp.consumer import AMQPDelivery
+
+__all__ = ["DelayHold", "due_headers", "warn_unheld"]
+
+logger = logging.getLogger("paota.brokers.amqp")
+
+Publish = Callable[[str, str, bytes, "spec.Basic.Properties", str], Awaitable[None]]
+
+#: A due time further ahead than this goes back through the ladder (ms).
+_HOLD_LIMIT_MS = 2 * 2**HOLD_BITS
+_RETRY_S = 1.0
+#: Moves under way at once, at most: what a lost connection may copy (see the module docs).
+MAX_MOVING = 100
+_QUEUE_NAME_MAX = 255
+
+
+def due_headers(headers: Mapping[str, Any] | None, queue: str, due_ms: int) -> dict[str, Any]:
+    """``headers`` with the hold queue's two: the target ``queue`` and the due time (Unix ms)."""
+    return {**(headers or {}), DUE_HEADER: due_ms, TARGET_HEADER: queue}
+
+
+async def warn_unheld(
+    queue_stats: Callable[[list[str]], Awaitable[dict[str, QueueStat | None]]], hold_queue: str
+) -> None:
+    """Log a WARNING when no consumer reads ``hold_queue``: delayed tasks wait there until a
+    paota worker (Python, ``"hold"`` mode) runs."""
+    try:
+        stats = await queue_stats([hold_queue])
+    except BrokerError:
+        return
+    stat = stats.get(hold_queue)
+    if stat is not None and stat.consumers == 0:
+        logger.warning(
+            "no worker consumes the hold queue %r now: delayed tasks wait there until a paota "
+            "worker runs (Go workers do not move them; amqp.delay_mode='ladder' delays without "
+            "a Python worker)",
+            hold_queue,
+        )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class DelayHold:
+    """Holds the messages of the hold queue until they are due, then moves each to its queue.
+
+    ``deliveries`` is the hold queue's consumer (across reconnections), ``publish`` the broker's
+    confirmed publish (``exchange, routing_key, body, properties, what``), ``failed_queue`` where
+    a message that cannot be moved is parked. :meth:`run` until cancelled.
+    """
+
+    def __init__(
+        self,
+        deliveries: AsyncIterator[AMQPDelivery],
+        publish: Publish,
+        ladder: Ladder,
+        *,
+        failed_queue: str,
+        worker_name: str,
+        now_ms: Callable[[], int] = _now_ms,
+    ) -> None:
+        self._deliveries = deliveries
+        self._publish = publish
+        self._ladder = ladder
+        self._failed_queue = failed_queue
+        self._worker = worker_name
+        self._now_ms = now_ms
+        self._heap: list[tuple[int, int, AMQPDelivery]] = []
+        self._seq = 0
+        self._wake = asyncio.Event()
+        self._moving: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(MAX_MOVING)
+        self._by_channel: dict[asyncio.Future[Any], set[asyncio.Task[Any]]] = {}
+        self._stopping = False
+        #: Messages moved to their queue, parked, and sent back to the ladder (for tests, stats).
+        self.moved = 0
+        self.parked = 0
+        self.relayed = 0
+
+    @property
+    def holding(self) -> int:
+        """How many messages wait here now."""
+        return len(self._heap)
+
+    async def run(self) -> None:
+        """Take deliveries and move each when it is due, until cancelled."""
+        timer = asyncio.create_task(self._timer())
+        try:
+            async for delivery in self._deliveries:
+                self._take(delivery)
+        finally:
+            self._stopping = True
+            timer.cancel()
+            for task in list(self._moving):
+                task.cancel()
+            await asyncio.gather(timer, *self._moving, return_exceptions=True)
+
+    def _take(self, delivery: AMQPDelivery) -> None:
+        due = delivery.headers.get(DUE_HEADER)
+        if isinstance(due, bool) or not isinstance(due, int):
+            due = 0  # no due time: it goes on at once, and its worker decides
+        elif due - self._now_ms() > _HOLD_LIMIT_MS:
+            due = 0  # far later than a hold lasts: back to the ladder at once (see _move)
+        self._push(due, delivery)
+
+    def _push(self, due_ms: int, delivery: AMQPDelivery) -> None:
+        self._seq += 1
+        first = not self._heap or due_ms < self._heap[0][0]
+        heapq.heappush(self._heap, (due_ms, self._seq, delivery))
+        if first:
+            self._wake.set()
+
+    async def _timer(self) -> None:
+        heap = self._heap
+        while True:
+            self._wake.clear()
+            now = self._now_ms()
+            while heap and heap[0][0] <= now:
+                _, _, delivery = heapq.heappop(heap)
+                await self._slots.acquire()
+                self._spawn(self._move(delivery))
+            if heap:
+                wait_s = (heap[0][0] - now) / 1000
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait_s)
+            else:
+                await self._wake.wait()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._moving.add(task)
+        task.add_done_callback(self._moved)
+
+    def _moved(self, task: asyncio.Task[None]) -> None:
+        self._moving.discard(task)
+        self._slots.release()
+
+    def _watch(self, delivery: AMQPDelivery) -> None:
+        """Cancel the current move when ``delivery``'s channel closes: the redelivery moves it,
+        and publishing it again on a new connection would copy it (one callback per channel)."""
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - moves run in tasks
+            return
+        closed = delivery.closed
+        moves = self._by_channel.get(closed)
+        if moves is None:
+            moves = self._by_channel[closed] = set()
+            closed.add_done_callback(self._channel_closed)
+        moves.add(task)
+        task.add_done_callback(moves.discard)
+
+    def _channel_closed(self, closed: asyncio.Future[Any]) -> None:
+        for task in self._by_channel.pop(closed, ()):
+            task.cancel()
+
+    async def _send(
+        self, delivery: AMQPDelivery, exchange: str, key: str, props: spec.Basic.Properties
+    ) -> bool:
+        """Publish ``delivery``'s body; False (given up) when its channel closed first."""
+        what = f"delayed task {delivery.message_id or '(no id)'}"
+        try:
+            await self._publish(exchange, key, delivery.body, props, what)
+        except asyncio.CancelledError:
+            if delivery.closed.done() and not self._stopping:
+                return False
+            raise
+        return True
+
+    async def _move(self, delivery: AMQPDelivery) -> None:
+        if not delivery.alive:
+            return  # its channel closed: RabbitMQ gives it to another consumer
+        self._watch(delivery)
+        target = delivery.headers.get(TARGET_HEADER)
+        if isinstance(target, bytes):
+            target = target.decode("utf-8", "replace")
+        if not isinstance(target, str) or not target or len(target.encode()) > _QUEUE_NAME_MAX:
+            await self._park(
+                delivery,
+                ParkReason.BAD_HEADERS,
+                f"header {TARGET_HEADER!r} is {target!r}: expected the name of a queue (1 to "
+                f"{_QUEUE_NAME_MAX} bytes)",
+                "",
+            )
+            return
+        due = delivery.headers.get(DUE_HEADER)
+        ahead_ms = due - self._now_ms() if isinstance(due, int) else 0
+        headers = {
+            k: v for k, v in delivery.headers.items() if k not in (DUE_HEADER, TARGET_HEADER)
+        }
+        what = f"delayed task {delivery.message_id or '(no id)'}"
+        try:
+            if ahead_ms > _HOLD_LIMIT_MS:
+                # Due far later than a hold lasts: the ladder waits the rest.
+                exchange, key = self._ladder.route(min(ahead_ms, MAX_DELAY_S * 1000), target)
+                props = self._props(delivery, {**headers, DUE_HEADER: due, TARGET_HEADER: target})
+                if not await self._send(delivery, exchange, key, props):
+                    return
+                self.relayed += 1
+            else:
+                if not await self._send(delivery, "", target, self._props(delivery, headers)):
+                    return
+                self.moved += 1
+        except PublishError as exc:
+            cause = exc.__cause__
+            if cause is not None and classify(cause) is Failure.UNROUTABLE:
+                await self._park(
+                    delivery,
+                    ParkReason.UNROUTABLE,
+                    f"no queue named {target!r} exists to take it when it was due",
+                    target,
+                )
+                return
+            logger.warning("%s: %s; trying again in %.0f s", what, exc, _RETRY_S)
+            await asyncio.sleep(_RETRY_S)
+            if delivery.alive:
+                self._push(self._now_ms(), delivery)
+            return
+        await delivery.ack()
+
+    def _props(self, delivery: AMQPDelivery, headers: dict[str, Any]) -> spec.Basic.Properties:
+        return message_properties(
+            headers=headers,
+            content_type=delivery.content_type,
+            priority=delivery.priority,
+            message_id=delivery.message_id,
+        )
+
+    async def _park(
+        self, delivery: AMQPDelivery, reason: ParkReason, message: str, origin: str
+    ) -> None:
+        info = ParkInfo(
+            reason=reason,
+            error_type="DelayError",
+            error_message=message,
+            worker=self._worker,
+            parked_at=datetime.now(UTC),
+            origin_queue=origin,
+        )
+        headers = {
+            k: v for k, v in delivery.headers.items() if k not in (DUE_HEADER, TARGET_HEADER)
+        }
+        headers.pop(ORIGIN_HEADER, None)
+        headers.update(info.headers())
+        what = f"delayed task {delivery.message_id or '(no id)'}"
+        logger.error("%s parked in %r: %s", what, self._failed_queue, message)
+        try:
+            if not await self._send(
+                delivery, "", self._failed_queue, self._props(delivery, headers)
+            ):
+                return
+        except PublishError as exc:
+            logger.warning("%s: parking failed (%s); trying again in %.0f s", what, exc, _RETRY_S)
+            await asyncio.sleep(_RETRY_S)
+            if delivery.alive:
+                self._push(self._now_ms(), delivery)
+            return
+        self.parked += 1
+        await delivery.ack()
