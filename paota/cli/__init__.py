@@ -36,6 +36,7 @@ COMMANDS = [
     "schedules",
     "workers",
     "workflow",
+    "ladders",
     "web",
 ]
 

@@ -10,6 +10,7 @@ such a future would look like a cancellation of the caller. :func:`call_aiormq` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
@@ -104,13 +105,47 @@ async def open_connection(
         if isinstance(exc, asyncio.CancelledError):
             raise
         if isinstance(exc, asyncio.TimeoutError):
+            why = await _stall_hint(url)
             raise BrokerError(
-                f"cannot connect to RabbitMQ at {shown}: no answer within {timeout_s:.1f} s"
+                f"cannot connect to RabbitMQ at {shown}: no answer within {timeout_s:.1f} s{why}"
             ) from exc
         if isinstance(exc, aiormq.AuthenticationError | aiormq.ProbableAuthenticationError):
             raise BrokerError(f"RabbitMQ at {shown} refused the login: {describe(exc)}") from exc
         raise BrokerError(f"cannot connect to RabbitMQ at {shown}: {describe(exc)}") from exc
     return connection
+
+
+#: What a handshake that stalls on an open TCP connection may mean, and how to check it.
+STALL_HINT = (
+    ": it accepted the TCP connection but never answered the AMQP handshake. A node that does "
+    "this while `rabbitmq-diagnostics check_running` says it runs may be out of file handles "
+    "(each queue takes some; a delay ladder takes 18, and 30 in 'ladder' mode): compare "
+    "`rabbitmqctl eval 'file_handle_cache:info().'` (total_used, total_limit) or the file "
+    "descriptors of `rabbitmq-diagnostics status` with the limit, raise the node's open-files "
+    "limit (`ulimit -n`, systemd LimitNOFILE), and delete unused ladders (`paota ladders`). It may "
+    "also be overloaded or paused"
+)
+
+
+async def _stall_hint(url: str) -> str:
+    """Why a connection attempt that timed out may have: :data:`STALL_HINT` when the TCP port
+    accepts a connection (so the AMQP handshake stalled), else a hint that TCP itself did not
+    open."""
+    from yarl import URL
+
+    parsed = URL(url)
+    host = parsed.host or "localhost"
+    port = parsed.port or (5671 if parsed.scheme == "amqps" else 5672)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+    except (TimeoutError, OSError):
+        return (
+            f" (no TCP connection to {host}:{port} opened either: is it reachable, the port right?)"
+        )
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+    return STALL_HINT
 
 
 async def close_quietly(closable: AbstractConnection | AbstractChannel) -> None:
