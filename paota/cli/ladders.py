@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from paota.cli._common import UsageError
 from paota.core.config import Config
@@ -51,8 +52,6 @@ async def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"paota ladders needs RabbitMQ (PAOTA_BROKER=amqp); PAOTA_BROKER is {config.broker!r}"
         )
-    import aiormq
-
     from paota.brokers.amqp.ladders import (
         LadderInUse,
         candidate_ladders,
@@ -72,8 +71,16 @@ async def run(args: argparse.Namespace) -> int:
             and args.mode in (None, ladder.mode)
             and args.queue_type in (None, ladder.queue_type)
         ]
+    from paota.brokers.amqp.calls import open_connection
+    from paota.core.settings import redact_url
+
     url = config.amqp.endpoints[0]
-    connection = await aiormq.connect(url)
+    connection = await open_connection(
+        url,
+        name="paota ladders",
+        shown=redact_url(url),
+        timeout_s=config.amqp.connection_timeout_s,
+    )
     try:
         states = [await inspect_ladder(connection, ladder) for ladder in ladders]
         found = [state for state in states if state.exists]
@@ -100,7 +107,7 @@ async def run(args: argparse.Namespace) -> int:
             try:
                 deleted = await delete_ladder_queues(connection, ladder, force=args.force)
             except LadderInUse as exc:
-                print(f"paota: {exc}")
+                print(f"paota: {exc}", file=sys.stderr)
                 status = 1
                 continue
             print(

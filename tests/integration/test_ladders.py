@@ -112,7 +112,7 @@ async def test_the_ladders_command_lists_two_ladders_and_deletes_only_an_unused_
         for name, why in ((busy_name, "consume its hold queue"), (waiting_name, "wait in it")):
             result = await asyncio.to_thread(_paota, node.url, "ladders", "delete", name)
             assert result.returncode == 1, result.stdout + result.stderr
-            assert why in result.stdout and "--force" in result.stdout
+            assert why in result.stderr and "--force" in result.stderr
     finally:
         await worker.close()
     # once the waiting message is gone, its ladder goes: every queue and exchange of it

@@ -178,3 +178,39 @@ async def test_a_move_under_way_is_given_up_when_its_channel_closes() -> None:
     gate.set()
     await task
     assert not item.acked and hold.moved == 0 and hold.holding == 0
+
+
+async def test_a_due_time_beyond_any_delay_and_headers_that_do_not_encode_are_parked() -> None:
+    years = FakeDelivery("years", _at(10 * 365 * 86_400_000))
+    big = FakeDelivery("big", {**_at(0), "x-big": "a" * 300_000})
+    publish = Recorder()
+    await _run([years, big], publish, lambda h: h.parked == 2)
+    parked = {what.split()[-1]: headers for _, _, _, what, headers in publish.sent}
+    assert parked["years"]["x-paota-reason"] == "bad-headers"
+    assert "days ahead" in parked["years"]["x-paota-error"]
+    assert parked["big"]["x-paota-reason"] == "bad-headers"
+    assert "x-big" not in parked["big"]  # parked with the reason's headers alone
+    assert years.acked and big.acked
+
+
+async def test_stop_lets_the_moves_under_way_finish_and_starts_no_more() -> None:
+    first, later = FakeDelivery("first", _at(0)), FakeDelivery("later", _at(0))
+    release = asyncio.Event()
+    sent: list[str] = []
+
+    async def slow(exchange: str, key: str, body: bytes, props: Any, what: str) -> None:
+        await release.wait()
+        sent.append(what.split()[-1])
+
+    gate = asyncio.Event()
+    hold = DelayHold(_feed([first], gate), slow, LADDER, failed_queue="f", worker_name="w")
+    task = asyncio.create_task(hold.run())
+    await waiting.until(lambda: hold.holding == 0 and len(hold._moving) == 1, 30, "a move")
+    stopping = asyncio.create_task(hold.stop(30))
+    await asyncio.sleep(0)
+    hold._take(later)  # arrives after stop: not taken
+    release.set()
+    await stopping
+    assert sent == ["first"] and first.acked and not later.acked and hold.holding == 0
+    gate.set()
+    await task

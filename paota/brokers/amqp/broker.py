@@ -194,6 +194,9 @@ class AMQPBroker:
         self._state = _State.CLOSED
         if self._hold_check is not None:
             self._hold_check.cancel()
+        if self._hold is not None:
+            # moves under way finish and their acks leave with the flush below
+            await self._hold.stop(self._amqp.publish_timeout_s)
         sessions = list(self._sessions)
         for session in sessions:
             session.wake("the broker is closing")
@@ -354,7 +357,7 @@ class AMQPBroker:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
         pool = self._require_pool()
         check_queue_name(queue)
-        if self._hold is None and self._topology.ladder.hold_queue:
+        if (self._hold is None or self._hold.failed) and self._topology.ladder.hold_queue:
             self._start_hold(pool)
 
         return self._subscription(pool, queue, prefetch, task_queue=True)

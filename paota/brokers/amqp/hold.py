@@ -129,6 +129,9 @@ class DelayHold:
         self._slots = asyncio.Semaphore(MAX_MOVING)
         self._by_channel: dict[asyncio.Future[Any], set[asyncio.Task[Any]]] = {}
         self._stopping = False
+        self._timer_task: asyncio.Task[None] | None = None
+        #: True once :meth:`run` ended on an error (nothing moves here any more).
+        self.failed = False
         #: Messages moved to their queue, parked, and sent back to the ladder (for tests, stats).
         self.moved = 0
         self.parked = 0
@@ -141,10 +144,14 @@ class DelayHold:
 
     async def run(self) -> None:
         """Take deliveries and move each when it is due, until cancelled."""
-        timer = asyncio.create_task(self._timer())
+        timer = self._timer_task = asyncio.create_task(self._timer())
         try:
             async for delivery in self._deliveries:
                 self._take(delivery)
+        except Exception:
+            # (a TopologyError of the hold queue): the broker's next consume() starts another
+            self.failed = True
+            logger.exception("the hold queue's consumer stopped; delayed tasks wait there")
         finally:
             self._stopping = True
             timer.cancel()
@@ -152,7 +159,19 @@ class DelayHold:
                 task.cancel()
             await asyncio.gather(timer, *self._moving, return_exceptions=True)
 
+    async def stop(self, timeout_s: float) -> None:
+        """Stop moving (for a broker that closes): start no more moves and let those under way
+        finish, within ``timeout_s``, so that their acks leave before the channel closes (a move
+        cut off would be published again by the worker that gets its redelivery)."""
+        self._stopping = True
+        if self._timer_task is not None:
+            self._timer_task.cancel()
+        if self._moving:
+            await asyncio.wait(set(self._moving), timeout=timeout_s)
+
     def _take(self, delivery: AMQPDelivery) -> None:
+        if self._stopping:
+            return  # left unacked: it goes back to the queue when the channel closes
         due = delivery.headers.get(DUE_HEADER)
         if isinstance(due, bool) or not isinstance(due, int):
             due = 0  # no due time: it goes on at once, and its worker decides
@@ -174,7 +193,11 @@ class DelayHold:
             now = self._now_ms()
             while heap and heap[0][0] <= now:
                 _, _, delivery = heapq.heappop(heap)
-                await self._slots.acquire()
+                if self._slots.locked():
+                    await self._slots.acquire()
+                    now = self._now_ms()  # the wait for a slot took time
+                else:
+                    await self._slots.acquire()
                 self._spawn(self._move(delivery))
             if heap:
                 wait_s = (heap[0][0] - now) / 1000
@@ -209,6 +232,12 @@ class DelayHold:
     def _channel_closed(self, closed: asyncio.Future[Any]) -> None:
         for task in self._by_channel.pop(closed, ()):
             task.cancel()
+        # what that channel's deliveries wait for here is redelivered elsewhere: forget them
+        heap = self._heap
+        kept = [entry for entry in heap if entry[2].closed is not closed]
+        if len(kept) != len(heap):
+            heap[:] = kept
+            heapq.heapify(heap)
 
     async def _send(
         self, delivery: AMQPDelivery, exchange: str, key: str, props: spec.Basic.Properties
@@ -224,6 +253,24 @@ class DelayHold:
         return True
 
     async def _move(self, delivery: AMQPDelivery) -> None:
+        try:
+            await self._move_one(delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # a broker error the publisher does not turn into PublishError, or a bug: the
+            # delivery is not left unsettled on a live channel; it is tried again while held
+            logger.error(
+                "delayed task %s: moving it failed (%r); trying again in %.0f s",
+                delivery.message_id or "(no id)",
+                exc,
+                _RETRY_S,
+            )
+            await asyncio.sleep(_RETRY_S)
+            if delivery.alive:
+                self._push(self._now_ms(), delivery)
+
+    async def _move_one(self, delivery: AMQPDelivery) -> None:
         if not delivery.alive:
             return  # its channel closed: RabbitMQ gives it to another consumer
         self._watch(delivery)
@@ -241,10 +288,24 @@ class DelayHold:
             return
         due = delivery.headers.get(DUE_HEADER)
         ahead_ms = due - self._now_ms() if isinstance(due, int) else 0
+        if ahead_ms > MAX_DELAY_S * 1000 + _HOLD_LIMIT_MS:
+            await self._park(
+                delivery,
+                ParkReason.BAD_HEADERS,
+                f"header {DUE_HEADER!r} is {due!r}: {ahead_ms / 86_400_000:.1f} days ahead, over "
+                f"the {MAX_DELAY_S // 86_400} days a delay may last",
+                target,
+            )
+            return
         headers = {
             k: v for k, v in delivery.headers.items() if k not in (DUE_HEADER, TARGET_HEADER)
         }
         what = f"delayed task {delivery.message_id or '(no id)'}"
+        try:
+            props = self._props(delivery, headers)
+        except (TypeError, ValueError) as exc:
+            await self._park(delivery, ParkReason.BAD_HEADERS, f"its headers: {exc}", target)
+            return
         try:
             if ahead_ms > _HOLD_LIMIT_MS:
                 # Due far later than a hold lasts: the ladder waits the rest.
@@ -254,7 +315,7 @@ class DelayHold:
                     return
                 self.relayed += 1
             else:
-                if not await self._send(delivery, "", target, self._props(delivery, headers)):
+                if not await self._send(delivery, "", target, props):
                     return
                 self.moved += 1
         except PublishError as exc:
@@ -301,9 +362,11 @@ class DelayHold:
         what = f"delayed task {delivery.message_id or '(no id)'}"
         logger.error("%s parked in %r: %s", what, self._failed_queue, message)
         try:
-            if not await self._send(
-                delivery, "", self._failed_queue, self._props(delivery, headers)
-            ):
+            props = self._props(delivery, headers)
+        except (TypeError, ValueError):
+            props = self._props(delivery, info.headers())  # its own headers do not encode
+        try:
+            if not await self._send(delivery, "", self._failed_queue, props):
                 return
         except PublishError as exc:
             logger.warning("%s: parking failed (%s); trying again in %.0f s", what, exc, _RETRY_S)

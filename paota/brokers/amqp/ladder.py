@@ -48,8 +48,10 @@ Queue type of the levels and the hold queue (``amqp.delay_queue_type``, :data:`D
 
 Each mode and queue type has names of its own (``{ladder}.h14``/``.hold``, ``{ladder}.c14``/
 ``.hold-c``, ``{ladder}.q00``, ``{ladder}.l00``), so a deployment that switches leaves the other
-ladder alone: what waits there still arrives (the old ladder keeps its queues, exchanges and
-bindings until they are deleted), and the idle queues can be deleted afterwards. Dead-lettering
+ladder alone. From ``"ladder"`` to ``"hold"``, what waits in the old ladder still arrives (it keeps
+its queues, exchanges and bindings until they are deleted). Away from a ``"hold"`` ladder it does
+not by itself: workers consume only their own hold queue, so one worker must keep the old setting
+until the old ladder is empty (``paota ladders`` shows it). Dead-lettering
 keeps the body and all properties; RabbitMQ adds its ``x-death`` headers, which are removed again
 (:func:`strip_ladder_deaths`). Delays go up to 2**30 - 1 ms; paota allows up to 7 days.
 """
