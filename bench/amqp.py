@@ -410,8 +410,6 @@ async def delete_ladders(url: str) -> None:
         for _, mode, queue_type in LADDERS:
             topology = Topology.from_config(bench_config(url, queue_type, mode))
             await delete_ladder(await connection.channel(), topology)
-        channel = await connection.channel()
-        await channel.exchange_delete(f"{LADDER}.deliver")
     finally:
         await connection.close()
 

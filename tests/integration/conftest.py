@@ -168,8 +168,6 @@ def delay_ladder(amqp_url: str) -> Iterator[str]:
                         ),
                     )
                     await delete_ladder(await connection.channel(), Topology.from_config(config))
-            channel = await connection.channel()
-            await channel.exchange_delete(f"{name}.deliver")
         finally:
             await connection.close()
 

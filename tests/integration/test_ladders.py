@@ -151,54 +151,30 @@ async def test_a_run_of_tests_and_benchmark_leaves_nothing_on_a_broker_it_does_n
     await asyncio.to_thread(node.ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     url = f"{node.url.rstrip('/')}/{vhost}"
     env = {**os.environ, "PAOTA_TEST_AMQP_URL": url, "PYTHONPATH": str(ROOT)}
-    tests = await asyncio.to_thread(
-        subprocess.run,
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:randomly",
-            "-p",
-            "no:cacheprovider",
-            "tests/integration/test_delay_hold.py",
-            "tests/integration/test_amqp_pool.py",
-            "-k",
-            "not restart",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+
+    async def python(*args: str, timeout_s: float) -> None:
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    await python(
+        *("-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider"),
+        "tests/integration/test_delay_hold.py",
+        *("tests/integration/test_amqp_pool.py", "-k", "not restart"),
+        timeout_s=600,
     )
-    assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-3000:]
-    bench = await asyncio.to_thread(
-        subprocess.run,
-        [
-            sys.executable,
-            "bench/amqp.py",
-            "--url",
-            url,
-            "--tasks",
-            "200",
-            "--rounds",
-            "1",
-            "--delayed-tasks",
-            "100",
-            "--processes",
-            "0",
-            "--pause",
-            "0",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    await python(
+        *("bench/amqp.py", "--url", url, "--tasks", "200", "--rounds", "1"),
+        *("--delayed-tasks", "100", "--processes", "0", "--pause", "0"),
+        timeout_s=300,
     )
-    assert bench.returncode == 0, bench.stdout[-3000:] + bench.stderr[-3000:]
     queues = node.ctl("list_queues", "-p", vhost, "-q", "name").split()
     exchanges = node.ctl("list_exchanges", "-p", vhost, "-q", "name").split()
     assert [q for q in queues if q != "name"] == []

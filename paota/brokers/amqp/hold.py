@@ -94,6 +94,15 @@ async def warn_unheld(
         )
 
 
+def _what(delivery: AMQPDelivery) -> str:
+    return f"delayed task {delivery.message_id or '(no id)'}"
+
+
+def _own_headers(delivery: AMQPDelivery) -> dict[str, Any]:
+    """``delivery``'s headers without the hold queue's two."""
+    return {k: v for k, v in delivery.headers.items() if k not in (DUE_HEADER, TARGET_HEADER)}
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -243,9 +252,8 @@ class DelayHold:
         self, delivery: AMQPDelivery, exchange: str, key: str, props: spec.Basic.Properties
     ) -> bool:
         """Publish ``delivery``'s body; False (given up) when its channel closed first."""
-        what = f"delayed task {delivery.message_id or '(no id)'}"
         try:
-            await self._publish(exchange, key, delivery.body, props, what)
+            await self._publish(exchange, key, delivery.body, props, _what(delivery))
         except asyncio.CancelledError:
             if delivery.closed.done() and not self._stopping:
                 return False
@@ -260,15 +268,8 @@ class DelayHold:
         except Exception as exc:
             # a broker error the publisher does not turn into PublishError, or a bug: the
             # delivery is not left unsettled on a live channel; it is tried again while held
-            logger.error(
-                "delayed task %s: moving it failed (%r); trying again in %.0f s",
-                delivery.message_id or "(no id)",
-                exc,
-                _RETRY_S,
-            )
-            await asyncio.sleep(_RETRY_S)
-            if delivery.alive:
-                self._push(self._now_ms(), delivery)
+            logger.error("%s: moving it failed (%r)", _what(delivery), exc)
+            await self._later(delivery)
 
     async def _move_one(self, delivery: AMQPDelivery) -> None:
         if not delivery.alive:
@@ -297,10 +298,7 @@ class DelayHold:
                 target,
             )
             return
-        headers = {
-            k: v for k, v in delivery.headers.items() if k not in (DUE_HEADER, TARGET_HEADER)
-        }
-        what = f"delayed task {delivery.message_id or '(no id)'}"
+        headers = _own_headers(delivery)
         try:
             props = self._props(delivery, headers)
         except (TypeError, ValueError) as exc:
@@ -328,12 +326,17 @@ class DelayHold:
                     target,
                 )
                 return
-            logger.warning("%s: %s; trying again in %.0f s", what, exc, _RETRY_S)
-            await asyncio.sleep(_RETRY_S)
-            if delivery.alive:
-                self._push(self._now_ms(), delivery)
+            logger.warning("%s: %s", _what(delivery), exc)
+            await self._later(delivery)
             return
         await delivery.ack()
+
+    async def _later(self, delivery: AMQPDelivery) -> None:
+        """Try ``delivery`` again in :data:`_RETRY_S`, while it is held."""
+        logger.info("%s: trying again in %.0f s", _what(delivery), _RETRY_S)
+        await asyncio.sleep(_RETRY_S)
+        if delivery.alive:
+            self._push(self._now_ms(), delivery)
 
     def _props(self, delivery: AMQPDelivery, headers: dict[str, Any]) -> spec.Basic.Properties:
         return message_properties(
@@ -354,13 +357,10 @@ class DelayHold:
             parked_at=datetime.now(UTC),
             origin_queue=origin,
         )
-        headers = {
-            k: v for k, v in delivery.headers.items() if k not in (DUE_HEADER, TARGET_HEADER)
-        }
+        headers = _own_headers(delivery)
         headers.pop(ORIGIN_HEADER, None)
         headers.update(info.headers())
-        what = f"delayed task {delivery.message_id or '(no id)'}"
-        logger.error("%s parked in %r: %s", what, self._failed_queue, message)
+        logger.error("%s parked in %r: %s", _what(delivery), self._failed_queue, message)
         try:
             props = self._props(delivery, headers)
         except (TypeError, ValueError):
@@ -369,10 +369,8 @@ class DelayHold:
             if not await self._send(delivery, "", self._failed_queue, props):
                 return
         except PublishError as exc:
-            logger.warning("%s: parking failed (%s); trying again in %.0f s", what, exc, _RETRY_S)
-            await asyncio.sleep(_RETRY_S)
-            if delivery.alive:
-                self._push(self._now_ms(), delivery)
+            logger.warning("%s: parking failed (%s)", _what(delivery), exc)
+            await self._later(delivery)
             return
         self.parked += 1
         await delivery.ack()

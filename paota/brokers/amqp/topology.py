@@ -391,31 +391,14 @@ def _advice(item: object, reply: str) -> str:
 
 
 async def delete_ladder(
-    channel: AbstractChannel, topology: Topology, *, pause_s: float = 0.2, timeout_s: float = 10.0
+    channel: AbstractChannel, topology: Topology, *, pause_s: float = 0.2
 ) -> None:
-    """Delete the delay ladder of ``topology`` (its queues and exchanges), one queue at a time.
+    """Delete the delay ladder of ``topology`` (its queues and exchanges), one queue at a time,
+    ``pause_s`` apart, whatever waits in it (those messages are lost: call it on a drained ladder),
+    so an at-least-once ladder never ends dozens of dead-letter workers within one second (see the
+    module docs): :func:`~paota.brokers.amqp.ladders.delete_ladder_queues` with ``force``.
+    Missing queues and exchanges are skipped; a ``"ladder"`` mode delivery exchange goes with the
+    last queue type of its name."""
+    from paota.brokers.amqp.ladders import delete_ladder_queues
 
-    Each queue is deleted only after the previous delete was answered, ``pause_s`` apart, so an
-    at-least-once ladder never ends dozens of dead-letter workers within one second (see the
-    module docs). Messages still waiting in the ladder are lost: call it on a drained ladder.
-    Missing queues and exchanges are skipped. A ``"ladder"`` mode delivery exchange is left (both
-    queue types share it; task queues are bound to it); a hold exchange is deleted.
-    """
-    import asyncio
-
-    import aiormq
-
-    ladder = topology.ladder
-    for index, name in enumerate(reversed(ladder.queue_names)):
-        if index:
-            await asyncio.sleep(pause_s)
-        try:
-            await channel.queue_delete(name, timeout=timeout_s)
-        except aiormq.ChannelNotFoundEntity:
-            channel = await channel.connection.channel()
-    exchanges = [*ladder.levels, ladder.bottom] if ladder.hold_queue else list(ladder.levels)
-    for name in exchanges:
-        try:
-            await channel.exchange_delete(name, timeout=timeout_s)
-        except aiormq.ChannelNotFoundEntity:
-            channel = await channel.connection.channel()
+    await delete_ladder_queues(channel.connection, topology.ladder, force=True, pause_s=pause_s)
