@@ -214,3 +214,22 @@ async def test_stop_lets_the_moves_under_way_finish_and_starts_no_more() -> None
     assert sent == ["first"] and first.acked and not later.acked and hold.holding == 0
     gate.set()
     await task
+
+
+async def test_a_message_whose_queue_is_gone_is_parked_in_its_senders_failed_queue() -> None:
+    # (another application's worker may hold it: the vhost shares one hold queue)
+    now = int(time.time() * 1000)
+    theirs = FakeDelivery("theirs", due_headers(None, "gone", now, "their_failed"))
+    orphan = FakeDelivery("orphan", due_headers(None, "gone_too", now, "failed_gone"))
+
+    def returned() -> PublishError:
+        error = PublishError("returned")
+        error.__cause__ = AiormqPublishError.__new__(AiormqPublishError)  # what a return raises
+        return error
+
+    publish = Recorder(fail={"gone": returned(), "gone_too": returned(), "failed_gone": returned()})
+    await _run([theirs, orphan], publish, lambda h: h.parked == 1 and h.dropped == 1)
+    ((_, _, key, what, headers),) = publish.sent
+    assert (key, what.split()[-1]) == ("their_failed", "theirs")  # not this worker's "failed"
+    assert headers["x-paota-reason"] == "unroutable" and "x-paota-delay-failed" not in headers
+    assert theirs.acked and orphan.acked  # the orphan: its application's queues are all gone

@@ -323,7 +323,8 @@ class AMQPBroker:
             delay_ms = _delay_ms(delay_s)
             exchange, routing_key = self._topology.delay_route(delay_ms, queue)
             if self._topology.ladder.hold_queue:
-                headers = due_headers(headers, queue, int(time.time() * 1000) + delay_ms)
+                due_ms = int(time.time() * 1000) + delay_ms
+                headers = due_headers(headers, queue, due_ms, self._topology.failed_queue)
                 if self._hold_check is None:
                     self._hold_check = asyncio.get_running_loop().create_task(
                         self._check_hold_consumers()

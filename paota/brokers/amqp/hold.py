@@ -21,11 +21,14 @@ exchange, and acks it only after the confirm. Why it is safe:
 - *Prefetch stays honest.* The hold queue has its own channel and prefetch; held messages take no
   place of a task queue's prefetch or a pool's concurrency.
 
-A message that cannot be moved is never dropped: one without a valid target queue, or whose target
-queue does not exist (returned as unroutable), is parked in this worker's failed queue with the
-reason (``bad-headers`` / ``unroutable``), its origin queue set to the target so that a replay
-puts it where it was going. A message due later than twice the hold window (a hand-written header,
-a clock far off) goes back through the ladder for the rest of its delay. A publish that fails for
+A message that cannot be moved is parked with the reason: one without a valid target queue in this
+worker's failed queue (``bad-headers``); one whose target queue does not exist (returned as
+unroutable) in the failed queue of the application that sent it (``x-paota-delay-failed``; the
+vhost's one hold queue serves every application), its origin queue set to the target so that a
+replay puts it where it was going. Only when that failed queue is gone too (the application's
+queues were deleted) is it dropped, with an ERROR line. A message due later than twice the hold
+window (a hand-written header, a clock far off) goes back through the ladder for the rest of its
+delay. A publish that fails for
 another reason (no connection, a nack) is tried again a second later while the message is held.
 
 Holding is bounded: at most ``delay_hold_max`` messages per worker, each of at most the broker's
@@ -45,7 +48,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from paota.brokers.amqp.errors import Failure, classify
-from paota.brokers.amqp.ladder import DUE_HEADER, HOLD_BITS, TARGET_HEADER, Ladder
+from paota.brokers.amqp.ladder import DUE_HEADER, FAILED_HEADER, HOLD_BITS, TARGET_HEADER, Ladder
 from paota.brokers.amqp.properties import message_properties
 from paota.core.errors import BrokerError, PublishError
 from paota.core.headers import ORIGIN_HEADER, ParkInfo, ParkReason
@@ -65,14 +68,21 @@ Publish = Callable[[str, str, bytes, "spec.Basic.Properties", str], Awaitable[No
 #: A due time further ahead than this goes back through the ladder (ms).
 _HOLD_LIMIT_MS = 2 * 2**HOLD_BITS
 _RETRY_S = 1.0
+_HOLD_HEADERS = frozenset((DUE_HEADER, TARGET_HEADER, FAILED_HEADER))
 #: Moves under way at once, at most: what a lost connection may copy (see the module docs).
 MAX_MOVING = 100
 _QUEUE_NAME_MAX = 255
 
 
-def due_headers(headers: Mapping[str, Any] | None, queue: str, due_ms: int) -> dict[str, Any]:
-    """``headers`` with the hold queue's two: the target ``queue`` and the due time (Unix ms)."""
-    return {**(headers or {}), DUE_HEADER: due_ms, TARGET_HEADER: queue}
+def due_headers(
+    headers: Mapping[str, Any] | None, queue: str, due_ms: int, failed_queue: str = ""
+) -> dict[str, Any]:
+    """``headers`` with the hold queue's: the target ``queue``, the due time (Unix ms) and the
+    sender's ``failed_queue`` (where the message is parked if its queue is gone when due)."""
+    added = {DUE_HEADER: due_ms, TARGET_HEADER: queue}
+    if failed_queue:
+        added[FAILED_HEADER] = failed_queue
+    return {**(headers or {}), **added}
 
 
 async def warn_unheld(
@@ -100,7 +110,7 @@ def _what(delivery: AMQPDelivery) -> str:
 
 def _own_headers(delivery: AMQPDelivery) -> dict[str, Any]:
     """``delivery``'s headers without the hold queue's two."""
-    return {k: v for k, v in delivery.headers.items() if k not in (DUE_HEADER, TARGET_HEADER)}
+    return {k: v for k, v in delivery.headers.items() if k not in _HOLD_HEADERS}
 
 
 def _now_ms() -> int:
@@ -145,6 +155,8 @@ class DelayHold:
         self.moved = 0
         self.parked = 0
         self.relayed = 0
+        #: Messages whose queue and failed queue were both gone (logged at ERROR).
+        self.dropped = 0
 
     @property
     def holding(self) -> int:
@@ -324,6 +336,7 @@ class DelayHold:
                     ParkReason.UNROUTABLE,
                     f"no queue named {target!r} exists to take it when it was due",
                     target,
+                    sender_failed=True,
                 )
                 return
             logger.warning("%s: %s", _what(delivery), exc)
@@ -347,8 +360,23 @@ class DelayHold:
         )
 
     async def _park(
-        self, delivery: AMQPDelivery, reason: ParkReason, message: str, origin: str
+        self,
+        delivery: AMQPDelivery,
+        reason: ParkReason,
+        message: str,
+        origin: str,
+        *,
+        sender_failed: bool = False,
     ) -> None:
+        """Park ``delivery`` in this worker's failed queue, or (``sender_failed``) in the failed
+        queue of the application that sent it, as its header names it; when that one is gone
+        too, the application is: the message is dropped with an ERROR saying so."""
+        failed = self._failed_queue
+        named = delivery.headers.get(FAILED_HEADER)
+        if isinstance(named, bytes):
+            named = named.decode("utf-8", "replace")
+        if sender_failed and isinstance(named, str) and 0 < len(named.encode()) <= _QUEUE_NAME_MAX:
+            failed = named
         info = ParkInfo(
             reason=reason,
             error_type="DelayError",
@@ -360,15 +388,28 @@ class DelayHold:
         headers = _own_headers(delivery)
         headers.pop(ORIGIN_HEADER, None)
         headers.update(info.headers())
-        logger.error("%s parked in %r: %s", _what(delivery), self._failed_queue, message)
+        logger.error("%s parked in %r: %s", _what(delivery), failed, message)
         try:
             props = self._props(delivery, headers)
         except (TypeError, ValueError):
             props = self._props(delivery, info.headers())  # its own headers do not encode
         try:
-            if not await self._send(delivery, "", self._failed_queue, props):
+            if not await self._send(delivery, "", failed, props):
                 return
         except PublishError as exc:
+            cause = exc.__cause__
+            gone = cause is not None and classify(cause) is Failure.UNROUTABLE
+            if gone and failed != self._failed_queue:
+                # its queue and its application's failed queue are both gone
+                logger.error(
+                    "%s dropped: %s, and its failed queue %r is gone too",
+                    _what(delivery),
+                    message,
+                    failed,
+                )
+                self.dropped += 1
+                await delivery.ack()
+                return
             logger.warning("%s: parking failed (%s)", _what(delivery), exc)
             await self._later(delivery)
             return

@@ -71,6 +71,7 @@ __all__ = [
     "DELAY_MODES",
     "DELAY_QUEUE_TYPES",
     "DUE_HEADER",
+    "FAILED_HEADER",
     "HOLD_BITS",
     "TARGET_HEADER",
     "Ladder",
@@ -94,6 +95,9 @@ DEFAULT_HOLD_LADDER = "paota.delay"
 DUE_HEADER = "x-paota-delay-due"
 #: The queue a held message goes to when it is due.
 TARGET_HEADER = "x-paota-delay-queue"
+#: The failed queue of the application that delayed the message: where it is parked when its
+#: queue is gone at its due time.
+FAILED_HEADER = "x-paota-delay-failed"
 
 _MAX_DELAY_MS = MAX_DELAY_S * 1000
 # The level queues' name infix per mode and queue type: ``{ladder}.h14``, ``{ladder}.q07``, ...
